@@ -1,0 +1,95 @@
+"""Dry-run a policy without a model: what the cache holds after every chunk, and the positions it presents.
+
+The simulation drives the real :class:`~deepforcing.cache.KVCache` (same code path as generation) with random
+queries/keys for one layer, one head: a new-chunk call (the first denoising step) and a clean pass per chunk. Frame
+counts do not depend on the random values; for score-based policies, *which* tokens Top-C keeps does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .policies import CachePolicy
+from .rope import TemporalRope
+from .session import CacheGeometry, KVCache
+
+__all__ = ["ChunkReport", "simulate"]
+
+
+@dataclass
+class ChunkReport:
+    chunk: int
+    start_frame: int
+    event: str
+    cache_frames: float
+    sink_frames: float
+    topc_frames: float
+    recent_frames: float
+    sink_positions: list[int] | None  # [first, last] temporal positions presented by the sink
+    topc_positions: list[int] | None  # [min, max] positions presented by Top-C tokens
+    recent_positions: list[int] | None  # [min, max] positions presented by the rest
+    sink_delta: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _span(values: torch.Tensor) -> list[int] | None:
+    return [int(values.min()), int(values.max())] if values.numel() else None
+
+
+def simulate(
+    policy: CachePolicy,
+    chunks: int,
+    *,
+    chunk_frames: int = 3,
+    tokens_per_frame: int = 4,
+    seed: int = 0,
+) -> list[ChunkReport]:
+    """Run ``chunks`` chunks through ``policy`` and report the cache after each chunk's clean pass."""
+    if chunks <= 0:
+        raise ValueError(f"--chunks must be positive, got {chunks}")
+    geometry = CacheGeometry(tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames)
+    heads, head_dim = 1, 8
+    cache = KVCache(
+        policy, geometry, num_layers=1, batch=1, heads=heads, head_dim=head_dim,
+        rope=TemporalRope(pairs=2), seed=seed, record_events=True,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    n = geometry.chunk_tokens
+    layer = cache.layers[0]
+    reports = []
+    for i in range(chunks):
+        f0 = i * chunk_frames
+        events_before = len(cache.events)
+        for clean in (False, True):
+            q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen) for _ in range(3))
+            cache.begin_call(f0, chunk_frames, clean=clean)
+            layer.update(q, k, v)
+        event = cache.events[events_before] if len(cache.events) > events_before else None
+        store = layer.store
+        L = store.length
+        slots = torch.arange(L)
+        sink = slots < store.anchor_tokens
+        topc = (~sink) & (store.reuse[0, :L] > 0)
+        rest = ~(sink | topc)
+        pos = store.positions[0, :L]
+        F = tokens_per_frame
+        reports.append(
+            ChunkReport(
+                chunk=i,
+                start_frame=f0,
+                event=event.kind if event else "append",
+                cache_frames=L / F,
+                sink_frames=int(sink.sum()) / F,
+                topc_frames=int(topc.sum()) / F,
+                recent_frames=int(rest.sum()) / F,
+                sink_positions=_span(pos[sink]),
+                topc_positions=_span(pos[topc]),
+                recent_positions=_span(pos[rest]),
+                sink_delta=event.decision.sink_delta if event else 0,
+            )
+        )
+    return reports

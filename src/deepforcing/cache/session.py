@@ -1,0 +1,258 @@
+"""The per-video KV cache: one :class:`LayerCache` per transformer layer, driven by one policy.
+
+The model calls :meth:`KVCache.begin_call` once per forward (which latent frames the call covers, and whether it is
+the clean-context pass), then :meth:`LayerCache.update` in every layer's self-attention with the call's post-RoPE
+``q, k, v``. ``update`` reproduces the released write logic (REFERENCE.md §A.5, §D.3):
+
+* a call whose tokens end past everything written so far is a **new-chunk call** (only the first denoising step of a
+  chunk): the tokens are appended and, if that overflows the window, the policy decides what stays;
+* any other call (later denoising steps, the clean pass) **overwrites** the chunk's slots at the end of the cache;
+* the queries then attend, unmasked, to every cached slot including the chunk's own (the returned views).
+
+Everything about one video lives in this object; create a new one per video (the release leaked per-layer state from
+one video into the next, REFERENCE.md §D.3 pitfall 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .policies import CachePolicy, ChunkContext, Decision
+from .rope import TemporalRope
+from .scoring import QueryWindow
+from .store import LayerKVStore
+
+__all__ = ["CacheGeometry", "CallInfo", "CacheEvent", "KVCache", "LayerCache"]
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    """Sizes the cache derives everything from: tokens per latent frame (model geometry) and chunk size (preset)."""
+
+    tokens_per_frame: int
+    chunk_frames: int
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_frame <= 0 or self.chunk_frames <= 0:
+            raise ValueError(f"tokens per frame and chunk size must be positive, got {self}")
+
+    @property
+    def chunk_tokens(self) -> int:
+        return self.tokens_per_frame * self.chunk_frames
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    start_frame: int
+    num_frames: int
+    clean: bool
+
+
+@dataclass
+class CacheEvent:
+    """What a policy did at one layer for one new chunk (recorded when ``record_events`` is on)."""
+
+    layer: int
+    start_frame: int
+    kind: str  # "append" | "roll" | "compress"
+    length_before: int
+    total: int
+    decision: Decision
+
+
+class LayerCache:
+    """Cache of one layer: storage, recent queries and the policy's per-video state."""
+
+    def __init__(self, owner: "KVCache", index: int, store: LayerKVStore) -> None:
+        self.owner = owner
+        self.index = index
+        self.store = store
+        self.state: dict = {}
+        self.global_end = 0  # absolute token index after the last write (the release's global_end_index)
+        qset = owner.policy.query_set
+        self.queries = QueryWindow(owner.policy.recent) if qset is not None else None  # type: ignore[attr-defined]
+
+    def reset(self) -> None:
+        self.store.length = 0
+        self.store.token_ids.fill_(-1)
+        self.state.clear()
+        self.global_end = 0
+        if self.queries is not None:
+            self.queries.clear()
+
+    def _observe_queries(self, q: torch.Tensor, call: CallInfo, new_chunk: bool) -> None:
+        qset = self.owner.policy.query_set
+        if qset == "both":
+            self.queries.push(q, call.num_frames)
+        elif qset == "past" and call.clean:
+            self.queries.push(q, call.num_frames)
+        elif qset == "denoising" and new_chunk:
+            self.queries.replace(q, call.num_frames)
+
+    def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
+        new chunk, and return the keys/values to attend to (``[B, H, L, D]`` views, valid until the next update)."""
+        call = self.owner.call
+        if call is None:
+            raise RuntimeError("KVCache.begin_call(start_frame, num_frames, clean) must be called before each forward")
+        geo = self.owner.geometry
+        n = k.shape[2]
+        if n != call.num_frames * geo.tokens_per_frame:
+            raise ValueError(
+                f"layer {self.index}: got {n} tokens for {call.num_frames} frames of {geo.tokens_per_frame} tokens"
+            )
+        start_token = call.start_frame * geo.tokens_per_frame
+        end_token = start_token + n
+        new_chunk = end_token > self.global_end
+        if self.queries is not None:
+            self._observe_queries(q, call, new_chunk)
+        store = self.store
+        if new_chunk:
+            if start_token != self.global_end:
+                raise ValueError(
+                    f"layer {self.index}: chunk starts at frame {call.start_frame} but the cache ends at frame "
+                    f"{self.global_end // geo.tokens_per_frame}; chunks must be generated in order (start a new KVCache "
+                    f"for a new video)"
+                )
+            ids = torch.arange(start_token, end_token, device=k.device)
+            before = store.length
+            store.write(before, k, v, ids)
+            self._apply_policy(call, before, n)
+            self.global_end = end_token
+        else:
+            if end_token != self.global_end:
+                raise ValueError(
+                    f"layer {self.index}: re-writing frames {call.start_frame}..{call.start_frame + call.num_frames - 1} "
+                    f"but only the newest chunk can be re-written"
+                )
+            ids = torch.arange(start_token, end_token, device=k.device)
+            store.write(store.length - n, k, v, ids)
+        return store.view()
+
+    def _apply_policy(self, call: CallInfo, before: int, n: int) -> None:
+        store = self.store
+        total = store.length
+        ctx = ChunkContext(
+            layer=self.index,
+            start_frame=call.start_frame,
+            tokens_per_frame=self.owner.geometry.tokens_per_frame,
+            length_before=before,
+            new_tokens=n,
+            token_ids=store.token_ids[:, :total],
+            positions=store.positions[:, :total],
+            reuse=store.reuse[:, :total],
+            keys=store.keys[:, :, :total],
+            query_sum=self.queries.total() if self.queries is not None else None,
+            state=self.state,
+            generator=self.owner.generator,
+        )
+        decision = self.owner.policy.decide(ctx)
+        if decision.keep is not None:
+            store.keep(decision.keep)
+            if decision.selected is not None:
+                # picks keep their order, right after the sink: slots [sink, sink + C) after compaction
+                sink_tokens = self.owner.policy.sink_frames * self.owner.geometry.tokens_per_frame
+                c = decision.selected.shape[1]
+                slots = torch.arange(sink_tokens, sink_tokens + c, device=store.reuse.device).expand(
+                    decision.selected.shape[0], -1
+                )
+                store.count_selection(slots)
+                if decision.topc_positions is not None:
+                    store.place(slots, decision.topc_positions)
+        if decision.sink_delta:
+            store.shift_anchor(decision.sink_delta)
+        if self.owner.record_events:
+            self.owner.events.append(
+                CacheEvent(self.index, call.start_frame, decision.event, before, total, decision)
+            )
+        if self.owner.on_event is not None:
+            self.owner.on_event(self, decision)
+
+
+class KVCache:
+    """All layers' caches for one video.
+
+    Args:
+        policy: the cache policy (validated against ``geometry.chunk_frames`` here).
+        geometry: tokens per frame and chunk size.
+        num_layers, batch, heads, head_dim: model shape.
+        rope: the temporal part of the model's rotary embedding (for re-aligning keys).
+        dtype, device: storage dtype/device (bf16 on GPU for the 1.3B model).
+        seed: seed for policies that draw random numbers (``random-topc``).
+        record_events: keep a :class:`CacheEvent` per layer and new chunk in ``events``.
+    """
+
+    def __init__(
+        self,
+        policy: CachePolicy,
+        geometry: CacheGeometry,
+        *,
+        num_layers: int,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        rope: TemporalRope,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        seed: int | None = 0,
+        record_events: bool = False,
+        on_event: Callable[[LayerCache, Decision], None] | None = None,
+    ) -> None:
+        policy.validate(geometry.chunk_frames)
+        self.policy = policy
+        self.geometry = geometry
+        self.record_events = record_events
+        self.on_event = on_event
+        self.events: list[CacheEvent] = []
+        self.call: CallInfo | None = None
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        F = geometry.tokens_per_frame
+        capacity = policy.capacity_frames(geometry.chunk_frames) * F
+        self.layers = [
+            LayerCache(
+                self,
+                i,
+                LayerKVStore(
+                    batch=batch,
+                    heads=heads,
+                    head_dim=head_dim,
+                    capacity=capacity,
+                    anchor_tokens=policy.sink_frames * F,
+                    tokens_per_frame=F,
+                    rope=rope,
+                    dtype=dtype,
+                    device=device,
+                    growable=not policy.bounded,
+                ),
+            )
+            for i in range(num_layers)
+        ]
+
+    def begin_call(self, start_frame: int, num_frames: int, clean: bool = False) -> None:
+        """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)."""
+        if start_frame < 0 or num_frames <= 0:
+            raise ValueError(f"invalid call: start_frame={start_frame}, num_frames={num_frames}")
+        self.call = CallInfo(start_frame, num_frames, clean)
+
+    def reset(self) -> None:
+        """Forget everything (all layers, queries, policy state, events) to start a new video."""
+        for layer in self.layers:
+            layer.reset()
+        self.events.clear()
+        self.call = None
+
+    @property
+    def length(self) -> int:
+        """Filled slots of layer 0 (all layers hold the same count)."""
+        return self.layers[0].store.length
+
+    def memory_bytes(self) -> int:
+        total = 0
+        for layer in self.layers:
+            s = layer.store
+            for t in (s.keys, s.values, s.anchor_keys, s.token_ids, s.positions, s.reuse):
+                total += t.numel() * t.element_size()
+        return total

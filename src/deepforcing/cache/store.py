@@ -1,0 +1,147 @@
+"""Per-layer KV storage: keys, values and per-token metadata in pre-allocated buffers.
+
+Keys are stored *after* RoPE at the temporal position they present (as the released code stores them, so attention
+reads them directly). Slots ``[0, anchor_tokens)`` — the attention sink — also keep an exact copy of their key at
+its original phase; re-placing a sink token rotates from that copy (one rotation from an exact base), never from the
+already re-rotated key, so positions stay exact however often the sink moves (DESIGN.md, "Temporal RoPE").
+
+Metadata per slot (``[B, capacity]``):
+
+* ``token_ids`` — absolute token index ``frame * tokens_per_frame + spatial index`` (-1 = empty);
+* ``positions`` — the temporal RoPE position the key currently presents;
+* ``reuse`` — how many times Participative Compression selected the token as Top-C.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rope import TemporalRope
+
+__all__ = ["LayerKVStore"]
+
+
+class LayerKVStore:
+    """Pre-allocated keys/values ``[B, H, capacity, D]`` with ``length`` filled slots.
+
+    ``growable`` stores (the ``full`` policy) double their capacity when a write does not fit.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        capacity: int,
+        anchor_tokens: int,
+        tokens_per_frame: int,
+        rope: TemporalRope,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        growable: bool = False,
+    ) -> None:
+        if anchor_tokens > capacity:
+            raise ValueError(f"anchor ({anchor_tokens} tokens) larger than the store ({capacity} tokens)")
+        self.tokens_per_frame = tokens_per_frame
+        self.rope = rope
+        self.growable = growable
+        self.anchor_tokens = anchor_tokens
+        self.length = 0
+        self.keys = torch.zeros(batch, heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.anchor_keys = torch.zeros(batch, heads, anchor_tokens, head_dim, dtype=dtype, device=device)
+        self.token_ids = torch.full((batch, capacity), -1, dtype=torch.long, device=device)
+        self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
+        self.reuse = torch.zeros(batch, capacity, dtype=torch.int32, device=device)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the filled slots, ``[B, H, length, D]`` (views, no copy)."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def frames(self) -> torch.Tensor:
+        """Source latent frame of each filled slot, ``[B, length]``."""
+        return self.token_ids[:, : self.length].div(self.tokens_per_frame, rounding_mode="floor")
+
+    # ----------------------------------------------------------------- writes
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        if not self.growable:
+            raise RuntimeError(
+                f"KV store overflow: {needed} tokens needed, {self.capacity} allocated (policy bound violated)"
+            )
+        new_capacity = max(needed, 2 * self.capacity)
+        extra = new_capacity - self.capacity
+        pad4 = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)  # noqa: E731
+        self.keys, self.values = pad4(self.keys), pad4(self.values)
+        self.token_ids = torch.cat([self.token_ids, self.token_ids.new_full((self.token_ids.shape[0], extra), -1)], 1)
+        self.positions = torch.cat([self.positions, self.positions.new_zeros(self.positions.shape[0], extra)], 1)
+        self.reuse = torch.cat([self.reuse, self.reuse.new_zeros(self.reuse.shape[0], extra)], 1)
+
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, token_ids: torch.Tensor) -> None:
+        """Write ``n`` tokens at slots ``[start, start + n)`` at their own frame's phase; counters reset to 0.
+
+        ``keys``/``values``: ``[B, H, n, D]`` (keys already rotated at their true frame); ``token_ids``: ``[n]``.
+        """
+        n = keys.shape[2]
+        end = start + n
+        self._ensure_capacity(end)
+        self.keys[:, :, start:end] = keys
+        self.values[:, :, start:end] = values
+        self.token_ids[:, start:end] = token_ids
+        self.positions[:, start:end] = token_ids.div(self.tokens_per_frame, rounding_mode="floor")
+        self.reuse[:, start:end] = 0
+        if start < self.anchor_tokens:
+            stop = min(end, self.anchor_tokens)
+            self.anchor_keys[:, :, start:stop] = keys[:, :, : stop - start]
+        self.length = max(self.length, end)
+
+    def keep(self, indices: torch.Tensor) -> None:
+        """Compact the store to the slots ``indices`` (``[B, K]``, ascending), in that order.
+
+        The sink prefix must be kept in place (``indices[:, :anchor] == arange(anchor)``), so the exact-phase copies
+        stay valid.
+        """
+        k = indices.shape[1]
+        if self.anchor_tokens and k >= self.anchor_tokens:
+            prefix = indices[:, : self.anchor_tokens]
+            if not torch.equal(prefix, torch.arange(self.anchor_tokens, device=indices.device).expand_as(prefix)):
+                raise RuntimeError("a cache plan moved or dropped sink slots; sinks must stay at the front")
+        gather4 = indices[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
+        self.keys[:, :, :k] = self.keys.gather(2, gather4)
+        self.values[:, :, :k] = self.values.gather(2, gather4)
+        for meta in (self.token_ids, self.positions, self.reuse):
+            meta[:, :k] = meta.gather(1, indices)
+        self.token_ids[:, k:] = -1
+        self.length = k
+
+    def count_selection(self, slots: torch.Tensor) -> None:
+        """Add one to the Top-C reuse counter of ``slots`` (``[B, C]`` indices after :meth:`keep`)."""
+        self.reuse.scatter_add_(1, slots, torch.ones_like(slots, dtype=self.reuse.dtype))
+
+    # -------------------------------------------------------------- positions
+    def shift_anchor(self, delta: int) -> None:
+        """Move every sink token by ``delta`` frames, rotating from its exact original-phase copy (Eq. 6)."""
+        a = min(self.anchor_tokens, self.length)
+        if a == 0 or delta == 0:
+            return
+        self.positions[:, :a] += delta
+        original = self.token_ids[:, :a].div(self.tokens_per_frame, rounding_mode="floor")
+        self.keys[:, :, :a] = self.rope.rotate(self.anchor_keys[:, :, :a], self.positions[:, :a] - original)
+
+    def place(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        """Give non-sink ``slots`` (``[B, M]``) new temporal ``positions`` by rotating from their current phase.
+
+        Used by the optional Top-C RoPE unification (Eq. 10–11), which moves a token at most ``reuse cap`` times.
+        """
+        current = self.positions.gather(1, slots)
+        gather4 = slots[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
+        moved = self.rope.rotate(self.keys.gather(2, gather4), positions - current)
+        self.keys.scatter_(2, gather4, moved)
+        self.positions.scatter_(1, slots, positions)
