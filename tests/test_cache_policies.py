@@ -1,0 +1,173 @@
+"""Schedules of every policy over 100 chunks: cache length, which tokens remain, which positions they present."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cache_driver import make_cache, run_chunks
+from deepforcing.cache import make_policy, policy_names
+from deepforcing.cache.plan import simulate
+
+F = 6  # tokens per frame in these tests (the golden geometry)
+
+
+def frames_after_each_chunk(policy, chunks=100, **kw):
+    lengths = []
+    cache = make_cache(policy, **kw)
+    run_chunks(cache, chunks, calls=2, after_call=lambda i, c, cc: c == 1 and lengths.append(cc.length / F))
+    return lengths, cache
+
+
+def test_deep_forcing_schedule_3_to_21_then_16_19_alternating():
+    lengths, cache = frames_after_each_chunk(make_policy("deep-forcing"))
+    assert lengths[:7] == [3, 6, 9, 12, 15, 18, 21]
+    assert lengths[7] == 16
+    assert lengths[7:] == [16, 19] * 46 + [16]
+    kinds = [e.kind for e in cache.events]
+    assert [i for i, k in enumerate(kinds) if k == "compress"] == list(range(7, 100, 2))
+
+
+@pytest.mark.parametrize("name", ["self-forcing", "attention-sink", "rolling-sink", "deep-sink"])
+def test_fifo_policies_fill_then_stay_at_window(name):
+    lengths, _ = frames_after_each_chunk(make_policy(name))
+    assert lengths == [3, 6, 9, 12, 15, 18] + [21] * 94
+
+
+def test_full_policy_grows_without_bound():
+    lengths, cache = frames_after_each_chunk(make_policy("full"), chunks=40)
+    assert lengths == [3 * (i + 1) for i in range(40)]
+    assert cache.layers[0].store.capacity >= 120 * F
+
+
+def test_window_not_multiple_of_chunk_evicts_exact_overflow():
+    lengths, _ = frames_after_each_chunk(make_policy("attention-sink", window=20), chunks=10)
+    assert lengths == [3, 6, 9, 12, 15, 18, 20, 20, 20, 20]
+
+
+def positions_by_frame(store):
+    """{source frame: presented position} for a single-batch store (asserts one position per frame)."""
+    frames = store.frames()[0].tolist()
+    pos = store.positions[0, : store.length].tolist()
+    out = {}
+    for f, p in zip(frames, pos):
+        assert out.setdefault(f, p) == p
+    return out
+
+
+def test_deep_sink_release_placement_has_three_frame_gap():
+    cache = make_cache(make_policy("deep-sink"))
+    run_chunks(cache, 30, calls=2)
+    f0 = 29 * 3
+    pos = positions_by_frame(cache.layers[0].store)
+    sink = [pos[f] for f in range(14)]
+    assert sink == list(range(f0 - 21, f0 - 7))  # sink at [f0-21, f0-8]
+    tail = sorted(f for f in pos if f >= 14)
+    assert tail == list(range(f0 - 4, f0 + 3))  # 7 tail frames keep true positions [f0-4, f0+2]
+    assert all(pos[f] == f for f in tail)
+    deltas = [e.decision.sink_delta for e in cache.events if e.kind == "roll"]
+    assert deltas[0] == 0 and set(deltas[1:]) == {3}
+
+
+def test_deep_sink_adjacent_placement_closes_the_gap():
+    cache = make_cache(make_policy("deep-sink", placement="adjacent"))
+    run_chunks(cache, 30, calls=2)
+    pos = positions_by_frame(cache.layers[0].store)
+    presented = sorted(pos.values())
+    assert presented == list(range(presented[0], presented[0] + 21))  # one contiguous timeline
+
+
+def test_rolling_sink_sits_right_before_oldest_tail_frame():
+    cache = make_cache(make_policy("rolling-sink", sink=3))
+    run_chunks(cache, 20, calls=2)
+    pos = positions_by_frame(cache.layers[0].store)
+    tail_start = min(f for f in pos if f >= 3)
+    assert [pos[f] for f in range(3)] == [tail_start - 3, tail_start - 2, tail_start - 1]
+
+
+def test_attention_sink_never_moves():
+    cache = make_cache(make_policy("attention-sink", sink=3))
+    run_chunks(cache, 50, calls=2)
+    pos = positions_by_frame(cache.layers[0].store)
+    assert [pos[f] for f in range(3)] == [0, 1, 2]
+
+
+def test_deep_forcing_sink_shifts_5_then_6_and_topc_keeps_original_positions():
+    cache = make_cache(make_policy("deep-forcing"), layers=2)
+    run_chunks(cache, 40)
+    deltas = [e.decision.sink_delta for e in cache.events if e.kind == "compress" and e.layer == 0]
+    assert deltas[0] == 5 and set(deltas[1:]) == {6}
+    store = cache.layers[1].store
+    L = store.length
+    ids, pos, frames = store.token_ids[0, :L], store.positions[0, :L], store.frames()[0]
+    f0 = 39 * 3
+    # chunk 39 compresses (7, 9, ..., 39): the sink presents [f0 - 16, f0 - 7]
+    assert torch.equal(pos[:60], frames[:60] + (f0 - 16))
+    non_sink = slice(60, L)
+    assert torch.equal(pos[non_sink], frames[non_sink])  # Top-C and recent keep their own positions
+    assert torch.all(ids[1:] > ids[:-1])  # temporal order preserved
+    assert int(store.reuse[0, :L].max()) <= 7
+
+
+def test_reuse_cap_excludes_tokens_and_they_get_evicted():
+    # With a tiny budget the same candidates would win forever; the cap forces turnover.
+    cache = make_cache(make_policy("deep-forcing"), record_events=True)
+    run_chunks(cache, 100, calls=2)
+    assert max(int(l.store.reuse.max()) for l in cache.layers) <= 7
+    capped = make_cache(make_policy("deep-forcing", reuse_cap=2), record_events=True)
+    run_chunks(capped, 60, calls=2)
+    assert int(capped.layers[0].store.reuse.max()) <= 2
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_plan_frames_match_the_session(name):
+    reports = simulate(make_policy(name), 30, tokens_per_frame=F)
+    lengths, _ = frames_after_each_chunk(make_policy(name), chunks=30)
+    assert [r.cache_frames for r in reports] == lengths
+
+
+def test_plan_deep_forcing_regions():
+    reports = simulate(make_policy("deep-forcing"), 12, tokens_per_frame=F)
+    r7 = reports[7]
+    assert (r7.event, r7.sink_frames, r7.topc_frames, r7.recent_frames) == ("compress", 10, 2, 4)
+    assert r7.sink_positions == [5, 14] and r7.recent_positions == [20, 23] and r7.sink_delta == 5
+    r8 = reports[8]
+    assert (r8.event, r8.cache_frames, r8.recent_frames, r8.sink_positions) == ("append", 19, 7, [5, 14])
+
+
+# --------------------------------------------------------------------- golden bookkeeping (no model needed)
+FIFO_SETTINGS = {
+    "self_forcing": lambda: make_policy("self-forcing"),
+    "deep_sink": lambda: make_policy("deep-sink", sink=14),
+    "attention_sink_3": lambda: make_policy("attention-sink", sink=3),
+}
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("setting", list(FIFO_SETTINGS))
+def test_fifo_bookkeeping_matches_reference_traces(golden, setting):
+    """FIFO decisions do not depend on values: replay with random q/k/v and compare the recorded bookkeeping."""
+    trace = load_file(golden / "traces" / f"{setting}.safetensors")
+    meta = json.loads((golden / "traces" / f"{setting}.json").read_text())
+    cache = make_cache(FIFO_SETTINGS[setting](), layers=3, record_events=True)
+    lengths = torch.zeros_like(trace["cache_len"])
+    slot_ids = torch.full_like(trace["slot_token_id"], -1)
+    slot_pos = torch.zeros_like(trace["slot_rope_frame"])
+
+    def record(i, c, cc):
+        for li, layer in enumerate(cc.layers):
+            lengths[i, c, li] = layer.store.length
+            if c == 0:
+                L = layer.store.length
+                slot_ids[i, li, :L] = layer.store.token_ids[0, :L].int()
+                slot_pos[i, li, :L] = layer.store.positions[0, :L].int()
+
+    run_chunks(cache, meta["n_chunks"], after_call=record)
+    assert torch.equal(lengths, trace["cache_len"])
+    assert torch.equal(slot_ids, trace["slot_token_id"])
+    filled = trace["slot_token_id"] >= 0
+    assert torch.equal(slot_pos[filled], trace["slot_rope_frame"][filled])
+    ours = [(e.start_frame // 3, e.layer, e.decision.sink_delta) for e in cache.events if e.kind == "roll"]
+    recorded = [(d["chunk"], d["layer"], d["delta_frames"]) for d in meta["sink_rope_deltas"]]
+    assert [x for x in ours if setting == "deep_sink"] == recorded
