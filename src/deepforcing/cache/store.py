@@ -16,9 +16,21 @@ from __future__ import annotations
 
 import torch
 
-from .rope import TemporalRope
+from .rope import TemporalRope, rotate_pairs
 
 __all__ = ["LayerKVStore"]
+
+_MAX_SLICE_RUNS = 8
+
+
+def _contiguous_runs(idx: torch.Tensor) -> list[tuple[int, int, int]] | None:
+    """``(dst, src, length)`` runs of an ascending index vector, or ``None`` if there are too many."""
+    breaks = torch.nonzero(idx[1:] - idx[:-1] != 1).flatten()
+    if breaks.numel() >= _MAX_SLICE_RUNS:
+        return None
+    starts = [0] + (breaks + 1).tolist()
+    ends = starts[1:] + [idx.numel()]
+    return [(a, int(idx[a]), b - a) for a, b in zip(starts, ends)]
 
 
 class LayerKVStore:
@@ -106,18 +118,34 @@ class LayerKVStore:
         """Compact the store to the slots ``indices`` (``[B, K]``, ascending), in that order.
 
         The sink prefix must be kept in place (``indices[:, :anchor] == arange(anchor)``), so the exact-phase copies
-        stay valid.
+        stay valid. A selection shared by the batch that is a few contiguous runs (FIFO eviction) is moved with slice
+        copies; token-level selections (Top-C) use one ``index_select`` (or ``gather`` when rows differ).
         """
         k = indices.shape[1]
         if self.anchor_tokens and k >= self.anchor_tokens:
             prefix = indices[:, : self.anchor_tokens]
             if not torch.equal(prefix, torch.arange(self.anchor_tokens, device=indices.device).expand_as(prefix)):
                 raise RuntimeError("a cache plan moved or dropped sink slots; sinks must stay at the front")
-        gather4 = indices[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
-        self.keys[:, :, :k] = self.keys.gather(2, gather4)
-        self.values[:, :, :k] = self.values.gather(2, gather4)
-        for meta in (self.token_ids, self.positions, self.reuse):
-            meta[:, :k] = meta.gather(1, indices)
+        shared = indices.shape[0] == 1 or bool((indices == indices[:1]).all())
+        runs = _contiguous_runs(indices[0]) if shared else None
+        if runs is not None and len(runs) <= _MAX_SLICE_RUNS:
+            for dst, src, n in runs:
+                if dst != src:
+                    for buf in (self.keys, self.values):
+                        buf[:, :, dst : dst + n] = buf[:, :, src : src + n].clone()
+                    for meta in (self.token_ids, self.positions, self.reuse):
+                        meta[:, dst : dst + n] = meta[:, src : src + n].clone()
+        else:
+            if shared:
+                idx = indices[0]
+                self.keys[:, :, :k] = self.keys.index_select(2, idx)
+                self.values[:, :, :k] = self.values.index_select(2, idx)
+            else:
+                gather4 = indices[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
+                self.keys[:, :, :k] = self.keys.gather(2, gather4)
+                self.values[:, :, :k] = self.values.gather(2, gather4)
+            for meta in (self.token_ids, self.positions, self.reuse):
+                meta[:, :k] = meta.gather(1, indices)
         self.token_ids[:, k:] = -1
         self.length = k
 
@@ -133,7 +161,9 @@ class LayerKVStore:
             return
         self.positions[:, :a] += delta
         original = self.token_ids[:, :a].div(self.tokens_per_frame, rounding_mode="floor")
-        self.keys[:, :, :a] = self.rope.rotate(self.anchor_keys[:, :, :a], self.positions[:, :a] - original)
+        span = 2 * self.rope.pairs
+        angles = self.rope.angles(self.positions[:, None, :a] - original[:, None, :])
+        self.keys[:, :, :a, :span] = rotate_pairs(self.anchor_keys[:, :, :a, :span], angles)
 
     def place(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Give non-sink ``slots`` (``[B, M]``) new temporal ``positions`` by rotating from their current phase.
