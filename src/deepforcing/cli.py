@@ -91,8 +91,22 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- eval
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .eval.command import add_eval_arguments, run_eval
+
+    p = sub.add_parser(
+        "eval",
+        help="measure long-horizon drift of videos (no downloaded weights needed)",
+        description="Metrics over windows of each video (the first window = the training horizon) as drift curves: "
+        "imaging proxies, colour/exposure drift, flicker, optical-flow motion and deceleration, repetition.",
+    )
+    add_eval_arguments(p)
+    p.set_defaults(func=run_eval)
+
+
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,90 @@
+"""``deepforcing eval VIDEO... [--window-seconds S] [--label L] [--out DIR] [--vbench] [--json]``.
+
+Evaluates each video over windows (metrics.py), writes metrics.json, metrics.md and PNG drift curves (report.py)
+to ``--out`` (default: ``<first video's folder>/<first video's name>_eval``) and prints the markdown table (or the
+JSON with ``--json``). Videos that share a ``--label`` form a group; groups are compared with confidence bands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deepforcing.eval.metrics import SELF_FORCING_HORIZON_FRAMES, EvalConfig, evaluate_video
+from deepforcing.eval.report import write_report
+from deepforcing.eval.vbench_adapter import VBenchUnavailable, check_vbench, evaluate_vbench
+from deepforcing.eval.video_io import VideoReadError
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to evaluate (mp4 or anything PyAV reads)")
+    parser.add_argument(
+        "--window-seconds", type=float, default=None, metavar="S",
+        help="window length in seconds (overrides --window-frames); the first window is the reference",
+    )
+    parser.add_argument(
+        "--window-frames", type=int, default=SELF_FORCING_HORIZON_FRAMES, metavar="N",
+        help=f"window length in frames (default {SELF_FORCING_HORIZON_FRAMES}: Self Forcing's training horizon)",
+    )
+    parser.add_argument(
+        "--label", action="append", default=None, metavar="L",
+        help="group label: give it once for all videos, or once per video in order (default: each file's name)",
+    )
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder for the report")
+    parser.add_argument("--vbench", action="store_true", help="also compute VBench scores (needs vbench, CUDA, weights)")
+    parser.add_argument("--prompt", default=None, help="text prompt, for VBench overall consistency")
+    parser.add_argument("--json", action="store_true", help="print metrics.json instead of the markdown table")
+    return parser
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    videos = [Path(v) for v in args.videos]
+    if not args.label:
+        return [v.stem for v in videos]
+    if len(args.label) == 1:
+        return args.label * len(videos)
+    if len(args.label) != len(videos):
+        raise ValueError(
+            f"got {len(args.label)} --label values for {len(videos)} videos; give one label for all, or one per video"
+        )
+    return list(args.label)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the ``eval`` command; returns the process exit code (0 ok, 2 bad input or unavailable VBench)."""
+    try:
+        labels = _labels(args)
+        config = EvalConfig(window_frames=args.window_frames, window_seconds=args.window_seconds)
+        if args.vbench:
+            check_vbench()  # fail before minutes of work, not after
+        evaluations, vbench = [], {}
+        for video, label in zip(args.videos, labels):
+            print(f"evaluating {video} ...", file=sys.stderr)
+            evaluations.append(evaluate_video(video, config, label=label))
+        out = args.out if args.out is not None else Path(args.videos[0]).parent / f"{Path(args.videos[0]).stem}_eval"
+        if args.vbench:
+            for video in args.videos:
+                vbench[str(video)] = evaluate_vbench(video, out, prompt=args.prompt)
+        paths = write_report(evaluations, out, extra={"vbench": vbench} if vbench else None)
+    except (FileNotFoundError, VideoReadError, ValueError, VBenchUnavailable) as error:
+        print(f"deepforcing eval: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(json.loads(paths["json"].read_text()), indent=2))
+    else:
+        print(paths["markdown"].read_text(), end="")
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m deepforcing.eval.command``) until the CLI wires the subcommand."""
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="deepforcing eval", description=__doc__.splitlines()[0]))
+    return run_eval(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
