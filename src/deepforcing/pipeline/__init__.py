@@ -1,0 +1,1 @@
+"""Pipeline layer: rollout loop, streaming decode and writers."""
