@@ -27,7 +27,7 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-f
     group = parser.add_argument_group("cache policy")
     group.add_argument(
         "--policy", default=default, metavar="NAME",
-        help=f"KV-cache policy: {', '.join(policy_names())} (default: {default})",
+        help=f"KV-cache policy: {', '.join(policy_names())} (default: {default or 'the model preset'})",
     )
     for field, text in _POLICY_SIZE_OPTIONS.items():
         group.add_argument("--" + field.replace("_", "-"), dest=field, type=int, default=None, help=text)
@@ -39,11 +39,14 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-f
                        help="deep-sink: the release's placement (3-frame gap) or adjacent to the tail")
 
 
+def policy_sizes_from_args(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name, None) for name in (*_POLICY_SIZE_OPTIONS, "queries", "topc_rope", "placement")}
+
+
 def policy_from_args(args: argparse.Namespace):
     from .cache import make_policy
 
-    sizes = {name: getattr(args, name, None) for name in (*_POLICY_SIZE_OPTIONS, "queries", "topc_rope", "placement")}
-    return make_policy(args.policy, **sizes)
+    return make_policy(args.policy, **policy_sizes_from_args(args))
 
 
 # ----------------------------------------------------------------------------- plan
@@ -91,6 +94,84 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- generate
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a (long) video, streamed to an mp4 chunk by chunk",
+        description="Generate a video with a causal video diffusion model and a KV-cache policy. With no model "
+        "options the embedded mini model runs on the CPU with its default prompt (60 s at 16 fps).",
+    )
+    src = p.add_argument_group("what to generate")
+    src.add_argument("prompt", nargs="?", default=None, help="text prompt (or a compact timeline '10s: a; 10s: b')")
+    src.add_argument("--prompt", dest="prompt_opt", default=None, help="text prompt (same as the positional one)")
+    src.add_argument("--prompt-file", default=None,
+                     help="file with one prompt per line: one video per prompt (sharded across torchrun ranks)")
+    src.add_argument("--timeline", default=None,
+                     help="prompt timeline: compact form '10s: prompt; 20s: prompt' or a file (lines or JSON)")
+    src.add_argument("--drop-sink-on-switch", action="store_true",
+                     help="re-cache the sink too when the prompt changes (default: keep it)")
+    length = src.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=None, help="video length in seconds (default 60)")
+    length.add_argument("--frames", type=int, default=None, help="video length in latent frames")
+    src.add_argument("--seed", type=int, default=0, help="random seed (video k of a prompt file uses seed + k)")
+    add_policy_arguments(p, default=None)
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="mini",
+                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan model folder")
+    model.add_argument("--checkpoint", default=None,
+                       help="Self Forcing-style .pt or safetensors DiT weights (real models)")
+    model.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing)")
+    model.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
+    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    out = p.add_argument_group("output")
+    out.add_argument("-o", "--output", default=None, help="output .mp4 (default: outputs/<prompt>_seed<seed>.mp4)")
+    out.add_argument("--save-latents", action="store_true", help="also save the latents (.safetensors)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .pipeline.command import run_generate
+
+    return run_generate(args)
+
+
+# ----------------------------------------------------------------------- train-mini
+def _add_train_mini(sub: argparse._SubParsersAction) -> None:
+    from .mini.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train-mini",
+        help="train (or resume) the embedded mini model on the procedural world",
+        description="Teacher-forcing flow-matching training on world clips of one attention window (21 frames), "
+        "resumable from <run-dir>/checkpoint.pt. Writes the model file at every checkpoint.",
+    )
+    p.add_argument("--steps", type=int, default=d.steps, help=f"total optimiser steps (default {d.steps})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"clips per step (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--shift", type=float, default=d.shift, help=f"training timestep shift (default {d.shift})")
+    p.add_argument("--run-dir", default=d.run_dir, help=f"checkpoints and logs (default {d.run_dir})")
+    p.add_argument("--output", default="runs/mini/mini_model.safetensors", help="model file to write")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this much wall time")
+    p.add_argument("--threads", type=int, default=d.threads, help=f"CPU threads (default {d.threads})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.set_defaults(func=_run_train_mini)
+
+
+def _run_train_mini(args: argparse.Namespace) -> int:
+    from .mini.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
+                      output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed)
+    train(cfg)
+    print(f"wrote {cfg.output}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- eval
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .eval.command import add_eval_arguments, run_eval
@@ -106,7 +187,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_eval]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_train_mini]
 
 
 def build_parser() -> argparse.ArgumentParser:

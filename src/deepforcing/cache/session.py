@@ -83,6 +83,19 @@ class LayerCache:
         if self.queries is not None:
             self.queries.clear()
 
+    def restart(self, resume_frame: int, keep_sink: bool) -> None:
+        """Drop everything but (optionally) the sink and continue writing at ``resume_frame`` (prompt re-cache)."""
+        store = self.store
+        sink_tokens = min(store.anchor_tokens, store.length) if keep_sink else 0
+        store.length = sink_tokens
+        store.token_ids[:, sink_tokens:] = -1
+        store.reuse.zero_()
+        if not keep_sink:
+            self.state.clear()
+        self.global_end = resume_frame * self.owner.geometry.tokens_per_frame
+        if self.queries is not None:
+            self.queries.clear()
+
     def _observe_queries(self, q: torch.Tensor, call: CallInfo, new_chunk: bool) -> None:
         qset = self.owner.policy.query_set
         if qset == "both":
@@ -236,6 +249,17 @@ class KVCache:
         if start_frame < 0 or num_frames <= 0:
             raise ValueError(f"invalid call: start_frame={start_frame}, num_frames={num_frames}")
         self.call = CallInfo(start_frame, num_frames, clean)
+
+    def restart(self, resume_frame: int, keep_sink: bool = True) -> None:
+        """Truncate every layer to its sink (or to nothing) and resume writing at ``resume_frame``.
+
+        Used by prompt switches: the frames after ``resume_frame`` are then re-run under the new prompt.
+        """
+        if resume_frame < 0:
+            raise ValueError(f"resume_frame must be >= 0, got {resume_frame}")
+        for layer in self.layers:
+            layer.restart(resume_frame, keep_sink)
+        self.call = None
 
     def reset(self) -> None:
         """Forget everything (all layers, queries, policy state, events) to start a new video."""

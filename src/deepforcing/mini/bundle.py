@@ -1,0 +1,44 @@
+"""The mini model as a :class:`~deepforcing.pipeline.generate.ModelBundle` (what ``deepforcing generate`` runs by
+default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deepforcing.pipeline.generate import ModelBundle
+from deepforcing.pipeline.rollout import SamplingConfig
+
+from .model import MiniModel
+
+__all__ = ["mini_bundle", "MINI_DEFAULT_PROMPT", "MINI_FPS"]
+
+MINI_DEFAULT_PROMPT = "a red circle and a blue square bounce on a striped green background"
+MINI_FPS = 16
+MINI_DISPLAY_SCALE = 8  # 32x32 frames are written as 256x256 (nearest neighbour) so they can be watched
+
+
+def mini_bundle(path: str | Path | None = None, device: str = "cpu") -> ModelBundle:
+    model = MiniModel.load(path, device=device)
+    meta = MiniModel.read_metadata(path)
+    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in meta.get("sampling", {}).items()})
+
+    def encode_text(prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return model.text_encoder(prompts)
+
+    return ModelBundle(
+        name="deepforcing-mini",
+        transformer=model.transformer,
+        encode_text=encode_text,
+        codec=model.codec,
+        latent_shape=model.latent_shape,
+        sampling=sampling,
+        fps=MINI_FPS,
+        temporal_scale=1,
+        display_scale=MINI_DISPLAY_SCALE,
+        default_policy={"name": "deep-forcing"},
+        default_prompt=MINI_DEFAULT_PROMPT,
+    )

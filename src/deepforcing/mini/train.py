@@ -1,0 +1,226 @@
+"""Training recipe of the mini model: teacher forcing on world clips no longer than the attention window.
+
+Objective (flow matching with clean context, the inference-time situation of a Self Forcing rollout): a clip of
+``clip_frames`` frames (= the window, so long videos are true extrapolation) is split into chunks; every chunk gets
+its own noise level ``sigma`` (shifted-uniform, ``shift``), and the model sees the sequence
+``[clean frames | noisy frames]`` with a mask under which
+
+* clean chunk ``a`` attends clean chunks ``<= a`` (what the clean-context pass writes to the KV cache),
+* noisy chunk ``a`` attends clean chunks ``< a`` and itself (what a denoising step sees through the cache),
+
+both halves at the frames' true temporal RoPE positions. The loss is the MSE of the predicted flow
+``v = noise - x0`` on the noisy half. Progress is checked against what matters for generation: the x0 error at
+the first sampling step given context, without context, and the copy-the-last-frame baseline.
+
+Resumable: a checkpoint (model, optimiser, step, RNG, log) is written every ``checkpoint_every`` steps and on
+Ctrl-C; running again continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .language import sample_scene, tokenize_spec
+from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
+from .world import render_batch
+
+__all__ = ["TrainConfig", "train", "teacher_forcing_forward", "context_probe"]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch: int = 12
+    clip_frames: int = 21
+    chunk_frames: int = 3
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    shift: float = 2.0
+    seed: int = 0
+    threads: int = 2
+    run_dir: str = "runs/mini"
+    output: str = str(DEFAULT_MINI_WEIGHTS)
+    checkpoint_every: int = 100
+    probe_every: int = 100
+    max_minutes: float | None = None
+    model: MiniConfig = field(default_factory=MiniConfig)
+
+
+def _chunk_index(frames: int, chunk: int, tokens: int, device) -> torch.Tensor:
+    return torch.arange(frames, device=device).div(chunk, rounding_mode="floor").repeat_interleave(tokens)
+
+
+def teacher_forcing_mask(frames: int, chunk: int, tokens: int, device, context: bool = True) -> torch.Tensor:
+    """Boolean ``[2n, 2n]`` attention mask over ``[clean | noisy]`` tokens (True = may attend)."""
+    c = _chunk_index(frames, chunk, tokens, device)
+    clean_clean = c[None, :] <= c[:, None]
+    noisy_clean = (c[None, :] < c[:, None]) & context
+    noisy_noisy = c[None, :] == c[:, None]
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], dim=1)
+    bottom = torch.cat([noisy_clean, noisy_noisy], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def teacher_forcing_forward(
+    model: MiniModel,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    sigma_frames: torch.Tensor,
+    token_ids: torch.Tensor,
+    chunk_frames: int,
+    context: bool = True,
+) -> torch.Tensor:
+    """Flow prediction for ``noisy`` ``[B, C, T, H, W]`` given the clean frames as causal context."""
+    tr = model.transformer
+    b, _, t, h, w = clean.shape
+    text = model.text_encoder.embed_ids(token_ids)
+    ctx = type(tr).encode_context.__wrapped__(tr, text)  # with gradients (the public method is no_grad)
+    seq = torch.cat([clean, noisy], dim=2)
+    timesteps = torch.cat([torch.zeros_like(sigma_frames), sigma_frames * 1000.0], dim=1)
+    x, e, e0, grid, _ = tr._embed(seq, timesteps)
+    _, hp, wp = grid
+    half = tr.rope3d.angles(0, t, hp, wp, device=x.device)
+    angles = torch.cat([half, half], dim=0)
+    mask = teacher_forcing_mask(t, chunk_frames, hp * wp, x.device, context=context)
+
+    def attend(i, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    out = tr._run(x, e, e0, grid, angles, ctx, attend)
+    return out[:, :, t:]
+
+
+def _batch(cfg: TrainConfig, rng: np.random.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    specs = [sample_scene(rng) for _ in range(cfg.batch)]
+    seeds = rng.integers(0, 2**31 - 1, size=cfg.batch).tolist()
+    clips = render_batch(specs, seeds, cfg.clip_frames, cfg.model.frame_size)  # [B, T, 3, H, W]
+    ids = torch.tensor([tokenize_spec(s, cfg.model.text_len) for s in specs], dtype=torch.long)
+    return clips.permute(0, 2, 1, 3, 4).contiguous().to(device), ids.to(device)
+
+
+def _sigmas(cfg: TrainConfig, b: int, gen: torch.Generator, device) -> torch.Tensor:
+    chunks = cfg.clip_frames // cfg.chunk_frames
+    u = torch.rand(b, chunks, generator=gen)
+    sigma = cfg.shift * u / (1 + (cfg.shift - 1) * u)
+    return sigma.repeat_interleave(cfg.chunk_frames, dim=1).to(device)
+
+
+@torch.no_grad()
+def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batches: int = 2, seed: int = 1234) -> dict:
+    """x0 mean-squared error at noise level ``sigma`` with context, without context, and for copy-last-frame.
+
+    Chunk 0 has no context and is excluded. A model that uses its context must beat both baselines clearly.
+    """
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    errs = {"with_context": 0.0, "without_context": 0.0, "copy_last_frame": 0.0}
+    model.eval()
+    for _ in range(batches):
+        clean, ids = _batch(cfg, rng, "cpu")
+        b, _, t, h, w = clean.shape
+        noise = torch.randn(clean.shape, generator=gen)
+        noisy = (1 - sigma) * clean + sigma * noise
+        sig = torch.full((b, t), sigma)
+        ch = cfg.chunk_frames
+        tail = slice(ch, t)
+        for key, ctx in (("with_context", True), ("without_context", False)):
+            flow = teacher_forcing_forward(model, clean, noisy, sig, ids, ch, context=ctx)
+            x0 = noisy - sigma * flow
+            errs[key] += F.mse_loss(x0[:, :, tail], clean[:, :, tail]).item() / batches
+        starts = torch.arange(ch, t) // ch * ch - 1  # last clean frame before each frame's chunk
+        errs["copy_last_frame"] += F.mse_loss(clean[:, :, starts], clean[:, :, tail]).item() / batches
+    model.train()
+    return errs
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(cfg: TrainConfig, log=print) -> MiniModel:
+    """Train (or resume) the mini model; writes ``cfg.output`` when done (and at every checkpoint)."""
+    torch.set_num_threads(cfg.threads)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    model = MiniModel(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    state = {"step": 0, "seconds": 0.0, "clips": 0, "log": []}
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["model_config"] != asdict(cfg.model):
+            raise ValueError(f"{ckpt_path} was trained with a different model config; use another --run-dir")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        rng.bit_generator.state = ck["numpy_rng"]
+        gen.set_state(ck["torch_rng"])
+        log(f"resumed from {ckpt_path} at step {state['step']}")
+    params = sum(p.numel() for p in model.parameters())
+    log(f"mini model: {params / 1e6:.2f}M parameters, {cfg.model.tokens_per_frame} tokens/frame")
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
+                    "model_config": asdict(cfg.model), "train_config": asdict(cfg)}, tmp)
+        tmp.replace(ckpt_path)
+        model.save(cfg.output, metadata={"training": {k: v for k, v in state.items() if k != "log"},
+                                          "recipe": {k: v for k, v in asdict(cfg).items() if k != "model"}})
+
+    model.train()
+    started = time.perf_counter()
+    window_loss = []
+    try:
+        while state["step"] < cfg.steps:
+            if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
+                log(f"time budget of {cfg.max_minutes} min reached at step {state['step']}")
+                break
+            t0 = time.perf_counter()
+            clean, ids = _batch(cfg, rng, "cpu")
+            sigma = _sigmas(cfg, clean.shape[0], gen, "cpu")
+            noise = torch.randn(clean.shape, generator=gen)
+            s = sigma[:, None, :, None, None]
+            noisy = (1 - s) * clean + s * noise
+            flow = teacher_forcing_forward(model, clean, noisy, sigma, ids, cfg.chunk_frames)
+            loss = F.mse_loss(flow, noise - clean)
+            for group in opt.param_groups:
+                group["lr"] = _lr(cfg, state["step"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            state["step"] += 1
+            state["clips"] += clean.shape[0]
+            state["seconds"] += time.perf_counter() - t0
+            window_loss.append(loss.item())
+            if state["step"] % cfg.probe_every == 0:
+                probe = context_probe(model, cfg)
+                entry = {"step": state["step"], "loss": float(np.mean(window_loss)), "clips": state["clips"],
+                         "seconds": round(state["seconds"], 1), **{f"x0_mse_{k}": round(v, 5) for k, v in probe.items()}}
+                window_loss.clear()
+                state["log"].append(entry)
+                log(json.dumps(entry))
+            if state["step"] % cfg.checkpoint_every == 0:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        log("interrupted: saving a checkpoint")
+        save_checkpoint()
+        raise
+    save_checkpoint()
+    return model

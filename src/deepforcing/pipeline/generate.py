@@ -1,0 +1,316 @@
+"""The user-facing generator: a model bundle + a policy → a streamed video file (the Python API of the CLI).
+
+::
+
+    from deepforcing import VideoGenerator
+    gen = VideoGenerator.from_mini()                         # the shipped mini model, CPU
+    result = gen.generate("a red circle bounces on a dark background", seconds=60, policy="deep-forcing",
+                          output="out.mp4", on_chunk=lambda chunk: print(chunk.index, chunk.frames.shape))
+
+Every chunk is decoded and appended to the mp4 as soon as it is denoised (a killed run leaves a playable
+``<out>.partial.mp4``); ``on_chunk`` receives the chunk's latents and decoded frames for streaming consumers.
+A JSON sidecar next to the video records every setting, the seed, the policy, versions and timings.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from deepforcing.cache import CachePolicy, make_policy
+
+from .rollout import SamplingConfig, VideoRollout
+from .timeline import TimelineEntry, parse_timeline, schedule_chunks
+from .writer import Mp4StreamWriter, save_latents, write_sidecar
+
+__all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator"]
+
+
+@dataclass
+class ModelBundle:
+    """Everything model-specific the generator needs.
+
+    Attributes:
+        name: human-readable model name (recorded in the sidecar).
+        transformer: causal chunk model (``CausalWanTransformer``).
+        encode_text: prompts → text-encoder output ``[B, n, text_dim]``.
+        codec: has ``streaming_decoder()`` returning an object with ``reset()`` and
+            ``decode_chunk(latents [B, f, C, h, w]) -> pixels [B, T, 3, H, W]`` in [-1, 1].
+        latent_shape: ``(C, h, w)`` of one latent frame.
+        sampling: few-step schedule of the preset.
+        fps: output frame rate.
+        temporal_scale: pixel frames per latent frame after the first (Wan VAE: 4; pixels: 1).
+        display_scale: integer nearest-neighbour upscale applied to written frames (tiny models).
+        default_policy: policy name and sizes used when the user names none.
+    """
+
+    name: str
+    transformer: torch.nn.Module
+    encode_text: Callable[[list[str]], torch.Tensor]
+    codec: object
+    latent_shape: tuple[int, int, int]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    fps: int = 16
+    temporal_scale: int = 4
+    display_scale: int = 1
+    default_policy: dict = field(default_factory=lambda: {"name": "deep-forcing"})
+    default_prompt: str = ""
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Causal VAE frame count: ``1 + scale * (F - 1)`` (identity codec: ``F``)."""
+        return latent_frames if self.temporal_scale == 1 else 1 + self.temporal_scale * (latent_frames - 1)
+
+    def latent_frames_for_seconds(self, seconds: float) -> int:
+        pixels = max(1, round(seconds * self.fps))
+        if self.temporal_scale == 1:
+            return pixels
+        return 1 + math.ceil((pixels - 1) / self.temporal_scale)
+
+
+@dataclass
+class ChunkOutput:
+    """One streamed chunk of one video."""
+
+    index: int
+    start_frame: int
+    prompt: str
+    latents: torch.Tensor  # [B, C, f, h, w]
+    frames: torch.Tensor  # [B, T, 3, H, W] in [-1, 1] (before display upscaling)
+    seconds: float  # wall time of this chunk (denoise + decode + write)
+
+
+@dataclass
+class GenerationResult:
+    path: Path | None
+    sidecar: Path | None
+    latent_frames: int
+    pixel_frames: int
+    seconds: float
+    chunk_seconds: list[float]
+    policy: dict
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.pixel_frames / self.seconds if self.seconds else float("nan")
+
+
+def _versions() -> dict:
+    import diffusers
+
+    from deepforcing import __version__
+
+    return {"deepforcing": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version()}
+
+
+class VideoGenerator:
+    """Streams videos from a :class:`ModelBundle` with any cache policy."""
+
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu") -> None:
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self._contexts: dict[str, object] = {}
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_mini(cls, path: str | Path | None = None, device: str = "cpu") -> "VideoGenerator":
+        """The shipped mini model (or a mini model file at ``path``)."""
+        from deepforcing.mini.bundle import mini_bundle
+
+        return cls(mini_bundle(path, device=device), device=device)
+
+    # ----------------------------------------------------------------- helpers
+    def resolve_policy(self, policy: str | CachePolicy | None, **sizes) -> CachePolicy:
+        if isinstance(policy, CachePolicy):
+            return policy
+        window = self.bundle.default_policy.get("window")
+        if window is not None and sizes.get("window") is None:
+            sizes = {**sizes, "window": window}  # the preset's attention window unless the user sets one
+        if policy is None:
+            defaults = dict(self.bundle.default_policy)
+            name = defaults.pop("name")
+            defaults.update({k: v for k, v in sizes.items() if v is not None})
+            return make_policy(name, **defaults)
+        return make_policy(policy, **sizes)
+
+    def context(self, prompt: str):
+        """Cross-attention state of a prompt (cached per prompt)."""
+        if prompt not in self._contexts:
+            with torch.no_grad():
+                emb = self.bundle.encode_text([prompt]).to(self.device)
+                self._contexts[prompt] = self.bundle.transformer.encode_context(emb)
+        return self._contexts[prompt]
+
+    def num_chunks(self, seconds: float | None, latent_frames: int | None) -> int:
+        chunk = self.bundle.sampling.chunk_frames
+        if (seconds is None) == (latent_frames is None):
+            raise ValueError("give exactly one of seconds or latent frames")
+        if latent_frames is None:
+            if seconds <= 0:
+                raise ValueError(f"--seconds must be positive, got {seconds}")
+            latent_frames = self.bundle.latent_frames_for_seconds(seconds)
+        if latent_frames <= 0:
+            raise ValueError(f"--frames must be positive, got {latent_frames}")
+        return math.ceil(latent_frames / chunk)
+
+    # ------------------------------------------------------------------ stream
+    def stream(
+        self,
+        prompt: str | Sequence[TimelineEntry] | None = None,
+        *,
+        seconds: float | None = None,
+        latent_frames: int | None = None,
+        policy: str | CachePolicy | None = None,
+        seed: int = 0,
+        keep_sink_on_switch: bool = True,
+        record_events: bool = False,
+        **policy_sizes,
+    ) -> Iterator[ChunkOutput]:
+        """Yield decoded chunks of one video as they are generated."""
+        timeline = self._timeline(prompt)
+        total = self.num_chunks(seconds, latent_frames)
+        active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
+                                 self.bundle.latent_frames_for_seconds)
+        policy_obj = self.resolve_policy(policy, **policy_sizes)
+        rollout = VideoRollout(
+            model=self.bundle.transformer, policy=policy_obj, context=self.context(timeline[active[0]].prompt),
+            latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
+            device=self.device, record_events=record_events,
+        )
+        self.last_rollout = rollout
+        decoder = self.bundle.codec.streaming_decoder()
+        decoder.reset()
+        current = active[0]
+        for i in range(total):
+            t0 = time.perf_counter()
+            if active[i] != current:
+                current = active[i]
+                rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch)
+            res = rollout.step()
+            with torch.no_grad():
+                frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
+            yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
+                              time.perf_counter() - t0)
+
+    def _timeline(self, prompt) -> list[TimelineEntry]:
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            if not self.bundle.default_prompt:
+                raise ValueError("a prompt is required for this model")
+            prompt = self.bundle.default_prompt
+        if isinstance(prompt, str):
+            return parse_timeline(prompt) if ";" in prompt or _looks_timed(prompt) else [TimelineEntry(prompt)]
+        entries = list(prompt)
+        if not entries:
+            raise ValueError("empty timeline")
+        return entries
+
+    # ---------------------------------------------------------------- generate
+    def generate(
+        self,
+        prompt: str | Sequence[TimelineEntry] | None = None,
+        *,
+        output: str | Path,
+        seconds: float | None = None,
+        latent_frames: int | None = None,
+        policy: str | CachePolicy | None = None,
+        seed: int = 0,
+        on_chunk: Callable[[ChunkOutput], None] | None = None,
+        save_latents_to: str | Path | None = None,
+        sidecar: bool = True,
+        progress: bool = False,
+        keep_sink_on_switch: bool = True,
+        **policy_sizes,
+    ) -> GenerationResult:
+        """Generate one video into ``output`` (mp4), streaming chunk by chunk."""
+        output = Path(output)
+        if output.suffix.lower() != ".mp4":
+            raise ValueError(f"output must be an .mp4 path, got {output}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        timeline = self._timeline(prompt)
+        policy_obj = self.resolve_policy(policy, **policy_sizes)
+        total = self.num_chunks(seconds, latent_frames)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="chunk", desc=output.name, dynamic_ncols=True)
+        scale = self.bundle.display_scale
+        latents, chunk_seconds, pixel_frames = [], [], 0
+        started = time.perf_counter()
+        interrupted = False
+        writer = Mp4StreamWriter(output, fps=self.bundle.fps)
+        try:
+            for out in self.stream(timeline, latent_frames=total * self.bundle.sampling.chunk_frames,
+                                   policy=policy_obj, seed=seed, keep_sink_on_switch=keep_sink_on_switch):
+                frames = out.frames[0]
+                if scale > 1:
+                    frames = frames.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+                writer.write(frames)
+                pixel_frames += out.frames.shape[1]
+                chunk_seconds.append(out.seconds)
+                if save_latents_to is not None:
+                    latents.append(out.latents[0].cpu())
+                if on_chunk is not None:
+                    on_chunk(out)
+                if bar is not None:
+                    bar.set_postfix(fps=f"{out.frames.shape[1] / out.seconds:.1f}", refresh=False)
+                    bar.update(1)
+            path = writer.close()
+        except KeyboardInterrupt:
+            # keep <out>.partial.mp4 (every finished chunk, playable); never leave a file without frames
+            interrupted = True
+            path = writer.partial_path if writer.frames_written else None
+            if not writer.frames_written:
+                writer.abort()
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - started
+        result = GenerationResult(path, None,
+                                  len(chunk_seconds) * self.bundle.sampling.chunk_frames, pixel_frames, elapsed,
+                                  chunk_seconds, policy_obj.describe(), interrupted)
+        if save_latents_to is not None and latents:
+            save_latents(save_latents_to, torch.cat(latents, dim=1))
+        if sidecar and path is not None:
+            result.sidecar = write_sidecar(path.with_suffix(".json"), self._sidecar(result, timeline, seed, total))
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
+
+    def _sidecar(self, result: GenerationResult, timeline, seed: int, planned_chunks: int) -> dict:
+        cs = sorted(result.chunk_seconds)
+        pct = lambda q: cs[min(len(cs) - 1, int(q * len(cs)))] if cs else None  # noqa: E731
+        return {
+            "status": "interrupted" if result.interrupted else "complete",
+            "model": self.bundle.name,
+            "timeline": [e.__dict__ for e in timeline],
+            "seed": seed,
+            "policy": result.policy,
+            "sampling": self.bundle.sampling.__dict__,
+            "latent_shape": list(self.bundle.latent_shape),
+            "fps": self.bundle.fps,
+            "chunks": {"planned": planned_chunks, "written": len(result.chunk_seconds)},
+            "latent_frames": result.latent_frames,
+            "pixel_frames": result.pixel_frames,
+            "timings": {
+                "total_seconds": round(result.seconds, 3),
+                "frames_per_second": round(result.fps, 2),
+                "chunk_seconds_mean": round(sum(cs) / len(cs), 4) if cs else None,
+                "chunk_seconds_p50": pct(0.5),
+                "chunk_seconds_p95": pct(0.95),
+            },
+            "device": str(self.device),
+            "versions": _versions(),
+        }
+
+
+def _looks_timed(text: str) -> bool:
+    head = text.split(":", 1)[0]
+    return ":" in text and head.strip()[-1:].lower() in ("s", "f") and head.strip()[:-1].replace(".", "").isdigit()

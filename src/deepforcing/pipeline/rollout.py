@@ -1,0 +1,224 @@
+"""The autoregressive rollout: chunks, the few-step schedule, the clean-context pass, prompt switches.
+
+Per chunk (REFERENCE.md §B.1, golden/README.md "Rollout protocol"):
+
+1. draw the chunk's noise ``x``;
+2. for each step ``t_j``: ``x0 = x - sigma_j * model(x, t_j)``; if not last, ``x = (1 - sigma_{j+1}) x0 + sigma_{j+1} eps``
+   with fresh noise ``eps``;
+3. the chunk's output is the last ``x0``;
+4. clean pass: run the model once more on ``x0`` at the context-noise timestep (0 by default); its output is discarded,
+   its effect is that every layer rewrites the chunk's K/V with clean-input K/V.
+
+The cache policy acts inside the model on the first step of a new chunk. Everything about one video lives in one
+:class:`VideoRollout` (cache, prompt context, noise stream, position); nothing is shared between videos.
+
+Prompt switches (a timeline) follow LongLive's recipe: the cross-attention K/V are re-encoded for the new prompt and
+the recent window is *re-cached* — its cached K/V are recomputed under the new prompt by re-running the last frames
+at the clean timestep — with the sink kept (``keep_sink=True``) or re-cached too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from deepforcing.cache import CachePolicy, KVCache
+from deepforcing.models.schedule import FlowMatchSchedule
+
+__all__ = [
+    "SamplingConfig",
+    "NoiseSource",
+    "GaussianNoise",
+    "ChunkResult",
+    "VideoRollout",
+    "CausalChunkModel",
+]
+
+
+class CausalChunkModel(Protocol):
+    """What the rollout needs from a model (``CausalWanTransformer`` implements it)."""
+
+    def make_cache(self, policy: CachePolicy, *, height: int, width: int, chunk_frames: int, batch: int = 1,
+                   **kw) -> KVCache: ...
+
+    def encode_context(self, text_embeddings: torch.Tensor): ...
+
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, context, cache: KVCache, start_frame: int,
+                 clean: bool | None = None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Few-step sampling settings (model presets hold the values; Self Forcing's are the defaults).
+
+    Fields:
+        denoising_steps: nominal steps (Self Forcing: 1000, 750, 500, 250).
+        warp: map nominal steps onto the shifted training table (Self Forcing: True → ≈ 1000, 937.5, 833.3, 625).
+        shift: flow-matching timestep shift (5.0).
+        chunk_frames: latent frames generated per autoregressive step (3).
+        context_noise: timestep of the clean-context pass (0 in every release).
+    """
+
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    warp: bool = True
+    shift: float = 5.0
+    chunk_frames: int = 3
+    context_noise: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.denoising_steps:
+            raise ValueError("at least one denoising step is needed")
+        if self.chunk_frames <= 0:
+            raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
+
+    def timesteps(self, schedule: FlowMatchSchedule) -> torch.Tensor:
+        if self.warp:
+            return schedule.warp(self.denoising_steps)
+        return torch.tensor(self.denoising_steps, dtype=torch.float32)
+
+
+class NoiseSource(Protocol):
+    """Gaussian draws of a video: the initial noise of a chunk and the re-noising draws between steps."""
+
+    def initial(self, chunk: int, shape: Sequence[int]) -> torch.Tensor: ...
+
+    def renoise(self, chunk: int, step: int, shape: Sequence[int]) -> torch.Tensor: ...
+
+
+class GaussianNoise:
+    """Seeded per-video noise, drawn chunk by chunk (streaming: nothing is drawn ahead of time).
+
+    One generator per batch element (seed, seed + 1, ...), so each video of a batch equals that video alone.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        self.device, self.dtype = device, dtype
+
+    def _draw(self, shape: Sequence[int]) -> torch.Tensor:
+        one = tuple(shape[1:])
+        out = torch.stack([torch.randn(one, generator=g) for g in self.generators])
+        return out.to(device=self.device, dtype=self.dtype)
+
+    def initial(self, chunk: int, shape: Sequence[int]) -> torch.Tensor:
+        return self._draw(shape)
+
+    def renoise(self, chunk: int, step: int, shape: Sequence[int]) -> torch.Tensor:
+        return self._draw(shape)
+
+
+@dataclass
+class ChunkResult:
+    """One finished chunk: its clean latents ``[B, C, f, h, w]`` and where it sits in the video."""
+
+    index: int
+    start_frame: int
+    latents: torch.Tensor
+    prompt_index: int = 0
+
+
+@dataclass
+class VideoRollout:
+    """State and loop of one video. Create one per video (or per batch of videos generated together).
+
+    Args:
+        model: a causal chunk model.
+        policy: KV-cache policy.
+        context: the prompt's cross-attention state from ``model.encode_context``.
+        latent_shape: ``(C, h, w)`` of one latent frame.
+        sampling: the few-step schedule.
+        noise: the noise stream (``GaussianNoise`` by default from ``seeds``).
+        batch: videos generated together.
+        keep_recent_latents: latent frames remembered for re-caching at prompt switches (default: the window).
+    """
+
+    model: CausalChunkModel
+    policy: CachePolicy
+    context: object
+    latent_shape: tuple[int, int, int]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    noise: NoiseSource | None = None
+    seeds: Sequence[int] = (0,)
+    dtype: torch.dtype = torch.float32
+    device: torch.device | str = "cpu"
+    record_events: bool = False
+
+    def __post_init__(self) -> None:
+        c, h, w = self.latent_shape
+        self.batch = len(self.seeds)
+        self.cache = self.model.make_cache(
+            self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames, batch=self.batch,
+            record_events=self.record_events,
+        )
+        self.schedule = FlowMatchSchedule(shift=self.sampling.shift)
+        self.steps = self.sampling.timesteps(self.schedule)
+        if self.noise is None:
+            self.noise = GaussianNoise(self.seeds, device=self.device, dtype=self.dtype)
+        self.next_chunk = 0
+        self.prompt_index = 0
+        self._recent: list[torch.Tensor] = []  # clean latents of recent chunks, for re-caching
+        self._recent_frames = getattr(self.policy, "window", 21)
+
+    @property
+    def next_frame(self) -> int:
+        return self.next_chunk * self.sampling.chunk_frames
+
+    def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
+        f = x.shape[2]
+        timesteps = torch.full((self.batch, f), float(t), device=x.device, dtype=torch.float32)
+        return self.model(x, timesteps, self.context, self.cache, start, clean=clean)
+
+    @torch.no_grad()
+    def step(self) -> ChunkResult:
+        """Generate the next chunk (all denoising steps and the clean pass)."""
+        i, f0 = self.next_chunk, self.next_frame
+        c, h, w = self.latent_shape
+        shape = (self.batch, c, self.sampling.chunk_frames, h, w)
+        x = self.noise.initial(i, shape)
+        last = len(self.steps) - 1
+        x0 = x
+        for j, t in enumerate(self.steps.tolist()):
+            flow = self._call(x, t, f0, clean=False)
+            x0 = self.schedule.x0_from_flow(x, flow, t)
+            if j < last:
+                x = self.schedule.add_noise(x0, self.noise.renoise(i, j, shape), self.steps[j + 1])
+        self._call(x0, self.sampling.context_noise, f0, clean=True)
+        self._remember(x0)
+        self.next_chunk += 1
+        return ChunkResult(i, f0, x0, self.prompt_index)
+
+    def _remember(self, x0: torch.Tensor) -> None:
+        self._recent.append(x0)
+        keep_chunks = -(-self._recent_frames // self.sampling.chunk_frames)
+        del self._recent[: max(0, len(self._recent) - keep_chunks)]
+
+    def chunks(self, num_chunks: int) -> Iterator[ChunkResult]:
+        for _ in range(num_chunks):
+            yield self.step()
+
+    @torch.no_grad()
+    def switch_prompt(self, context: object, *, keep_sink: bool = True) -> None:
+        """Switch to a new prompt mid-stream (LongLive's KV re-cache).
+
+        The new cross-attention state replaces the old one; the cache is truncated to the sink (``keep_sink``) or
+        emptied, and the remembered recent chunks are re-run at the clean timestep under the new prompt, at their own
+        temporal positions, so the recent window's K/V are recomputed with the new prompt.
+        """
+        self.context = context
+        self.prompt_index += 1
+        if not self._recent:
+            return
+        chunk = self.sampling.chunk_frames
+        window = getattr(self.policy, "window", self._recent_frames)
+        sink = self.policy.sink_frames
+        if keep_sink and sink and self.next_frame > window:
+            count = min(len(self._recent), (window - sink) // chunk)
+        else:  # nothing to keep yet (the sink is still being generated) or the sink is re-cached too
+            keep_sink = False
+            count = min(len(self._recent), window // chunk)
+        resume = self.next_frame - count * chunk
+        self.cache.restart(resume_frame=resume, keep_sink=keep_sink)
+        for k, latents in enumerate(self._recent[len(self._recent) - count:]):
+            self._call(latents, self.sampling.context_noise, resume + k * chunk, clean=True)

@@ -1,0 +1,183 @@
+"""Streaming rollout, prompt timeline, Python API and the generate CLI on a tiny random mini model."""
+
+import json
+import subprocess
+import sys
+
+import av
+import pytest
+import torch
+
+from deepforcing.cli import main
+from deepforcing.mini.model import MiniConfig, MiniModel
+from deepforcing.pipeline.generate import VideoGenerator
+from deepforcing.pipeline.timeline import TimelineEntry, load_timeline, parse_timeline, schedule_chunks
+
+TINY = MiniConfig(frame_size=16, patch=8, dim=32, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
+PROMPT = "a red circle on a dark background"
+
+
+@pytest.fixture(scope="module")
+def tiny_mini(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mini") / "tiny_mini.safetensors"
+    MiniModel(TINY).save(path)
+    return path
+
+
+@pytest.fixture
+def generator(tiny_mini):
+    torch.set_num_threads(1)
+    return VideoGenerator.from_mini(tiny_mini)
+
+
+def frames_of(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+# -------------------------------------------------------------------- timeline
+def test_compact_timeline_and_schedule():
+    tl = parse_timeline("1s: a red circle; 6f: a blue square; a green triangle")
+    assert tl == [TimelineEntry("a red circle", seconds=1.0), TimelineEntry("a blue square", frames=6),
+                  TimelineEntry("a green triangle")]
+    active = schedule_chunks(tl, 12, 3, lambda s: round(s * 16))
+    assert active == [0] * 6 + [1, 1] + [2] * 4  # 16 frames -> switch at chunk 6 (frame 18), +6 frames -> chunk 8
+
+
+def test_timeline_file_and_errors(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("# demo\n2s: a red circle\n3s: a blue square\n")
+    assert [e.prompt for e in load_timeline(f)] == ["a red circle", "a blue square"]
+    j = tmp_path / "t.json"
+    j.write_text(json.dumps([{"prompt": "a", "seconds": 1}, {"prompt": "b", "frames": 9}]))
+    assert load_timeline(j)[1].frames == 9
+    with pytest.raises(ValueError, match="only the last timeline entry may omit"):
+        parse_timeline("a red circle; 2s: a blue square")
+    with pytest.raises(FileNotFoundError, match="timeline file not found"):
+        load_timeline(tmp_path / "missing.txt")
+
+
+# --------------------------------------------------------------------- rollout
+def collect(generator, **kw):
+    return torch.cat([c.latents for c in generator.stream(PROMPT, **kw)], dim=2)
+
+
+def test_two_videos_in_one_process_equal_each_alone(generator, tiny_mini):
+    a1 = collect(generator, latent_frames=30, policy="deep-forcing", seed=1)
+    b1 = collect(generator, latent_frames=30, policy="deep-forcing", seed=2)
+    fresh = VideoGenerator.from_mini(tiny_mini)
+    b_alone = collect(fresh, latent_frames=30, policy="deep-forcing", seed=2)
+    assert torch.equal(b1, b_alone)
+    assert not torch.equal(a1, b1)
+
+
+def test_policies_agree_inside_the_window_and_differ_after(generator):
+    frames = 36
+    out = {p: collect(generator, latent_frames=frames, policy=p, seed=3) for p in ("self-forcing", "deep-forcing", "full")}
+    inside = 21
+    for p in ("deep-forcing", "full"):
+        assert torch.equal(out[p][:, :, :inside], out["self-forcing"][:, :, :inside])
+        assert not torch.equal(out[p][:, :, inside:], out["self-forcing"][:, :, inside:])
+
+
+@pytest.mark.slow
+def test_rollout_past_1100_latent_frames_with_bounded_memory(generator):
+    stream = generator.stream(PROMPT, latent_frames=1110, policy="deep-forcing", seed=0)
+    capacities, lengths = [], []
+    for chunk in stream:
+        cache = generator.last_rollout.cache
+        capacities.append(cache.layers[0].store.capacity)
+        lengths.append(cache.length)
+        assert torch.isfinite(chunk.latents).all()
+    assert len(lengths) == 370 and chunk.start_frame == 1107  # far past the release's 1024-frame RoPE table
+    assert len(set(capacities)) == 1  # pre-allocated once, never grows
+    assert max(lengths) == 21 * TINY.tokens_per_frame and max(lengths[7:]) == 19 * TINY.tokens_per_frame
+    assert len(generator.last_rollout._recent) <= 7
+
+
+def test_prompt_switch_recaches_recent_window(generator):
+    tl = [TimelineEntry("a red circle", frames=27), TimelineEntry("a blue square on a dark background")]
+    chunks = list(generator.stream(tl, latent_frames=36, policy="deep-forcing", seed=0))
+    assert [c.prompt for c in chunks] == ["a red circle"] * 9 + ["a blue square on a dark background"] * 3
+    single = list(generator.stream("a red circle", latent_frames=36, policy="deep-forcing", seed=0))
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(chunks[:9], single[:9]))
+    assert not torch.equal(chunks[9].latents, single[9].latents)
+    cache = generator.last_rollout.cache
+    assert cache.length <= 21 * TINY.tokens_per_frame
+
+
+# ------------------------------------------------------------------------- CLI
+def test_cli_generate_end_to_end(tiny_mini, tmp_path, capsys):
+    out = tmp_path / "video.mp4"
+    code = main(["generate", "a blue square on a dark background", "--model", str(tiny_mini), "--frames", "12",
+                 "--policy", "deep-forcing", "-o", str(out), "--quiet", "--save-latents"])
+    assert code == 0
+    frames = frames_of(out)
+    assert len(frames) == 12 and frames[0].shape == (16 * 8, 16 * 8, 3)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["status"] == "complete" and meta["policy"]["policy"] == "deep-forcing"
+    assert meta["chunks"] == {"planned": 4, "written": 4} and meta["seed"] == 0
+    assert out.with_suffix(".latents.safetensors").exists()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_timeline_and_prompt_file(tiny_mini, tmp_path):
+    out = tmp_path / "tl.mp4"
+    assert main(["generate", "--timeline", "6f: a red circle; a green square", "--model", str(tiny_mini),
+                 "--frames", "12", "-o", str(out), "--quiet"]) == 0
+    assert [e["prompt"] for e in json.loads(out.with_suffix(".json").read_text())["timeline"]] == [
+        "a red circle", "a green square"]
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a red circle\na blue square\n")
+    folder = tmp_path / "batch"
+    assert main(["generate", "--prompt-file", str(pf), "--model", str(tiny_mini), "--frames", "6",
+                 "-o", str(folder), "--quiet"]) == 0
+    assert sorted(p.name for p in folder.glob("*.mp4")) == ["0000_a_red_circle_seed0.mp4", "0001_a_blue_square_seed1.mp4"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--policy", "deep-forcin"], "unknown cache policy"),
+        (["--policy", "deep-forcing", "--budget", "12"], "raise --budget"),
+        (["--policy", "deep-sink", "--sink", "30"], "lower --sink"),
+        (["--frames", "0"], "--frames must be positive"),
+        (["--seconds", "-2"], "--seconds must be positive"),
+        (["-o", "video.avi"], "must be an .mp4"),
+        (["--model", "/nonexistent/folder"], "not found"),
+        (["--prompt-file", "/nonexistent.txt"], "prompt file not found"),
+        (["--timeline", "a red circle; 2s: a blue square"], "only the last timeline entry"),
+        (["a purple circle"], "purple"),
+        (["--device", "cuda:0"], "CUDA is not available"),
+    ],
+)
+def test_cli_bad_inputs(tiny_mini, tmp_path, capsys, argv, message):
+    base = ["generate", "--quiet", "-o", str(tmp_path / "x.mp4"), "--model", str(tiny_mini)]
+    if "--seconds" not in argv and "--frames" not in argv:
+        base += ["--frames", "3"]
+    if torch.cuda.is_available() and "cuda:0" in argv:
+        pytest.skip("CUDA present")
+    code = main(base + argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_killed_generation_leaves_playable_partial_file(tiny_mini, tmp_path):
+    """A run killed mid-way keeps every finished chunk in <out>.partial.mp4 and never writes <out>."""
+    out = tmp_path / "killed.mp4"
+    script = f"""
+import os, torch
+from deepforcing.pipeline.generate import VideoGenerator
+g = VideoGenerator.from_mini({str(tiny_mini)!r})
+def on_chunk(c):
+    if c.index == 2:
+        os._exit(9)
+g.generate("a red circle", output={str(out)!r}, latent_frames=30, on_chunk=on_chunk)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert not out.exists()
+    assert len(frames_of(out.with_name("killed.partial.mp4"))) == 9  # chunks 0-2 (on_chunk runs after the write)
