@@ -6,6 +6,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tiny models are dominated by per-op overhead: one thread is faster and deterministic on the 2-core CI machine.
+torch.set_num_threads(1)
+
 
 def golden_dir() -> Path | None:
     """The golden traces: $DEEPFORCING_GOLDEN, else ../shared/golden next to the repository."""

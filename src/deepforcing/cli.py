@@ -186,8 +186,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
 
+# ---------------------------------------------------------------------------- bench
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .eval.bench import add_bench_arguments, run_bench
+
+    p = sub.add_parser(
+        "bench",
+        help="per-chunk latency, frames/s, memory and policy overhead per policy at 1x..48x the training horizon",
+        description="Speed and memory of each cache policy as videos get longer (no files written).",
+    )
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
+
+
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_train_mini]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_train_mini]
 
 
 def build_parser() -> argparse.ArgumentParser:

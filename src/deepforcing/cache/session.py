@@ -15,6 +15,7 @@ one video into the next, REFERENCE.md §D.3 pitfall 1).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -146,6 +147,7 @@ class LayerCache:
         return store.view()
 
     def _apply_policy(self, call: CallInfo, before: int, n: int) -> None:
+        started = time.perf_counter()
         store = self.store
         total = store.length
         ctx = ChunkContext(
@@ -177,6 +179,7 @@ class LayerCache:
                     store.place(slots, decision.topc_positions)
         if decision.sink_delta:
             store.shift_anchor(decision.sink_delta)
+        self.owner.policy_seconds += time.perf_counter() - started
         if self.owner.record_events:
             self.owner.events.append(
                 CacheEvent(self.index, call.start_frame, decision.event, before, total, decision)
@@ -220,6 +223,7 @@ class KVCache:
         self.record_events = record_events
         self.on_event = on_event
         self.events: list[CacheEvent] = []
+        self.policy_seconds = 0.0  # host time spent in policy decisions and compaction (asynchronous on GPU)
         self.call: CallInfo | None = None
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         F = geometry.tokens_per_frame

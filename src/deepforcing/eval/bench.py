@@ -1,0 +1,115 @@
+"""``deepforcing bench``: speed and memory of each cache policy as videos get longer.
+
+For every policy and every length (multiples of the training horizon = the attention window), one video is
+generated through the real rollout (no file writing) and per chunk the wall time is recorded (after the first
+chunk, which pays one-off warm-up), with the KV-cache length in tokens and the host time spent in policy decisions.
+The table shows latency mean / p50 / p95, frames per second, KV memory, peak device memory (CUDA) and the policy's
+share of the time. A policy whose cost is flat shows the same numbers at 1x and 48x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_bench_arguments", "run_bench", "bench_policy"]
+
+DEFAULT_POLICIES = ("self-forcing", "attention-sink", "rolling-sink", "deep-sink", "deep-forcing", "random-topc")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def bench_policy(generator, policy: str, latent_frames: int, seed: int = 0) -> dict:
+    """Generate one video of ``latent_frames`` with ``policy`` and return timing / memory statistics."""
+    cuda = generator.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(generator.device)
+    times, cache_tokens = [], []
+    started = time.perf_counter()
+    t_prev = started
+    for chunk in generator.stream(None, latent_frames=latent_frames, policy=policy, seed=seed):
+        if cuda:
+            torch.cuda.synchronize(generator.device)
+        now = time.perf_counter()
+        times.append(now - t_prev)
+        t_prev = now
+        cache_tokens.append(generator.last_rollout.cache.length)
+    total = time.perf_counter() - started
+    cache = generator.last_rollout.cache
+    steady = times[1:] or times
+    frames_per_chunk = generator.bundle.pixel_frames(latent_frames) / len(times)
+    return {
+        "policy": policy,
+        "latent_frames": latent_frames,
+        "chunks": len(times),
+        "latency_mean_s": statistics.mean(steady),
+        "latency_p50_s": _percentile(steady, 0.5),
+        "latency_p95_s": _percentile(steady, 0.95),
+        "fps": frames_per_chunk / statistics.mean(steady),
+        "total_s": total,
+        "kv_bytes": cache.memory_bytes(),
+        "peak_device_bytes": torch.cuda.max_memory_allocated(generator.device) if cuda else None,
+        "policy_share": cache.policy_seconds / total,
+        "cache_tokens_max": max(cache_tokens),
+        "cache_tokens_last": cache_tokens[-1],
+        "cache_tokens": cache_tokens,
+    }
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--model", default="mini", help="'mini' (default) or a mini model file (real models: see README)")
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated policy names")
+    p.add_argument("--horizons", default="1,4,12,48", help="video lengths as multiples of the training horizon")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="write bench.json and bench.md into this folder")
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from deepforcing.pipeline.generate import VideoGenerator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    generator = VideoGenerator.from_mini(None if args.model == "mini" else args.model, device=device)
+    horizon = generator.bundle.default_policy.get("window") or 21
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    for p in policies:
+        generator.resolve_policy(p)  # fail early on bad names
+    try:
+        multiples = [float(h) for h in args.horizons.split(",")]
+    except ValueError:
+        raise ValueError(f"--horizons must be numbers like 1,4,12,48, got {args.horizons!r}") from None
+    rows = []
+    print(f"model {generator.bundle.name} on {device} ({torch.get_num_threads()} threads); training horizon "
+          f"{horizon} latent frames")
+    header = ("| policy | length | chunks | latency mean / p50 / p95 (ms) | frames/s | KV MiB | cache tokens max "
+              "| policy share |")
+    print(header)
+    print("|" + "---|" * 8)
+    for m in multiples:
+        frames = max(generator.bundle.sampling.chunk_frames, int(round(m * horizon)))
+        for p in policies:
+            r = bench_policy(generator, p, frames, seed=args.seed)
+            r["horizon_multiple"] = m
+            rows.append(r)
+            print(f"| {p} | {m:g}x ({frames} f) | {r['chunks']} | {r['latency_mean_s'] * 1e3:.1f} / "
+                  f"{r['latency_p50_s'] * 1e3:.1f} / {r['latency_p95_s'] * 1e3:.1f} | {r['fps']:.1f} | "
+                  f"{r['kv_bytes'] / 2**20:.2f} | {r['cache_tokens_max']} | {r['policy_share']:.1%} |", flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps({"device": device, "threads": torch.get_num_threads(),
+                                                    "rows": rows}, indent=1))
+        print(f"wrote {out / 'bench.json'}")
+    return 0

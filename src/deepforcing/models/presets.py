@@ -1,0 +1,144 @@
+"""Named model/rollout presets. Every value cites its source; unknown values are ``None`` with a note — never guessed.
+
+Sources: REFERENCE.md (reference-code study: §A model, §B pipeline, §D Deep Forcing release, §E related repos),
+PAPER.md (Deep Forcing paper + project page). ``dim 1536 …`` etc. is Wan2.1-T2V-1.3B's ``config.json`` (REFERENCE §A.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["WAN21_T2V_1_3B", "ModelPreset", "PRESETS", "get_preset", "preset_names"]
+
+# Wan2.1-T2V-1.3B in CausalWanTransformer (diffusers) kwargs — REFERENCE §A.1 / ECOSYSTEM §1.2.
+WAN21_T2V_1_3B: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
+    "text_len": 512,
+}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Everything a rollout needs besides weights and prompt.
+
+    Sizes are latent frames. ``policy`` + ``policy_sizes`` go to :func:`deepforcing.cache.make_policy`;
+    ``denoising_steps`` are nominal steps, warped through the shift-``shift`` table when ``warp`` is true
+    (:class:`deepforcing.models.schedule.FlowMatchSchedule`). ``notes`` says where each value comes from and what is
+    unknown.
+    """
+
+    name: str
+    model_config: dict[str, Any]
+    chunk_frames: int | None
+    window_frames: int | None
+    denoising_steps: tuple[int, ...] | None
+    warp: bool | None
+    shift: float | None
+    policy: str
+    policy_sizes: dict[str, Any] = field(default_factory=dict)
+    latent_height: int = 60  # 480 px / VAE stride 8 (REFERENCE §A.1)
+    latent_width: int = 104  # 832 px / 8
+    num_train_timesteps: int = 1000  # FlowMatchScheduler table (REFERENCE §B.1)
+    context_noise: float = 0.0  # clean pass at t = 0 (REFERENCE §B.1; SF issue #87)
+    seed: int | None = None
+    use_ema: bool = True
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def replace(self, **changes) -> "ModelPreset":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "self-forcing": ModelPreset(
+        name="self-forcing",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=3,  # num_frame_per_block 3 (REFERENCE §B.1, PAPER "Chunk (block) size")
+        window_frames=21,  # local_attn_size 21 in DF configs = training length (REFERENCE §D.1)
+        denoising_steps=(1000, 750, 500, 250),  # denoising_step_list (REFERENCE §B.1)
+        warp=True,  # warp_denoising_step: true (REFERENCE §B.1) -> t ≈ [1000, 937.5, 833.3, 625]
+        shift=5.0,  # FlowMatchScheduler(shift=5.0) / timestep_shift 5.0 (REFERENCE §B.1, §D.1)
+        policy="self-forcing",  # sink 0: FIFO window (REFERENCE §A.5; DF config sink0)
+        seed=1356145,  # Deep Forcing inference.py default (REFERENCE §D.1); Self Forcing's own default is 0
+        use_ema=True,  # --use_ema, generator_ema (REFERENCE §C, §D.1)
+        notes=(
+            "checkpoint: gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt over Wan2.1-T2V-1.3B (REFERENCE §C)",
+            "deep-forcing policy defaults (sink 10, budget 16, recent 4, reuse cap 7) are the cache engine's "
+            "make_policy('deep-forcing') defaults (REFERENCE §D.1, §D.3); deep-sink-only uses sink 14",
+        ),
+    ),
+    "causvid": ModelPreset(
+        name="causvid",
+        model_config=WAN21_T2V_1_3B,  # CausVid is built on Wan2.1-T2V-1.3B (ECOSYSTEM.md peers table)
+        chunk_frames=None,
+        window_frames=None,
+        denoising_steps=None,
+        warp=None,
+        shift=None,
+        policy="self-forcing",
+        notes=(
+            "CausVid: Wan2.1-1.3B, DMD 3-4 step, KV cache within 5 s (ECOSYSTEM.md peers table)",
+            "UNKNOWN in our sources: chunk size, exact denoising step list, warp/shift, checkpoint layout — set them "
+            "explicitly (preset.replace(...)) before use; nothing here is guessed",
+        ),
+    ),
+    "longlive": ModelPreset(
+        name="longlive",
+        model_config=WAN21_T2V_1_3B,  # LongLive 1.0 = Self-Forcing + LoRA on Wan2.1-1.3B (ECOSYSTEM.md)
+        chunk_frames=3,  # inherits Self Forcing's chunk-wise pipeline (ECOSYSTEM.md: "Self-Forcing + LoRA")
+        window_frames=12,  # local_attn_size 12 (REFERENCE §E LongLive 1.0)
+        denoising_steps=(1000, 750, 500, 250),  # assumed from Self Forcing; not stated for LongLive in our sources
+        warp=True,
+        shift=5.0,
+        policy="attention-sink",
+        policy_sizes={"sink": 3},  # sink_size 3, no sink RoPE adjustment (REFERENCE §E LongLive 1.0)
+        lora_rank=256,  # longlive_base.pt + LoRA rank 256, alpha 256 (REFERENCE §E)
+        lora_alpha=256.0,
+        notes=(
+            "weights: longlive_base.pt + LoRA (rank 256, α 256), merged at load (REFERENCE §E)",
+            "denoising steps / shift / chunk taken from Self Forcing, which LongLive 1.0 fine-tunes; LongLive's own "
+            "values are not in our sources",
+            "prompt switching: KV re-cache of the last min(window, t) frames (REFERENCE §E), a pipeline feature",
+        ),
+    ),
+    "causal-forcing": ModelPreset(
+        name="causal-forcing",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=None,
+        window_frames=None,
+        denoising_steps=None,
+        warp=None,
+        shift=None,
+        policy="deep-forcing",
+        notes=(
+            "Deep Forcing also works on Causal Forcing by setting sink_size (DF issue #3, REFERENCE §E); shown on the "
+            "project page without hyper-parameters (PAPER.md item 17)",
+            "UNKNOWN in our sources: chunk size, window, steps, shift, checkpoint — set them explicitly before use",
+        ),
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> ModelPreset:
+    """Preset by name (``self-forcing`` is the default); unknown names raise ``ValueError`` listing the choices."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[key]
