@@ -48,8 +48,12 @@ def wan_bundle(
     use_ema: bool = True,
     lora: str | Path | None = None,
     resolution: tuple[int, int] | None = None,
+    vae_config=None,
 ) -> ModelBundle:
-    """Load transformer, text encoder and VAE for ``preset`` (default ``self-forcing``) from local paths."""
+    """Load transformer, text encoder and VAE for ``preset`` (default ``self-forcing``) from local paths.
+
+    ``vae_config`` is only needed for a non-standard VAE in the original layout (``Wan2.1_VAE.pth`` carries no config).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(
@@ -73,7 +77,7 @@ def wan_bundle(
         transformer = load_causal_wan(source, use_ema=use_ema, lora=lora, dtype=torch_dtype, device=device)
     text = UMT5TextEncoder.from_pretrained(model_dir, text_len=transformer.config.text_len, dtype=torch_dtype,
                                            device=device)
-    vae = WanVAE.from_pretrained(model_dir, dtype=torch_dtype, device=device)
+    vae = WanVAE.from_pretrained(model_dir, config=vae_config, dtype=torch_dtype, device=device)
     latent_hw = (spec.latent_height, spec.latent_width)
     if resolution is not None:
         height, width = resolution

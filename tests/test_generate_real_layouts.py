@@ -1,0 +1,85 @@
+"""`deepforcing generate` end to end on tiny random models saved in both real folder layouts (DiT + VAE + umT5)."""
+
+import json
+
+import av
+import pytest
+import torch
+
+from deepforcing.cli import main
+from deepforcing.models.bundle import wan_bundle
+from deepforcing.models.loading import load_causal_wan
+from deepforcing.pipeline.generate import VideoGenerator
+from tiny_layouts import TINY_VAE_CONFIG, write_tiny_umt5, write_tiny_wan_vae
+from tiny_transformer_layouts import TINY_WAN_CONFIG, original_wan_state_dict, write_original_folder, \
+    write_self_forcing_checkpoint
+
+CFG = {**TINY_WAN_CONFIG, "text_dim": 16}  # = the tiny umT5's d_model; in_dim 4 = the tiny VAE's z_dim
+
+
+@pytest.fixture(scope="module")
+def original_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wan_original")
+    write_original_folder(folder, original_wan_state_dict(CFG, seed=1), CFG)
+    write_tiny_wan_vae(folder, layout="original")
+    write_tiny_umt5(folder, layout="original")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def diffusers_folder(tmp_path_factory, original_folder):
+    folder = tmp_path_factory.mktemp("wan_diffusers")
+    load_causal_wan(original_folder).save_pretrained(str(folder / "transformer"))
+    write_tiny_wan_vae(folder, layout="diffusers")
+    write_tiny_umt5(folder, layout="diffusers")
+    return folder
+
+
+def run(folder, out, *extra):
+    return main(["generate", "a red cat runs on the green grass", "--model", str(folder), "--frames", "9",
+                 "--resolution", "32x48", "--policy", "deep-forcing", "-o", str(out), "--quiet", *extra])
+
+
+def decoded(path):
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def original_api(folder, out, checkpoint=None, **kw):
+    """The original layout through the Python API (its Wan2.1_VAE.pth carries no config: pass the tiny one)."""
+    gen = VideoGenerator(wan_bundle(folder, checkpoint=checkpoint, resolution=(32, 48), vae_config=TINY_VAE_CONFIG))
+    return gen.generate("a red cat runs on the green grass", output=out, latent_frames=9, policy="deep-forcing", **kw)
+
+
+def test_original_and_diffusers_layouts_generate_the_same_video(original_folder, diffusers_folder, tmp_path):
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    original_api(original_folder, a, save_latents_to=a.with_suffix(".latents.safetensors"))
+    assert run(diffusers_folder, b, "--save-latents") == 0
+    fa, fb = decoded(a), decoded(b)
+    assert len(fa) == 1 + 4 * 8 and fa[0].shape == (32, 48, 3)  # causal VAE: 1 + 4 (F - 1) frames
+    from safetensors.torch import load_file
+
+    la = next(iter(load_file(str(a.with_suffix(".latents.safetensors"))).values()))
+    lb = next(iter(load_file(str(b.with_suffix(".latents.safetensors"))).values()))
+    assert torch.allclose(la, lb, atol=1e-5)
+    meta = json.loads(a.with_suffix(".json").read_text())
+    assert meta["model"].startswith("self-forcing") and meta["latent_shape"] == [4, 4, 6]
+
+
+def test_self_forcing_checkpoint_overrides_the_folder_weights(original_folder, tmp_path):
+    ckpt = write_self_forcing_checkpoint(tmp_path / "sf.pt", original_wan_state_dict(CFG, seed=7))
+    base, tuned = tmp_path / "base.mp4", tmp_path / "tuned.mp4"
+    original_api(original_folder, base)
+    original_api(original_folder, tuned, checkpoint=ckpt)
+    assert any((x != y).any() for x, y in zip(decoded(base), decoded(tuned)))
+
+
+def test_wrong_checkpoint_is_a_clear_error(diffusers_folder, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"generator_ema": {"model.not_a_key": torch.zeros(1)}}, bad)
+    assert run(diffusers_folder, tmp_path / "x.mp4", "--checkpoint", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt" in err and "missing" in err and "Traceback" not in err
+    assert run(diffusers_folder, tmp_path / "x.mp4", "--resolution", "30x40") == 2
+    assert "multiple of 16" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
