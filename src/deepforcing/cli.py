@@ -199,8 +199,22 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+# ------------------------------------------------------------------------- diagnose
+def _add_diagnose(sub: argparse._SubParsersAction) -> None:
+    from .eval.diagnostics import add_diagnose_arguments, run_diagnose
+
+    p = sub.add_parser(
+        "diagnose",
+        help="attention mass per cached frame and Top-C selection heatmap (paper Fig. 4 / Fig. 13)",
+        description="Roll out a video and record, for the last chunk of the first window and the last chunk, the "
+        "query-averaged softmax attention per cached frame, plus how often each cache slot is picked as Top-C.",
+    )
+    add_diagnose_arguments(p)
+    p.set_defaults(func=run_diagnose)
+
+
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_train_mini]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_train_mini]
 
 
 def build_parser() -> argparse.ArgumentParser:

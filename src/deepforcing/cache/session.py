@@ -144,6 +144,8 @@ class LayerCache:
                 )
             ids = torch.arange(start_token, end_token, device=k.device)
             store.write(store.length - n, k, v, ids)
+        if self.owner.attention_observer is not None:
+            self.owner.attention_observer(self, call, q)
         return store.view()
 
     def _apply_policy(self, call: CallInfo, before: int, n: int) -> None:
@@ -199,6 +201,8 @@ class KVCache:
         dtype, device: storage dtype/device (bf16 on GPU for the 1.3B model).
         seed: seed for policies that draw random numbers (``random-topc``).
         record_events: keep a :class:`CacheEvent` per layer and new chunk in ``events``.
+        on_event: called with (layer cache, decision) after every new-chunk decision.
+        attention_observer: called with (layer cache, call, post-RoPE queries) after every update (diagnostics).
     """
 
     def __init__(
@@ -216,12 +220,14 @@ class KVCache:
         seed: int | None = 0,
         record_events: bool = False,
         on_event: Callable[[LayerCache, Decision], None] | None = None,
+        attention_observer: Callable[[LayerCache, CallInfo, torch.Tensor], None] | None = None,
     ) -> None:
         policy.validate(geometry.chunk_frames)
         self.policy = policy
         self.geometry = geometry
         self.record_events = record_events
         self.on_event = on_event
+        self.attention_observer = attention_observer  # diagnostics: sees each call's queries and the cache
         self.events: list[CacheEvent] = []
         self.policy_seconds = 0.0  # host time spent in policy decisions and compaction (asynchronous on GPU)
         self.call: CallInfo | None = None

@@ -1,0 +1,158 @@
+"""Attention diagnostics for any model (PAPER.md §2 Fig. 4 / Fig. 16 and App. D Fig. 13).
+
+* :class:`AttentionMassProbe` — at the first denoising step of chosen chunks, the softmax attention of the chunk's
+  queries over the cached keys, averaged over queries, per layer and head, summed per source latent frame. Fig. 4
+  is this for the last chunk of a full window: deep sinks show up as mass on the first frames *and* the middle.
+* :func:`topc_selection_heatmap` — how often each slot of the augmented cache is picked as Top-C over a rollout
+  (Fig. 13: query-based selection concentrates right after the sink boundary; random selection is uniform).
+
+Softmax rows are computed in blocks of queries, so memory stays at ``block * cache_len`` per head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+__all__ = ["AttentionMassProbe", "topc_selection_heatmap", "add_diagnose_arguments", "run_diagnose"]
+
+
+class AttentionMassProbe:
+    """Attach with ``cache.attention_observer = probe``; results in ``probe.records``.
+
+    Each record: ``{"chunk_start": f0, "layer": i, "frames": [source frame per slot], "positions": [...],
+    "mass": [H, L] (query-averaged softmax weight per slot)}`` for batch element 0.
+    """
+
+    def __init__(self, chunk_starts: set[int] | None = None, layers: set[int] | None = None, block: int = 1024):
+        self.chunk_starts, self.layers, self.block = chunk_starts, layers, block
+        self.records: list[dict] = []
+        self._seen: set[tuple[int, int]] = set()
+
+    def __call__(self, layer_cache, call, q: torch.Tensor) -> None:
+        key = (call.start_frame, layer_cache.index)
+        if call.clean or key in self._seen:
+            return  # first denoising step of each chunk only
+        self._seen.add(key)
+        if self.chunk_starts is not None and call.start_frame not in self.chunk_starts:
+            return
+        if self.layers is not None and layer_cache.index not in self.layers:
+            return
+        keys, _ = layer_cache.store.view()
+        k = keys[0].float()  # [H, L, D]
+        qq = q[0].float()  # [H, n, D]
+        scale = 1.0 / math.sqrt(k.shape[-1])
+        mass = torch.zeros(k.shape[0], k.shape[1])
+        for s in range(0, qq.shape[1], self.block):
+            w = torch.softmax(qq[:, s : s + self.block] @ k.transpose(1, 2) * scale, dim=-1)
+            mass += w.sum(dim=1).cpu()
+        mass /= qq.shape[1]
+        store = layer_cache.store
+        self.records.append({
+            "chunk_start": call.start_frame,
+            "layer": layer_cache.index,
+            "frames": store.frames()[0].tolist(),
+            "positions": store.positions[0, : store.length].tolist(),
+            "mass": mass.tolist(),
+        })
+
+    def per_frame(self, record: dict) -> dict[int, list[float]]:
+        """Mass per source frame (summed over its tokens) for each head."""
+        mass = torch.tensor(record["mass"])
+        frames = torch.tensor(record["frames"])
+        out = {}
+        for f in sorted(set(record["frames"])):
+            out[int(f)] = mass[:, frames == f].sum(dim=1).tolist()
+        return out
+
+
+def topc_selection_heatmap(events, layers: int) -> torch.Tensor:
+    """``[layers, max_T]`` counts of Top-C picks per augmented-cache slot over all compressions."""
+    picks = [e for e in events if e.decision.selected is not None]
+    if not picks:
+        return torch.zeros(layers, 0)
+    width = max(e.total for e in picks)
+    heat = torch.zeros(layers, width)
+    for e in picks:
+        heat[e.layer].index_add_(0, e.decision.selected[0].cpu(), torch.ones(e.decision.selected.shape[1]))
+    return heat
+
+
+def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens: int, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    if probe.records:
+        last = max(r["chunk_start"] for r in probe.records)
+        recs = sorted([r for r in probe.records if r["chunk_start"] == last], key=lambda r: r["layer"])
+        fig, axes = plt.subplots(len(recs), 1, figsize=(8, 1.6 * len(recs) + 0.6), squeeze=False)
+        for ax, r in zip(axes[:, 0], recs):
+            pf = probe.per_frame(r)
+            frames = list(pf)
+            m = torch.tensor([pf[f] for f in frames]).T  # [H, frames]
+            ax.imshow(m, aspect="auto", cmap="magma")
+            ax.set_ylabel(f"L{r['layer']} head")
+            ax.set_xticks(range(len(frames)), [str(f) for f in frames], fontsize=6)
+        axes[-1, 0].set_xlabel(f"cached source frame (chunk starting at frame {last})")
+        fig.suptitle(f"{title}: attention mass per cached frame")
+        fig.tight_layout()
+        p = out / "attention_mass.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    if heat.numel():
+        fig, ax = plt.subplots(figsize=(8, 2.5))
+        ax.imshow(heat, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.axvline(sink_tokens - 0.5, color="white", lw=0.8)
+        ax.set_xlabel("slot of the augmented cache (white line: end of sink)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{title}: Top-C selection frequency")
+        fig.tight_layout()
+        p = out / "topc_heatmap.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def add_diagnose_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("prompt", nargs="?", default=None, help="prompt (default: the model's default prompt)")
+    p.add_argument("--model", default="mini", help="'mini' or a mini model file")
+    p.add_argument("--policy", default="deep-forcing")
+    p.add_argument("--frames", type=int, default=84, help="latent frames to roll out (default 84 = 4 windows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/diagnostics", help="folder for JSON and PNGs")
+    return p
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from deepforcing.pipeline.generate import VideoGenerator
+
+    gen = VideoGenerator.from_mini(None if args.model == "mini" else args.model)
+    policy = gen.resolve_policy(args.policy)
+    window = getattr(policy, "window", 21)
+    chunk = gen.bundle.sampling.chunk_frames
+    last_start = (math.ceil(args.frames / chunk) - 1) * chunk
+    probe = AttentionMassProbe(chunk_starts={window - chunk, last_start})
+    stream = gen.stream(args.prompt, latent_frames=args.frames, policy=policy, seed=args.seed, record_events=True)
+    first = next(stream)
+    gen.last_rollout.cache.attention_observer = probe
+    del first
+    for _ in stream:
+        pass
+    cache = gen.last_rollout.cache
+    heat = topc_selection_heatmap(cache.events, len(cache.layers))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attention.json").write_text(json.dumps({"policy": policy.describe(), "records": probe.records}))
+    sink_tokens = policy.sink_frames * cache.geometry.tokens_per_frame
+    for p in _plot(probe, heat, out, sink_tokens, policy.name):
+        print(f"wrote {p}")
+    return 0
