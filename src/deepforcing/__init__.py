@@ -5,3 +5,18 @@ Wan2.1 transformer of Self Forcing.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["VideoGenerator", "make_policy", "policy_names", "__version__"]
+
+
+def __getattr__(name: str):
+    """Lazy top-level API (importing the model stack pulls in diffusers)."""
+    if name == "VideoGenerator":
+        from .pipeline.generate import VideoGenerator
+
+        return VideoGenerator
+    if name in ("make_policy", "policy_names"):
+        from . import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module 'deepforcing' has no attribute {name!r}")
