@@ -213,8 +213,22 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_diagnose)
 
 
+# ----------------------------------------------------------------------- experiment
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    from .eval.experiment import add_experiment_arguments, run_experiment_command
+
+    p = sub.add_parser(
+        "experiment",
+        help="the long-horizon policy comparison on the mini model (results/long_horizon)",
+        description="Every policy on the same prompt x seed pairs at 12x (and 48x) the training horizon, scored "
+        "with the mini world's ground truth and the drift metrics; mean +- 95%% CI per policy.",
+    )
+    add_experiment_arguments(p)
+    p.set_defaults(func=run_experiment_command)
+
+
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_train_mini]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini]
 
 
 def build_parser() -> argparse.ArgumentParser:

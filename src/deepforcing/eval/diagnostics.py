@@ -96,7 +96,7 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
         for ax, r in zip(axes[:, 0], recs):
             pf = probe.per_frame(r)
             frames = list(pf)
-            m = torch.tensor([pf[f] for f in frames]).T  # [H, frames]
+            m = torch.tensor([pf[f] for f in frames]).T.numpy()  # [H, frames]
             ax.imshow(m, aspect="auto", cmap="magma")
             ax.set_ylabel(f"L{r['layer']} head")
             ax.set_xticks(range(len(frames)), [str(f) for f in frames], fontsize=6)
@@ -109,7 +109,7 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
         paths.append(p)
     if heat.numel():
         fig, ax = plt.subplots(figsize=(8, 2.5))
-        ax.imshow(heat, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.imshow(heat.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
         ax.axvline(sink_tokens - 0.5, color="white", lw=0.8)
         ax.set_xlabel("slot of the augmented cache (white line: end of sink)")
         ax.set_ylabel("layer")
