@@ -1,6 +1,7 @@
 """Streaming rollout, prompt timeline, Python API and the generate CLI on a tiny random mini model."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -181,3 +182,20 @@ g.generate("a red circle", output={str(out)!r}, latent_frames=30, on_chunk=on_ch
     assert proc.returncode == 9, proc.stderr
     assert not out.exists()
     assert len(frames_of(out.with_name("killed.partial.mp4"))) == 9  # chunks 0-2 (on_chunk runs after the write)
+
+
+def test_prompt_file_is_sharded_across_two_gloo_ranks(tiny_mini, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank renders its own share of the prompt file."""
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a red circle\na blue square\na green triangle\n")
+    folder = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "deepforcing.cli", "generate", "--prompt-file", str(pf), "--model", str(tiny_mini),
+           "--frames", "6", "-o", str(folder), "--quiet", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in folder.glob("*.mp4")) == [
+        "0000_a_red_circle_seed0.mp4", "0001_a_blue_square_seed1.mp4", "0002_a_green_triangle_seed2.mp4"]
+    seeds = {json.loads(p.read_text())["seed"] for p in folder.glob("*.json")}
+    assert seeds == {0, 1, 2}
+    assert proc.stdout.count("wrote ") == 3  # each video rendered by exactly one rank (not 2 x 3)
