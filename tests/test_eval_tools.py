@@ -14,7 +14,7 @@ from deepforcing.mini.model import MiniConfig, MiniModel
 from deepforcing.mini.quality import quality_bar
 from deepforcing.pipeline.generate import VideoGenerator
 
-TINY = MiniConfig(frame_size=32, patch=8, dim=32, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
+TINY = MiniConfig(frame_size=16, patch=4, dim=48, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from deepforcing.mini.model import MiniConfig, MiniModel
 from deepforcing.pipeline.generate import VideoGenerator
 from deepforcing.pipeline.timeline import TimelineEntry, load_timeline, parse_timeline, schedule_chunks
 
-TINY = MiniConfig(frame_size=16, patch=8, dim=32, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
+TINY = MiniConfig(frame_size=16, patch=4, dim=48, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
 PROMPT = "a red circle on a dark background"
 
 

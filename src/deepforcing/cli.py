@@ -159,14 +159,21 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this much wall time")
     p.add_argument("--threads", type=int, default=d.threads, help=f"CPU threads (default {d.threads})")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--curriculum", default="",
+                   help="shorter clips first: 'FRAMES:UNTIL_STEP,...' e.g. '6:1500,12:2500' (then the full window)")
     p.set_defaults(func=_run_train_mini)
 
 
 def _run_train_mini(args: argparse.Namespace) -> int:
     from .mini.train import TrainConfig, train
 
+    try:
+        curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(",") if item)
+    except ValueError:
+        raise ValueError(f"--curriculum must look like '6:1500,12:2500', got {args.curriculum!r}") from None
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
-                      output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed)
+                      output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
+                      curriculum=curriculum)
     train(cfg)
     print(f"wrote {cfg.output}")
     return 0

@@ -35,10 +35,10 @@ class MiniConfig:
 
     frame_size: int = 32
     patch: int = 8
-    dim: int = 128
+    dim: int = 256  # must exceed the token size 3 * patch**2 = 192, or the model cannot carry the noise it removes
     heads: int = 4
     layers: int = 4
-    ffn_dim: int = 384
+    ffn_dim: int = 512
     text_dim: int = 64
     text_len: int = 16
     freq_dim: int = 64
@@ -48,6 +48,9 @@ class MiniConfig:
             raise ValueError(f"frame size {self.frame_size} is not divisible by the patch {self.patch}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by {self.heads} heads")
+        if self.dim < 3 * self.patch**2:
+            raise ValueError(f"dim {self.dim} is smaller than a token's {3 * self.patch ** 2} pixel values: the "
+                             f"model could not represent (and so remove) the noise; raise dim or lower the patch")
 
     @property
     def tokens_per_frame(self) -> int:

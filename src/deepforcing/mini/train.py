@@ -52,7 +52,15 @@ class TrainConfig:
     checkpoint_every: int = 100
     probe_every: int = 100
     max_minutes: float | None = None
+    curriculum: tuple[tuple[int, int], ...] = ()  # ((clip_frames, until_step), ...): shorter clips first
     model: MiniConfig = field(default_factory=MiniConfig)
+
+    def frames_at(self, step: int) -> int:
+        """Clip length at ``step``: the curriculum's entry, else ``clip_frames`` (the full window)."""
+        for frames, until in self.curriculum:
+            if step < until:
+                return frames
+        return self.clip_frames
 
 
 def _chunk_index(frames: int, chunk: int, tokens: int, device) -> torch.Tensor:
@@ -99,16 +107,18 @@ def teacher_forcing_forward(
     return out[:, :, t:]
 
 
-def _batch(cfg: TrainConfig, rng: np.random.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    specs = [sample_scene(rng) for _ in range(cfg.batch)]
-    seeds = rng.integers(0, 2**31 - 1, size=cfg.batch).tolist()
-    clips = render_batch(specs, seeds, cfg.clip_frames, cfg.model.frame_size)  # [B, T, 3, H, W]
+def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | None = None,
+           batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = batch or cfg.batch
+    specs = [sample_scene(rng) for _ in range(batch)]
+    seeds = rng.integers(0, 2**31 - 1, size=batch).tolist()
+    clips = render_batch(specs, seeds, frames or cfg.clip_frames, cfg.model.frame_size)  # [B, T, 3, H, W]
     ids = torch.tensor([tokenize_spec(s, cfg.model.text_len) for s in specs], dtype=torch.long)
     return clips.permute(0, 2, 1, 3, 4).contiguous().to(device), ids.to(device)
 
 
-def _sigmas(cfg: TrainConfig, b: int, gen: torch.Generator, device) -> torch.Tensor:
-    chunks = cfg.clip_frames // cfg.chunk_frames
+def _sigmas(cfg: TrainConfig, b: int, frames: int, gen: torch.Generator, device) -> torch.Tensor:
+    chunks = frames // cfg.chunk_frames
     u = torch.rand(b, chunks, generator=gen)
     sigma = cfg.shift * u / (1 + (cfg.shift - 1) * u)
     return sigma.repeat_interleave(cfg.chunk_frames, dim=1).to(device)
@@ -157,7 +167,11 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     ckpt_path = run / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     model = MiniModel(cfg.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    # no decay on norms, biases, modulation tables and embeddings: qk-norm gains set how sharp attention can get
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n and "words" not in n]
+    keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n and "words" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.99))
     state = {"step": 0, "seconds": 0.0, "clips": 0, "log": []}
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -192,8 +206,11 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 log(f"time budget of {cfg.max_minutes} min reached at step {state['step']}")
                 break
             t0 = time.perf_counter()
-            clean, ids = _batch(cfg, rng, "cpu")
-            sigma = _sigmas(cfg, clean.shape[0], gen, "cpu")
+            frames = cfg.frames_at(state["step"])
+            # same tokens per step whatever the clip length: shorter clips come in larger batches
+            batch = max(1, cfg.batch * cfg.clip_frames // frames)
+            clean, ids = _batch(cfg, rng, "cpu", frames=frames, batch=batch)
+            sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
             noise = torch.randn(clean.shape, generator=gen)
             s = sigma[:, None, :, None, None]
             noisy = (1 - s) * clean + s * noise
