@@ -1,28 +1,18 @@
 """bench, diagnose, the long-horizon experiment and the mini quality bar, on a tiny random mini model."""
 
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
 from deepforcing.cli import main
 from deepforcing.eval.diagnostics import AttentionMassProbe, topc_selection_heatmap
 from deepforcing.eval.experiment import run_experiment
 from deepforcing.mini.bundle import mini_bundle
-from deepforcing.mini.model import MiniConfig, MiniModel
 from deepforcing.mini.quality import quality_bar
 from deepforcing.pipeline.generate import VideoGenerator
 
-TINY = MiniConfig(frame_size=16, patch=4, dim=48, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
+from conftest import TINY_MINI as TINY
 
-
-@pytest.fixture(scope="module")
-def tiny_mini(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mini") / "tiny.safetensors"
-    MiniModel(TINY).save(path)
-    return path
 
 
 def test_bench_reports_flat_cache_for_bounded_policies(tiny_mini, tmp_path, capsys):

@@ -56,7 +56,7 @@ def test_original_and_diffusers_layouts_generate_the_same_video(original_folder,
     original_api(original_folder, a, save_latents_to=a.with_suffix(".latents.safetensors"))
     assert run(diffusers_folder, b, "--save-latents") == 0
     fa, fb = decoded(a), decoded(b)
-    assert len(fa) == 1 + 4 * 8 and fa[0].shape == (32, 48, 3)  # causal VAE: 1 + 4 (F - 1) frames
+    assert len(fa) == len(fb) == 1 + 4 * 8 and fa[0].shape == (32, 48, 3)  # causal VAE: 1 + 4 (F - 1) frames
     from safetensors.torch import load_file
 
     la = next(iter(load_file(str(a.with_suffix(".latents.safetensors"))).values()))

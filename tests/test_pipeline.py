@@ -10,20 +10,12 @@ import pytest
 import torch
 
 from deepforcing.cli import main
-from deepforcing.mini.model import MiniConfig, MiniModel
 from deepforcing.pipeline.generate import VideoGenerator
 from deepforcing.pipeline.timeline import TimelineEntry, load_timeline, parse_timeline, schedule_chunks
 
-TINY = MiniConfig(frame_size=16, patch=4, dim=48, heads=2, layers=2, ffn_dim=64, text_dim=16, text_len=16, freq_dim=32)
+from conftest import TINY_MINI as TINY
 PROMPT = "a red circle on a dark background"
 
-
-@pytest.fixture(scope="module")
-def tiny_mini(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mini") / "tiny_mini.safetensors"
-    MiniModel(TINY).save(path)
-    return path
 
 
 @pytest.fixture

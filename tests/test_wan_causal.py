@@ -53,7 +53,7 @@ def test_cached_full_policy_rollout_equals_block_causal_forward():
     cache = model.make_cache(make_policy("full"), height=H, width=W, chunk_frames=CHUNK)
     g = torch.Generator().manual_seed(3)
     clean = torch.randn(1, 4, chunks * CHUNK, H, W, generator=g)
-    noisy, flows, clean_flows = [], [], []
+    noisy, clean_flows = [], []
     with torch.no_grad():
         for i in range(chunks):
             f0 = i * CHUNK

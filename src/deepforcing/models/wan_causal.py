@@ -23,7 +23,6 @@ shape and the model's dtype.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 

@@ -20,7 +20,7 @@ at the clean timestep — with the sink kept (``keep_sink=True``) or re-cached t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
