@@ -56,7 +56,8 @@ def test_diagnose_command_writes_plots(tiny_mini, tmp_path):
 def test_experiment_small(tiny_mini, tmp_path):
     res = run_experiment(tmp_path, pairs=2, horizon=2, model=str(tiny_mini), labels=["self-forcing", "deep-forcing"],
                          sweep=False, long_horizon=None, log=lambda *_: None)
-    assert [r["label"] for r in res["runs"]] == ["self-forcing", "deep-forcing"]
+    assert [r["label"] for r in res["runs"]] == ["world (ground truth)", "self-forcing", "deep-forcing"]
+    assert res["runs"][0]["summary"]["object_persistence"][0] > 0.9  # the true world keeps its objects
     assert all(r["frames"] == 42 and r["videos"] == 2 for r in res["runs"])
     table = (tmp_path / "summary.md").read_text()
     assert "| deep-forcing | 2× (42 f) | 2 |" in table

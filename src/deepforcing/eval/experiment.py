@@ -106,6 +106,16 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
     if long_horizon:
         runs += [(label, *POLICY_SET[label], long_horizon) for label in long_labels if label in POLICY_SET]
     results = {"pairs": pairs, "window": window, "prompts": prompts, "seeds": seeds, "runs": []}
+    # reference row: the true world clips of the same prompts and seeds, scored the same way
+    from deepforcing.mini.world import render_clip
+
+    frames = int(round(horizon * window))
+    truth = [_score(render_clip(scenes[i], seeds[i], frames, gen.bundle.latent_shape[-1]).frames.permute(1, 0, 2, 3),
+                    scenes[i], window, fps) for i in range(pairs)]
+    results["runs"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "horizon": horizon,
+                            "frames": frames, "videos": pairs, "generation_seconds": 0.0,
+                            "summary": {k: _mean_ci([s[k] for s in truth]) for k in (*GT_KEYS, *DRIFT_KEYS)},
+                            "videos_scores": truth})
     for label, name, sizes, mult in runs:
         frames = int(round(mult * window))
         n = pairs if mult == horizon else max(4, pairs // 4)
@@ -153,7 +163,8 @@ def plot_windows(results: dict, path: Path, horizon: float) -> None:
             ("speed_ratio", "speed ratio")]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
     for r in results["runs"]:
-        if r["horizon"] != horizon or (r["label"].startswith("deep-sink S=") and r["label"] != "deep-sink S=14"):
+        if r["horizon"] != horizon or r["policy"] is None or (
+                r["label"].startswith("deep-sink S=") and r["label"] != "deep-sink S=14"):
             continue
         for ax, (key, title) in zip(axes, keys):
             series = []
