@@ -171,3 +171,23 @@ def test_fifo_bookkeeping_matches_reference_traces(golden, setting):
     ours = [(e.start_frame // 3, e.layer, e.decision.sink_delta) for e in cache.events if e.kind == "roll"]
     recorded = [(d["chunk"], d["layer"], d["delta_frames"]) for d in meta["sink_rope_deltas"]]
     assert [x for x in ours if setting == "deep_sink"] == recorded
+
+
+def test_topc_rope_unify_places_picks_right_before_the_recent_frames():
+    """Eq. 10-11 option: Top-C tokens present consecutive positions ending just before the recent region, one
+    position per distinct source frame, in temporal order; their keys are rotated to match."""
+    keep_cache = make_cache(make_policy("deep-forcing"), layers=1)
+    unify_cache = make_cache(make_policy("deep-forcing", topc_rope="unify"), layers=1)
+    run_chunks(keep_cache, 8)
+    run_chunks(unify_cache, 8)
+    a, b = keep_cache.layers[0].store, unify_cache.layers[0].store
+    assert torch.equal(a.token_ids[:, : a.length], b.token_ids[:, : b.length])  # same picks
+    topc = slice(60, 72)
+    frames = b.frames()[0, topc]
+    pos = b.positions[0, topc]
+    recent_start = int(b.positions[0, 72])
+    distinct = torch.unique(frames)
+    assert pos.max().item() == recent_start - 1 and pos.min().item() == recent_start - distinct.numel()
+    assert torch.all(pos[1:] >= pos[:-1])
+    expected = b.rope.rotate(a.keys[:, :, topc], (pos - a.positions[0, topc])[None])
+    assert torch.allclose(b.keys[:, :, topc], expected, atol=1e-6)
