@@ -58,3 +58,10 @@ def test_cli_reports_bad_sizes_cleanly(capsys):
     assert "budget (12) must exceed sink + recent" in err and "Traceback" not in err
     assert main(["plan", "--policy", "nope"]) == 2
     assert "unknown cache policy" in capsys.readouterr().err
+
+
+def test_presets_command_lists_sources_and_unknowns(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "self-forcing: chunk 3, window 21, steps (1000, 750, 500, 250), warp True, shift 5.0" in out
+    assert "causvid: chunk unknown" in out and "UNKNOWN" in out

@@ -104,7 +104,7 @@ def test_prompt_switch_recaches_recent_window(generator):
 def test_cli_generate_end_to_end(tiny_mini, tmp_path, capsys):
     out = tmp_path / "video.mp4"
     code = main(["generate", "a blue square on a dark background", "--model", str(tiny_mini), "--frames", "12",
-                 "--policy", "deep-forcing", "-o", str(out), "--quiet", "--save-latents"])
+                 "--policy", "deep-forcing", "-o", str(out), "--quiet", "--save-latents", "--save-frames"])
     assert code == 0
     frames = frames_of(out)
     assert len(frames) == 12 and frames[0].shape == (16 * 8, 16 * 8, 3)
@@ -112,6 +112,7 @@ def test_cli_generate_end_to_end(tiny_mini, tmp_path, capsys):
     assert meta["status"] == "complete" and meta["policy"]["policy"] == "deep-forcing"
     assert meta["chunks"] == {"planned": 4, "written": 4} and meta["seed"] == 0
     assert out.with_suffix(".latents.safetensors").exists()
+    assert len(list((tmp_path / "video").glob("*.png"))) == 12
     assert "wrote" in capsys.readouterr().out
 
 

@@ -129,6 +129,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("output")
     out.add_argument("-o", "--output", default=None, help="output .mp4 (default: outputs/<prompt>_seed<seed>.mp4)")
     out.add_argument("--save-latents", action="store_true", help="also save the latents (.safetensors)")
+    out.add_argument("--save-frames", action="store_true", help="also save every frame as PNG (folder <out>/)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_generate)
 
@@ -234,8 +235,28 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_experiment_command)
 
 
+# -------------------------------------------------------------------------- presets
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the model presets (chunk, window, steps, shift, policy) and their sources")
+    p.set_defaults(func=_run_presets)
+
+
+def _run_presets(args: argparse.Namespace) -> int:
+    from .models.presets import PRESETS
+
+    for preset in PRESETS.values():
+        unknown = lambda v: "unknown" if v is None else v  # noqa: E731
+        steps = unknown(preset.denoising_steps)
+        print(f"{preset.name}: chunk {unknown(preset.chunk_frames)}, window {unknown(preset.window_frames)}, "
+              f"steps {steps}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, policy {preset.policy} "
+              f"{preset.policy_sizes or ''}".rstrip())
+        for note in preset.notes:
+            print(f"    - {note}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_presets, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -130,6 +130,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 prompt, output=output, seconds=seconds, latent_frames=args.frames, policy=args.policy, seed=seed,
                 progress=not args.quiet, save_latents_to=output.with_suffix(".latents.safetensors")
                 if args.save_latents else None, keep_sink_on_switch=not args.drop_sink_on_switch,
+                save_frames_to=output.with_suffix("") if args.save_frames else None,
                 **policy_sizes_from_args(args),
             )
         except KeyboardInterrupt:

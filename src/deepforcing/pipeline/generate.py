@@ -27,7 +27,7 @@ from deepforcing.cache import CachePolicy, make_policy
 
 from .rollout import SamplingConfig, VideoRollout
 from .timeline import TimelineEntry, parse_timeline, schedule_chunks
-from .writer import Mp4StreamWriter, save_latents, write_sidecar
+from .writer import FrameDumper, Mp4StreamWriter, save_latents, write_sidecar
 
 __all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator"]
 
@@ -223,6 +223,7 @@ class VideoGenerator:
         seed: int = 0,
         on_chunk: Callable[[ChunkOutput], None] | None = None,
         save_latents_to: str | Path | None = None,
+        save_frames_to: str | Path | None = None,
         sidecar: bool = True,
         progress: bool = False,
         keep_sink_on_switch: bool = True,
@@ -246,6 +247,7 @@ class VideoGenerator:
         started = time.perf_counter()
         interrupted = False
         writer = Mp4StreamWriter(output, fps=self.bundle.fps)
+        dumper = FrameDumper(save_frames_to) if save_frames_to is not None else None
         try:
             for out in self.stream(timeline, latent_frames=total * self.bundle.sampling.chunk_frames,
                                    policy=policy_obj, seed=seed, keep_sink_on_switch=keep_sink_on_switch):
@@ -253,6 +255,8 @@ class VideoGenerator:
                 if scale > 1:
                     frames = frames.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
                 writer.write(frames)
+                if dumper is not None:
+                    dumper.write(frames)
                 pixel_frames += out.frames.shape[1]
                 chunk_seconds.append(out.seconds)
                 if save_latents_to is not None:
