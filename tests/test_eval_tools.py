@@ -61,7 +61,7 @@ def test_experiment_small(tiny_mini, tmp_path):
     assert all(r["frames"] == 42 and r["videos"] == 2 for r in res["runs"])
     table = (tmp_path / "summary.md").read_text()
     assert "| deep-forcing | 2× (42 f) | 2 |" in table
-    assert (tmp_path / "drift_curves.png").exists()
+    assert (tmp_path / "drift_curves.png").exists() and (tmp_path / "strips.png").exists()
 
 
 def test_quality_bar_copy_baseline_is_exact_on_static_parts(tiny_mini):

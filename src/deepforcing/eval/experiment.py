@@ -106,10 +106,12 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
     if long_horizon:
         runs += [(label, *POLICY_SET[label], long_horizon) for label in long_labels if label in POLICY_SET]
     results = {"pairs": pairs, "window": window, "prompts": prompts, "seeds": seeds, "runs": []}
+    strips: dict[str, torch.Tensor] = {}  # first video of each main-horizon run, for a visual comparison
     # reference row: the true world clips of the same prompts and seeds, scored the same way
     from deepforcing.mini.world import render_clip
 
     frames = int(round(horizon * window))
+    strips["world (ground truth)"] = render_clip(scenes[0], seeds[0], frames, gen.bundle.latent_shape[-1]).frames
     truth = [_score(render_clip(scenes[i], seeds[i], frames, gen.bundle.latent_shape[-1]).frames.permute(1, 0, 2, 3),
                     scenes[i], window, fps) for i in range(pairs)]
     results["runs"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "horizon": horizon,
@@ -123,6 +125,8 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
         video = _generate_batch(gen, make_policy(name, **sizes), prompts[:n], seeds[:n], frames)
         gen_s = time.perf_counter() - t0
         scores = [_score(video[i], scenes[i], window, fps) for i in range(n)]
+        if mult == horizon and (not label.startswith("deep-sink S=") or label == "deep-sink S=14"):
+            strips[label] = video[0].permute(1, 0, 2, 3)
         summary = {k: _mean_ci([s[k] for s in scores]) for k in (*GT_KEYS, *DRIFT_KEYS)}
         results["runs"].append({"label": label, "policy": name, "sizes": sizes, "horizon": mult, "frames": frames,
                                 "videos": n, "generation_seconds": gen_s, "summary": summary, "videos_scores": scores})
@@ -133,7 +137,34 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
     (out / "metrics.json").write_text(json.dumps(results, default=lambda o: None))
     (out / "summary.md").write_text(summary_markdown(results))
     plot_windows(results, out / "drift_curves.png", horizon)
+    save_strips(strips, out / "strips.png", prompts[0])
     return results
+
+
+def save_strips(strips: dict[str, torch.Tensor], path: Path, prompt: str, columns: int = 12) -> None:
+    """One row per policy: frames evenly spaced over the video (the first prompt x seed pair)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepforcing.mini.world import to_uint8
+
+    rows = []
+    for label, frames in strips.items():
+        idx = np.linspace(0, frames.shape[0] - 1, columns).round().astype(int)
+        rows.append((label, np.concatenate(list(to_uint8(frames[idx].clamp(-1, 1))), axis=1)))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(columns * 0.8, 0.85 * len(rows) + 0.5), squeeze=False)
+    for ax, (label, img) in zip(axes[:, 0], rows):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    n = next(iter(strips.values())).shape[0]
+    fig.suptitle(f"{prompt!r}: frames 0..{n - 1}, evenly spaced", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summary_markdown(results: dict) -> str:

@@ -128,6 +128,24 @@ class MiniModel(torch.nn.Module):
         self.text_encoder = MiniTextEncoder(config.text_dim, config.text_len)
         self.codec = PixelCodec()
 
+    @torch.no_grad()
+    def init_wan_style(self) -> None:
+        """Wan's reference initialisation: Xavier-uniform linears, zero biases, zero output head and zero block
+        gates, so every block starts as the identity and the first prediction is zero flow (DiT's adaLN-zero)."""
+        tr = self.transformer
+        for module in tr.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
+        torch.nn.init.zeros_(tr.proj_out.weight)
+        torch.nn.init.zeros_(tr.proj_out.bias)
+        for block in tr.blocks:
+            table = block.scale_shift_table  # [1, 6, dim]: shift, scale, gate, c_shift, c_scale, c_gate
+            table.normal_(std=self.config.dim ** -0.5)  # Wan: randn / sqrt(dim)
+            table[:, 2].zero_()
+            table[:, 5].zero_()
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (3, self.config.frame_size, self.config.frame_size)

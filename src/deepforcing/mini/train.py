@@ -53,6 +53,7 @@ class TrainConfig:
     probe_every: int = 100
     max_minutes: float | None = None
     curriculum: tuple[tuple[int, int], ...] = ()  # ((clip_frames, until_step), ...): shorter clips first
+    init: str = "diffusers"  # "diffusers" (library defaults) or "wan" (zero head and gates, see MiniModel.init_wan_style)
     model: MiniConfig = field(default_factory=MiniConfig)
 
     def frames_at(self, step: int) -> int:
@@ -167,6 +168,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     ckpt_path = run / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     model = MiniModel(cfg.model)
+    if cfg.init == "wan":
+        model.init_wan_style()
     # no decay on norms, biases, modulation tables and embeddings: qk-norm gains set how sharp attention can get
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n and "words" not in n]
     keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n and "words" not in n)]
