@@ -105,15 +105,6 @@ def rollout(model: CausalWanTransformer, ctx: CrossKV, policy, golden: Path, chu
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The model is tiny: one thread avoids OpenMP hand-offs that cost ~6 ms per op on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def golden_model(golden):
     cfg = golden / "model_config.json"

@@ -17,14 +17,6 @@ TINY = dict(num_attention_heads=2, attention_head_dim=32, in_channels=4, out_cha
 H, W, CHUNK = 4, 6, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed: int = 0, **over) -> CausalWanTransformer:
     torch.manual_seed(seed)
     model = CausalWanTransformer(**{**TINY, **over})

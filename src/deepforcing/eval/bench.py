@@ -82,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = VideoGenerator.from_mini(None if args.model == "mini" else args.model, device=device)
-    horizon = generator.bundle.default_policy.get("window") or 21
+    horizon = generator.resolve_policy(None).window  # the training horizon = the preset's attention window
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:
         generator.resolve_policy(p)  # fail early on bad names

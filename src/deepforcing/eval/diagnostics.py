@@ -82,6 +82,15 @@ def topc_selection_heatmap(events, layers: int) -> torch.Tensor:
     return heat
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens: int, title: str) -> list[Path]:
     import matplotlib
 
@@ -102,11 +111,7 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
             ax.set_xticks(range(len(frames)), [str(f) for f in frames], fontsize=6)
         axes[-1, 0].set_xlabel(f"cached source frame (chunk starting at frame {last})")
         fig.suptitle(f"{title}: attention mass per cached frame")
-        fig.tight_layout()
-        p = out / "attention_mass.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out / "attention_mass.png"))
     if heat.numel():
         fig, ax = plt.subplots(figsize=(8, 2.5))
         ax.imshow(heat.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
@@ -114,11 +119,7 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
         ax.set_xlabel("slot of the augmented cache (white line: end of sink)")
         ax.set_ylabel("layer")
         ax.set_title(f"{title}: Top-C selection frequency")
-        fig.tight_layout()
-        p = out / "topc_heatmap.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out / "topc_heatmap.png"))
     return paths
 
 
@@ -137,7 +138,7 @@ def run_diagnose(args: argparse.Namespace) -> int:
 
     gen = VideoGenerator.from_mini(None if args.model == "mini" else args.model)
     policy = gen.resolve_policy(args.policy)
-    window = getattr(policy, "window", 21)
+    window = policy.window
     chunk = gen.bundle.sampling.chunk_frames
     last_start = (math.ceil(args.frames / chunk) - 1) * chunk
     probe = AttentionMassProbe(chunk_starts={window - chunk, last_start})

@@ -1,11 +1,11 @@
 """The long-horizon experiment on the mini model: every policy, the same prompts and seeds, ground truth.
 
 ``python -m deepforcing.eval.experiment --out results/long_horizon`` (or ``deepforcing experiment``) generates
-``pairs`` prompt x seed videos of ``horizon x`` the training length (21 latent frames) per policy — all videos of a
+``pairs`` prompt x seed videos of ``horizon x`` the training length (the model's window, 21 latent frames for the mini model) per policy — all videos of a
 policy in one batched rollout, each video with its own noise stream — and scores every video with
 
 * the world's ground truth (:mod:`deepforcing.mini.measure`): object persistence, count accuracy, colour error,
-  speed preservation, per window of 21 frames;
+  speed preservation, per window;
 * the model-free drift metrics of :mod:`deepforcing.eval.metrics`: colour drift and sharpness change against the
   first window, flicker, motion ratio (last / first window), near-copies of the first window (roll-back).
 
@@ -93,7 +93,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
     from deepforcing.pipeline.generate import VideoGenerator
 
     gen = VideoGenerator.from_mini(model)
-    window = 21
+    window = gen.resolve_policy(None).window  # the training horizon = the model's attention window
     fps = gen.bundle.fps
     scenes = [sample_scene(np.random.default_rng(10_000 + k)) for k in range(pairs)]
     prompts = [s.to_prompt() for s in scenes]

@@ -159,7 +159,7 @@ class VideoRollout:
         self.next_chunk = 0
         self.prompt_index = 0
         self._recent: list[torch.Tensor] = []  # clean latents of recent chunks, for re-caching
-        self._recent_frames = getattr(self.policy, "window", 21)
+        self._recent_frames = self.policy.window
 
     @property
     def next_frame(self) -> int:
@@ -211,7 +211,7 @@ class VideoRollout:
         if not self._recent:
             return
         chunk = self.sampling.chunk_frames
-        window = getattr(self.policy, "window", self._recent_frames)
+        window = self.policy.window
         sink = self.policy.sink_frames
         if keep_sink and sink and self.next_frame > window:
             count = min(len(self._recent), (window - sink) // chunk)
