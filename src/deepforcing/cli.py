@@ -142,6 +142,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- train-mini
 def _add_train_mini(sub: argparse._SubParsersAction) -> None:
+    from .mini.model import MiniConfig
     from .mini.train import TrainConfig
 
     d = TrainConfig()
@@ -162,19 +163,41 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--curriculum", default="",
                    help="shorter clips first: 'FRAMES:UNTIL_STEP,...' e.g. '6:1500,12:2500' (then the full window)")
+    m = MiniConfig()
+    p.add_argument("--codec", choices=("pixels", "autoencoder"), default=m.codec,
+                   help="latent space: raw pixels or the learned mini autoencoder (needs --codec-weights)")
+    p.add_argument("--codec-weights", default=None, help="trained autoencoder state dict (deepforcing.mini.train_codec)")
+    p.add_argument("--patch", type=int, default=m.patch, help=f"latent cells per token side (default {m.patch})")
+    p.add_argument("--dim", type=int, default=m.dim, help=f"transformer width (default {m.dim}; FFN = 2 x dim)")
+    p.add_argument("--layers", type=int, default=m.layers, help=f"transformer blocks (default {m.layers})")
+    p.add_argument("--first-chunk-weight", type=float, default=d.first_chunk_weight,
+                   help="loss weight of chunk 0, generated from the prompt alone (default 1)")
+    p.add_argument("--rollout-probe-every", type=int, default=0,
+                   help="score free rollouts from the prompt every N steps (0: off)")
+    p.add_argument("--euler-steps", default="",
+                   help="comma-separated timesteps of the Euler ODE sampler stored with the model, e.g. 1000,750,500,250")
     p.set_defaults(func=_run_train_mini)
 
 
 def _run_train_mini(args: argparse.Namespace) -> int:
+    from .mini.model import MiniConfig
     from .mini.train import TrainConfig, train
 
     try:
         curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(",") if item)
     except ValueError:
         raise ValueError(f"--curriculum must look like '6:1500,12:2500', got {args.curriculum!r}") from None
+    try:
+        euler = [float(v) for v in args.euler_steps.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--euler-steps must be comma-separated numbers, got {args.euler_steps!r}") from None
+    sampling = {"denoising_steps": euler, "warp": False, "solver": "euler"} if euler else None
+    model = MiniConfig(codec=args.codec, patch=args.patch, dim=args.dim, ffn_dim=2 * args.dim, layers=args.layers)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
-                      curriculum=curriculum)
+                      curriculum=curriculum, codec_weights=args.codec_weights,
+                      first_chunk_weight=args.first_chunk_weight, rollout_probe_every=args.rollout_probe_every,
+                      probe_sampling=sampling, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")
     return 0

@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from deepforcing.stats import mean_ci
 import torch
 
 __all__ = ["POLICY_SET", "run_experiment", "add_experiment_arguments", "run_experiment_command"]
@@ -43,28 +45,16 @@ DRIFT_KEYS = ("color_drift_last", "sharpness_change_last", "flicker", "motion_ra
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
-    from .metrics import student_t_quantile
-
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    if not v:
-        return float("nan"), float("nan")
-    m = float(np.mean(v))
-    if len(v) < 2:
-        return m, float("nan")
-    half = student_t_quantile(0.975, len(v) - 1) * float(np.std(v, ddof=1)) / math.sqrt(len(v))
-    return m, half
+    """Mean and half-width of the 95 % Student-t interval."""
+    r = mean_ci(values)
+    return r["mean"], (r["ci_high"] - r["mean"]) if r["n"] >= 2 else float("nan")
 
 
 def _generate_batch(gen, policy, prompts: list[str], seeds: list[int], frames: int) -> torch.Tensor:
-    from deepforcing.pipeline.rollout import VideoRollout
+    """Decoded free rollouts ``[B, 3, T, H, W]`` (the quality bar's batched rollout + streaming decode)."""
+    from deepforcing.mini.quality import rollout_videos
 
-    b = gen.bundle
-    with torch.no_grad():
-        ctx = b.transformer.encode_context(b.encode_text(prompts))
-    rollout = VideoRollout(model=b.transformer, policy=policy, context=ctx, latent_shape=b.latent_shape,
-                           sampling=b.sampling, seeds=seeds)
-    chunks = [r.latents for r in rollout.chunks(math.ceil(frames / b.sampling.chunk_frames))]
-    return torch.cat(chunks, dim=2)[:, :, :frames].clamp(-1, 1)  # [B, 3, T, H, W]
+    return rollout_videos(gen.bundle, policy, prompts, seeds, frames).permute(0, 2, 1, 3, 4)
 
 
 def _score(video: torch.Tensor, scene, window: int, fps: int) -> dict:
@@ -111,8 +101,9 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
     from deepforcing.mini.world import render_clip
 
     frames = int(round(horizon * window))
-    strips["world (ground truth)"] = render_clip(scenes[0], seeds[0], frames, gen.bundle.latent_shape[-1]).frames
-    truth = [_score(render_clip(scenes[i], seeds[i], frames, gen.bundle.latent_shape[-1]).frames.permute(1, 0, 2, 3),
+    frame_size = gen.bundle.latent_shape[-1] * gen.bundle.codec.spatial_scale
+    strips["world (ground truth)"] = render_clip(scenes[0], seeds[0], frames, frame_size).frames
+    truth = [_score(render_clip(scenes[i], seeds[i], frames, frame_size).frames.permute(1, 0, 2, 3),
                     scenes[i], window, fps) for i in range(pairs)]
     results["runs"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "horizon": horizon,
                             "frames": frames, "videos": pairs, "generation_seconds": 0.0,

@@ -19,11 +19,19 @@ MINI_FPS = 16
 MINI_DISPLAY_SCALE = 8  # 32x32 frames are written as 256x256 (nearest neighbour) so they can be watched
 
 
+def sampling_from_metadata(meta: dict) -> SamplingConfig:
+    """The sampler stored in a mini model file (Self Forcing's 4 steps when none is stored)."""
+    return SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("sampling", {}).items()})
+
+
 def mini_bundle(path: str | Path | None = None, device: str = "cpu") -> ModelBundle:
+    """The mini model file at ``path`` (default: the shipped one) with the sampler stored in it."""
     model = MiniModel.load(path, device=device)
-    meta = MiniModel.read_metadata(path)
-    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in meta.get("sampling", {}).items()})
+    return bundle_from_model(model, sampling_from_metadata(MiniModel.read_metadata(path)))
+
+
+def bundle_from_model(model: MiniModel, sampling: SamplingConfig) -> ModelBundle:
+    """A loaded (or training) mini model as a bundle, with the given sampler."""
 
     def encode_text(prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():

@@ -5,8 +5,10 @@
 * Text: :class:`MiniTextEncoder`, a learned embedding of the world's word vocabulary
   (:data:`deepforcing.mini.language.VOCAB`) plus a learned position embedding; padding rows are zero, as the
   real UMT5 adapter zeroes padded positions.
-* "VAE": :class:`PixelCodec`, the identity on pixels in ``[-1, 1]`` (one latent frame = one video frame); its
-  streaming decoder has the interface of the Wan VAE's.
+* "VAE": ``codec = "autoencoder"`` — :class:`~deepforcing.mini.codec.MiniAutoencoder`, a small learned per-frame
+  autoencoder (32x32 RGB -> 8x8 x ``latent_channels``, normalised latents), in the role of Wan's VAE (the pipeline
+  decodes each chunk through its streaming decoder); ``codec = "pixels"`` — the identity on pixels (the first
+  model). The streaming decoders have the interface of the Wan VAE's.
 
 Weights and config live in one safetensors file (config in its metadata), small enough to ship in the package.
 """
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from deepforcing.models.wan_causal import CausalWanTransformer
 
+from .codec import MiniAutoencoder, PixelCodec
 from .language import VOCAB, tokenize
 
 __all__ = ["MiniConfig", "MiniTextEncoder", "PixelCodec", "MiniModel", "DEFAULT_MINI_WEIGHTS"]
@@ -31,7 +34,11 @@ DEFAULT_MINI_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "mini" /
 
 @dataclass(frozen=True)
 class MiniConfig:
-    """Sizes of the mini model. ``frame_size`` pixels square; ``patch`` pixels per token side."""
+    """Sizes of the mini model. ``frame_size`` pixels square; ``patch`` latent cells per token side.
+
+    ``codec``: ``"pixels"`` (latents are the pixels) or ``"autoencoder"`` (learned, ``latent_channels`` channels at a
+    quarter of the frame size, ``codec_width`` convolution channels).
+    """
 
     frame_size: int = 32
     patch: int = 8
@@ -42,19 +49,34 @@ class MiniConfig:
     text_dim: int = 64
     text_len: int = 16
     freq_dim: int = 64
+    codec: str = "pixels"
+    latent_channels: int = 8
+    codec_width: int = 64
 
     def __post_init__(self) -> None:
-        if self.frame_size % self.patch:
-            raise ValueError(f"frame size {self.frame_size} is not divisible by the patch {self.patch}")
+        if self.codec not in ("pixels", "autoencoder"):
+            raise ValueError(f"unknown mini codec {self.codec!r}; use 'pixels' or 'autoencoder'")
+        if self.latent_size % self.patch:
+            raise ValueError(f"latent size {self.latent_size} is not divisible by the patch {self.patch}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by {self.heads} heads")
-        if self.dim < 3 * self.patch**2:
-            raise ValueError(f"dim {self.dim} is smaller than a token's {3 * self.patch ** 2} pixel values: the "
+        if self.dim < self.channels * self.patch**2:
+            raise ValueError(f"dim {self.dim} is smaller than a token's {self.channels * self.patch ** 2} values: the "
                              f"model could not represent (and so remove) the noise; raise dim or lower the patch")
 
     @property
+    def channels(self) -> int:
+        """Channels of one latent frame."""
+        return 3 if self.codec == "pixels" else self.latent_channels
+
+    @property
+    def latent_size(self) -> int:
+        """Side of one latent frame (the frame size, or a quarter of it for the autoencoder)."""
+        return self.frame_size if self.codec == "pixels" else self.frame_size // 4
+
+    @property
     def tokens_per_frame(self) -> int:
-        return (self.frame_size // self.patch) ** 2
+        return (self.latent_size // self.patch) ** 2
 
 
 class MiniTextEncoder(torch.nn.Module):
@@ -81,33 +103,8 @@ class MiniTextEncoder(torch.nn.Module):
         return self.embed_ids(self.token_ids(prompts))
 
 
-class PixelCodec:
-    """Identity "VAE": latents are the frames, ``[B, 3, f, H, W]`` in ``[-1, 1]``; one latent frame per frame."""
-
-    temporal_scale = 1
-    spatial_scale = 1
-
-    def num_pixel_frames(self, num_latent_frames: int) -> int:
-        return num_latent_frames
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents.clamp(-1, 1)
-
-    def streaming_decoder(self) -> "PixelCodec":
-        return self
-
-    def reset(self) -> None:
-        pass
-
-    def decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decode(latents)
-
-
 class MiniModel(torch.nn.Module):
-    """Transformer + text encoder of the mini model (the codec has no weights)."""
+    """Transformer + text encoder + codec of the mini model (the pixel codec has no weights)."""
 
     def __init__(self, config: MiniConfig) -> None:
         super().__init__()
@@ -117,8 +114,8 @@ class MiniModel(torch.nn.Module):
             patch_size=(1, p, p),
             num_attention_heads=config.heads,
             attention_head_dim=config.dim // config.heads,
-            in_channels=3,
-            out_channels=3,
+            in_channels=config.channels,
+            out_channels=config.channels,
             text_dim=config.text_dim,
             freq_dim=config.freq_dim,
             ffn_dim=config.ffn_dim,
@@ -126,7 +123,8 @@ class MiniModel(torch.nn.Module):
             text_len=config.text_len,
         )
         self.text_encoder = MiniTextEncoder(config.text_dim, config.text_len)
-        self.codec = PixelCodec()
+        self.codec = PixelCodec() if config.codec == "pixels" else MiniAutoencoder(config.latent_channels,
+                                                                                     config.codec_width)
 
     @torch.no_grad()
     def init_wan_style(self) -> None:
@@ -148,7 +146,7 @@ class MiniModel(torch.nn.Module):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (3, self.config.frame_size, self.config.frame_size)
+        return (self.config.channels, self.config.latent_size, self.config.latent_size)
 
     def save(self, path: str | Path, metadata: dict | None = None) -> None:
         """Write weights + config (and ``metadata``) to one safetensors file, atomically."""

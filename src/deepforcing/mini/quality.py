@@ -1,6 +1,16 @@
-"""The mini model's quality bar inside the training horizon, against the world's ground truth.
+"""The mini model's quality bars, against the world's ground truth.
 
-Protocol (conditional prediction, the situation of every chunk after the first): render a true clip; write its first
+**Primary bar — free rollouts** (:func:`free_rollout_bar`, what a user runs): each held-out prompt x seed pair is
+generated from the prompt alone (no true frame anywhere), through the rollout and the codec's streaming decoder
+that ``deepforcing generate`` uses (videos of a batch are generated together; each equals that video alone), for
+each cache policy. The world metrics of :mod:`deepforcing.mini.measure` are reported as mean and 95 % Student-t
+interval over the pairs, inside the training horizon (frames ``[0, window)``) and beyond it (frames
+``[window, horizon * window)``). Held-out pairs: scene ``k`` is drawn from ``default_rng(HELD_OUT_SCENE_SEED + k)``
+and the noise seed is ``HELD_OUT_NOISE_SEED + k``; training never draws these scenes
+(:func:`is_held_out`), and its noise comes from its own generator, not from these seeds.
+
+**Secondary diagnostic — next chunk after true context** (:func:`quality_bar`, teacher-forced; it hides exposure to
+the model's own outputs, so it never decides whether a model is good): render a true clip; write its first
 ``context_chunks`` chunks into the KV cache through the model's clean pass (t = 0), exactly as a rollout writes its
 own past; then sample the next chunk with the model's few-step schedule and compare it with the true next frames:
 
@@ -25,7 +35,114 @@ from .language import sample_scene
 from .measure import MeasureConfig, track_objects
 from .world import render_clip
 
-__all__ = ["PredictionScores", "predict_next_chunk", "quality_bar"]
+__all__ = ["PredictionScores", "predict_next_chunk", "quality_bar", "free_rollout_bar", "held_out_pairs", "rollout_videos",
+           "is_held_out", "format_free_rollout_table", "BAR_METRICS"]
+
+HELD_OUT_SCENE_SEED = 900_000
+HELD_OUT_NOISE_SEED = 777_000
+HELD_OUT_POOL = 256  # scenes reserved for evaluation (training rejects them)
+BAR_METRICS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_preservation",
+               "background_colour_error")
+
+
+def held_out_pairs(pairs: int) -> list[tuple[str, int]]:
+    """The first ``pairs`` held-out (prompt, noise seed) pairs of the evaluation pool."""
+    if not 0 < pairs <= HELD_OUT_POOL:
+        raise ValueError(f"pairs must be in 1..{HELD_OUT_POOL}, got {pairs}")
+    return [(sample_scene(np.random.default_rng(HELD_OUT_SCENE_SEED + k)).to_prompt(), HELD_OUT_NOISE_SEED + k)
+            for k in range(pairs)]
+
+
+_HELD_OUT_TOKENS: set[tuple[int, ...]] | None = None
+
+
+def is_held_out(scene) -> bool:
+    """Whether ``scene`` (a SceneSpec) is one of the evaluation scenes (compared by canonical tokens)."""
+    global _HELD_OUT_TOKENS
+    from .language import tokenize_spec
+
+    if _HELD_OUT_TOKENS is None:
+        _HELD_OUT_TOKENS = {tuple(tokenize_spec(sample_scene(np.random.default_rng(HELD_OUT_SCENE_SEED + k))))
+                            for k in range(HELD_OUT_POOL)}
+    return tuple(tokenize_spec(scene)) in _HELD_OUT_TOKENS
+
+
+def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames: int) -> torch.Tensor:
+    """Decoded videos ``[B, T, 3, H, W]`` of a batch of free rollouts (one prompt and seed per video)."""
+    from deepforcing.pipeline.rollout import VideoRollout
+
+    chunk = bundle.sampling.chunk_frames
+    with torch.no_grad():
+        ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
+        rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
+                               sampling=bundle.sampling, seeds=seeds)
+        decoder = bundle.codec.streaming_decoder()
+        decoder.reset()
+        out = [decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)) for _ in range(-(-frames // chunk))]
+    return torch.cat(out, dim=1)[:, :frames]
+
+
+def _slice_tracks(tracks, start: int, stop: int):
+    from dataclasses import fields, replace
+
+    return replace(tracks, **{f.name: getattr(tracks, f.name)[start:stop] for f in fields(tracks) if f.name != "size"})
+
+
+def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, horizons: tuple[float, ...] = (),
+                     policies: tuple[str, ...] = ("self-forcing", "deep-forcing"), batch: int = 16,
+                     keep_videos: int = 0) -> dict:
+    """Free rollouts from the prompt alone on held-out pairs (module docstring).
+
+    ``frames`` is the window (default: the policy's); ``horizons`` are multiples of the window to roll out to
+    (e.g. ``(12,)``). Returns ``{policy: {"inside": {metric: mean_ci}, "beyond_<h>x": {...}, "videos": [...]}}``.
+    """
+    from deepforcing.cache import make_policy
+    from deepforcing.stats import mean_ci
+
+    from .measure import MeasureConfig, score_tracks, track_objects
+
+    held = held_out_pairs(pairs)
+    out: dict = {}
+    for name in policies:
+        policy = make_policy(name)
+        window = frames or policy.window
+        length = int(round(max((window, *[h * window for h in horizons]))))
+        scores: dict[str, list[dict]] = {"inside": [], **{f"beyond_{h:g}x": [] for h in horizons}}
+        videos = []
+        for start in range(0, pairs, batch):
+            part = held[start:start + batch]
+            vids = rollout_videos(bundle, policy, [p for p, _ in part], [s for _, s in part], length)
+            for (prompt, _), video in zip(part, vids):
+                tracks = track_objects(video, prompt, MeasureConfig())
+                scores["inside"].append(score_tracks(_slice_tracks(tracks, 0, window), prompt).__dict__)
+                for h in horizons:
+                    stop = int(round(h * window))
+                    scores[f"beyond_{h:g}x"].append(score_tracks(_slice_tracks(tracks, window, stop), prompt).__dict__)
+                if len(videos) < keep_videos:
+                    videos.append(video)
+        out[name] = {part: {k: mean_ci([row[k] for row in rows]) for k in BAR_METRICS} for part, rows in scores.items()}
+        out[name]["videos"] = videos
+    return out
+
+
+def format_free_rollout_table(bar: dict) -> str:
+    """Markdown: one row per policy and span, mean ± half-width of the 95 % interval."""
+    names = [("object_persistence", "persistence ↑"), ("count_accuracy", "count accuracy ↑"),
+             ("object_colour_error", "object colour error ↓"), ("speed_preservation", "speed ratio (1 = true)"),
+             ("background_colour_error", "background colour error ↓")]
+    lines = ["| policy | frames | " + " | ".join(n for _, n in names) + " |", "|---|---|" + "---|" * len(names)]
+    for policy, parts in bar.items():
+        for part, row in parts.items():
+            if part == "videos":
+                continue
+            cells = []
+            for key, _ in names:
+                r = row[key]
+                half = r["ci_high"] - r["mean"] if r["n"] >= 2 else float("nan")
+                cells.append("–" if not math.isfinite(r["mean"]) else f"{r['mean']:.3f} ± {half:.3f}")
+            span = "inside (0–window)" if part == "inside" else part.replace("beyond_", "beyond, to ")
+            lines.append(f"| {policy} | {span} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -49,11 +166,12 @@ def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_c
         ctx = bundle.transformer.encode_context(bundle.encode_text([prompt]))
         rollout = VideoRollout(model=bundle.transformer, policy=make_policy("full"), context=ctx,
                                latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed])
-        latents = clip_frames.permute(1, 0, 2, 3)[None]  # [1, 3, T, H, W]
+        latents = bundle.codec.encode(clip_frames.permute(1, 0, 2, 3)[None])  # [1, C, T, h, w]
         for c in range(context_chunks):
             rollout._call(latents[:, :, c * chunk:(c + 1) * chunk], bundle.sampling.context_noise, c * chunk, clean=True)
         rollout.next_chunk = context_chunks
-        return rollout.step().latents[0].permute(1, 0, 2, 3).clamp(-1, 1)
+        pred = rollout.step().latents.permute(0, 2, 1, 3, 4)  # [1, f, C, h, w]
+        return bundle.codec.streaming_decoder().decode_chunk(pred)[0]
 
 
 def _score(pred: torch.Tensor, clip, t0: int) -> PredictionScores:
@@ -79,7 +197,7 @@ def quality_bar(bundle, untrained_bundle=None, clips: int = 32, context_chunks: 
     rows: dict[str, list[PredictionScores]] = {"model": [], "copy_last_frame": []}
     if untrained_bundle is not None:
         rows["untrained"] = []
-    size = bundle.latent_shape[-1]
+    size = bundle.latent_shape[-1] * bundle.codec.spatial_scale
     for k in range(clips):
         scene = sample_scene(np.random.default_rng(50_000 + seed + k))
         clip = render_clip(scene, seed=seed + k, num_frames=t0 + chunk, size=size)

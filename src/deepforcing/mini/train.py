@@ -12,6 +12,12 @@ both halves at the frames' true temporal RoPE positions. The loss is the MSE of 
 ``v = noise - x0`` on the noisy half. Progress is checked against what matters for generation: the x0 error at
 the first sampling step given context, without context, and the copy-the-last-frame baseline.
 
+With the learned codec (``MiniConfig.codec = "autoencoder"``), clips are encoded to latents by the frozen,
+separately trained autoencoder (``codec_weights``, see :mod:`deepforcing.mini.train_codec`) and everything above
+happens on latents, as Self Forcing trains on Wan VAE latents. ``first_chunk_weight`` up-weights the loss of chunk
+0, the one generated from the prompt alone. Every ``rollout_probe_every`` steps a few free rollouts from the prompt
+alone (the user's situation, :func:`deepforcing.mini.quality.free_rollout_bar`) are scored and logged.
+
 Resumable: a checkpoint (model, optimiser, step, RNG, log) is written every ``checkpoint_every`` steps and on
 Ctrl-C; running again continues from it.
 """
@@ -54,6 +60,11 @@ class TrainConfig:
     max_minutes: float | None = None
     curriculum: tuple[tuple[int, int], ...] = ()  # ((clip_frames, until_step), ...): shorter clips first
     init: str = "diffusers"  # "diffusers" (library defaults) or "wan" (zero head and gates, see MiniModel.init_wan_style)
+    codec_weights: str | None = None  # trained MiniAutoencoder state dict (required for codec="autoencoder")
+    first_chunk_weight: float = 1.0
+    rollout_probe_every: int = 0  # 0: off
+    rollout_probe_pairs: int = 8
+    probe_sampling: dict | None = None  # SamplingConfig fields for the rollout probe (default: the model's)
     model: MiniConfig = field(default_factory=MiniConfig)
 
     def frames_at(self, step: int) -> int:
@@ -108,14 +119,28 @@ def teacher_forcing_forward(
     return out[:, :, t:]
 
 
+def training_scene(rng: np.random.Generator):
+    """A random scene that is not one of the quality bar's held-out scenes."""
+    from .quality import is_held_out
+
+    while True:
+        scene = sample_scene(rng)
+        if not is_held_out(scene):
+            return scene
+
+
 def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | None = None,
-           batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec) and their token ids."""
     batch = batch or cfg.batch
-    specs = [sample_scene(rng) for _ in range(batch)]
+    specs = [training_scene(rng) for _ in range(batch)]
     seeds = rng.integers(0, 2**31 - 1, size=batch).tolist()
     clips = render_batch(specs, seeds, frames or cfg.clip_frames, cfg.model.frame_size)  # [B, T, 3, H, W]
     ids = torch.tensor([tokenize_spec(s, cfg.model.text_len) for s in specs], dtype=torch.long)
-    return clips.permute(0, 2, 1, 3, 4).contiguous().to(device), ids.to(device)
+    latents = clips.permute(0, 2, 1, 3, 4).contiguous()
+    if codec is not None:
+        latents = codec.encode(latents)
+    return latents.to(device), ids.to(device)
 
 
 def _sigmas(cfg: TrainConfig, b: int, frames: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -136,7 +161,7 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
     errs = {"with_context": 0.0, "without_context": 0.0, "copy_last_frame": 0.0}
     model.eval()
     for _ in range(batches):
-        clean, ids = _batch(cfg, rng, "cpu")
+        clean, ids = _batch(cfg, rng, "cpu", codec=_codec(model))
         b, _, t, h, w = clean.shape
         noise = torch.randn(clean.shape, generator=gen)
         noisy = (1 - sigma) * clean + sigma * noise
@@ -153,11 +178,38 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
     return errs
 
 
+def _codec(model: MiniModel):
+    return model.codec if model.config.codec == "autoencoder" else None
+
+
+def _chunk_weights(cfg: TrainConfig, frames: int) -> torch.Tensor:
+    w = torch.ones(frames)
+    w[: cfg.chunk_frames] = cfg.first_chunk_weight
+    return w / w.mean()
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _rollout_probe(model: MiniModel, cfg: TrainConfig) -> dict:
+    """Free rollouts from the prompt alone, one window long (the quality bar's protocol, few pairs)."""
+    from deepforcing.pipeline.rollout import SamplingConfig
+
+    from .bundle import bundle_from_model
+    from .quality import free_rollout_bar
+
+    model.eval()
+    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.probe_sampling.items()}) \
+        if cfg.probe_sampling else SamplingConfig()
+    bar = free_rollout_bar(bundle_from_model(model, sampling), pairs=cfg.rollout_probe_pairs,
+                           frames=cfg.clip_frames, policies=("self-forcing",))
+    row = bar["self-forcing"]["inside"]
+    return {f"free_{k}": round(row[k]["mean"], 4) for k in ("object_persistence", "count_accuracy",
+                                                           "object_colour_error", "speed_preservation")}
 
 
 def train(cfg: TrainConfig, log=print) -> MiniModel:
@@ -170,9 +222,15 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     model = MiniModel(cfg.model)
     if cfg.init == "wan":
         model.init_wan_style()
+    if cfg.model.codec == "autoencoder":
+        if not cfg.codec_weights:
+            raise ValueError("codec='autoencoder' needs codec_weights: train one with deepforcing.mini.train_codec")
+        model.codec.load_state_dict(torch.load(cfg.codec_weights, weights_only=True))
+        model.codec.eval().requires_grad_(False)
     # no decay on norms, biases, modulation tables and embeddings: qk-norm gains set how sharp attention can get
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n and "words" not in n]
-    keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n and "words" not in n)]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.dim() >= 2 and "embedding" not in n and "words" not in n]
+    keep = [p for n, p in trainable if not (p.dim() >= 2 and "embedding" not in n and "words" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.99))
     state = {"step": 0, "seconds": 0.0, "clips": 0, "log": []}
@@ -183,6 +241,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
         if ck["model_config"] != asdict(cfg.model):
             raise ValueError(f"{ckpt_path} was trained with a different model config; use another --run-dir")
         model.load_state_dict(ck["model"])
+        model.codec.eval() if isinstance(model.codec, torch.nn.Module) else None
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
         rng.bit_generator.state = ck["numpy_rng"]
@@ -197,10 +256,18 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                     "numpy_rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
                     "model_config": asdict(cfg.model), "train_config": asdict(cfg)}, tmp)
         tmp.replace(ckpt_path)
-        model.save(cfg.output, metadata={"training": {k: v for k, v in state.items() if k != "log"},
-                                          "recipe": {k: v for k, v in asdict(cfg).items() if k != "model"}})
+        meta = {"training": {k: v for k, v in state.items() if k != "log"},
+                "recipe": {k: v for k, v in asdict(cfg).items() if k != "model"}}
+        if cfg.probe_sampling:
+            meta["sampling"] = cfg.probe_sampling  # the sampler the model is trained and measured for
+        model.save(cfg.output, metadata=meta)
 
-    model.train()
+    def set_train() -> None:
+        model.train()
+        if isinstance(model.codec, torch.nn.Module):
+            model.codec.eval()
+
+    set_train()
     started = time.perf_counter()
     window_loss = []
     try:
@@ -212,13 +279,14 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             frames = cfg.frames_at(state["step"])
             # same tokens per step whatever the clip length: shorter clips come in larger batches
             batch = max(1, cfg.batch * cfg.clip_frames // frames)
-            clean, ids = _batch(cfg, rng, "cpu", frames=frames, batch=batch)
+            clean, ids = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
             sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
             noise = torch.randn(clean.shape, generator=gen)
             s = sigma[:, None, :, None, None]
             noisy = (1 - s) * clean + s * noise
             flow = teacher_forcing_forward(model, clean, noisy, sigma, ids, cfg.chunk_frames)
-            loss = F.mse_loss(flow, noise - clean)
+            per_frame = (flow - (noise - clean)).pow(2).mean(dim=(0, 1, 3, 4))
+            loss = (per_frame * _chunk_weights(cfg, frames)).mean()
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, state["step"])
             opt.zero_grad(set_to_none=True)
@@ -234,6 +302,9 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 entry = {"step": state["step"], "loss": float(np.mean(window_loss)), "clips": state["clips"],
                          "seconds": round(state["seconds"], 1), **{f"x0_mse_{k}": round(v, 5) for k, v in probe.items()}}
                 window_loss.clear()
+                if cfg.rollout_probe_every and state["step"] % cfg.rollout_probe_every == 0:
+                    entry.update(_rollout_probe(model, cfg))
+                    set_train()
                 state["log"].append(entry)
                 log(json.dumps(entry))
             if state["step"] % cfg.checkpoint_every == 0:

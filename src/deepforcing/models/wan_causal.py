@@ -168,8 +168,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         device: torch.device | str | None = None,
         record_events: bool = False,
     ) -> KVCache:
-        """A fresh :class:`KVCache` for one video of latent size ``height x width`` with this model's shape."""
-        param = next(self.parameters())
+        """A fresh :class:`KVCache` for one video of latent size ``height x width`` with this model's shape.
+
+        The cache holds keys and values in the compute dtype (that of the patch embedding and the attention
+        projections), not in the dtype of the first parameter: norms and modulation tables stay fp32 in half
+        precision."""
+        param = self.patch_embedding.weight
         return KVCache(
             policy,
             CacheGeometry(self.tokens_per_frame(height, width), chunk_frames),
@@ -241,7 +245,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = cache.layers[i].update(q, k, v)
-            return F.scaled_dot_product_attention(q, keys, values)
+            return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
 
         return self._run(x, e, e0, grid, angles, context, attend)
 

@@ -4,7 +4,10 @@ Per chunk (REFERENCE.md §B.1, golden/README.md "Rollout protocol"):
 
 1. draw the chunk's noise ``x``;
 2. for each step ``t_j``: ``x0 = x - sigma_j * model(x, t_j)``; if not last, ``x = (1 - sigma_{j+1}) x0 + sigma_{j+1} eps``
-   with fresh noise ``eps``;
+   with fresh noise ``eps`` (``solver="self-forcing"``, the release's few-step sampler for distilled generators);
+   or, with ``solver="euler"``, the deterministic probability-flow ODE step ``x += (sigma_{j+1} - sigma_j) v`` with
+   ``sigma_j = t_j / 1000`` and a last step to ``sigma = 0`` (for models trained by plain flow matching, whose one-step
+   ``x0`` is the blurry conditional mean: re-noising it with fresh noise never commits to one sample);
 3. the chunk's output is the last ``x0``;
 4. clean pass: run the model once more on ``x0`` at the context-noise timestep (0 by default); its output is discarded,
    its effect is that every layer rewrites the chunk's K/V with clean-input K/V.
@@ -59,19 +62,31 @@ class SamplingConfig:
         shift: flow-matching timestep shift (5.0).
         chunk_frames: latent frames generated per autoregressive step (3).
         context_noise: timestep of the clean-context pass (0 in every release).
+        solver: ``"self-forcing"`` (x0 prediction, re-noise with fresh noise: the release's sampler) or ``"euler"``
+            (flow ODE through the given timesteps, then to 0; ``denoising_steps`` are then the timesteps themselves
+            and ``warp`` must be off).
     """
 
-    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
     warp: bool = True
     shift: float = 5.0
     chunk_frames: int = 3
     context_noise: int = 0
+    solver: str = "self-forcing"
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
             raise ValueError("at least one denoising step is needed")
         if self.chunk_frames <= 0:
             raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
+        if self.solver not in ("self-forcing", "euler"):
+            raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing' or 'euler'")
+        if self.solver == "euler":
+            if self.warp:
+                raise ValueError("the euler solver takes its timesteps as given; set warp=False")
+            steps = list(self.denoising_steps)
+            if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
+                raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
 
     def timesteps(self, schedule: FlowMatchSchedule) -> torch.Tensor:
         if self.warp:
@@ -177,6 +192,14 @@ class VideoRollout:
         c, h, w = self.latent_shape
         shape = (self.batch, c, self.sampling.chunk_frames, h, w)
         x = self.noise.initial(i, shape)
+        x0 = self._euler(x, f0) if self.sampling.solver == "euler" else self._renoise_steps(x, i, f0, shape)
+        self._call(x0, self.sampling.context_noise, f0, clean=True)
+        self._remember(x0)
+        self.next_chunk += 1
+        return ChunkResult(i, f0, x0, self.prompt_index)
+
+    def _renoise_steps(self, x: torch.Tensor, i: int, f0: int, shape: tuple) -> torch.Tensor:
+        """Self Forcing's few-step sampler: predict x0, re-noise it to the next timestep with fresh noise."""
         last = len(self.steps) - 1
         x0 = x
         for j, t in enumerate(self.steps.tolist()):
@@ -184,10 +207,15 @@ class VideoRollout:
             x0 = self.schedule.x0_from_flow(x, flow, t)
             if j < last:
                 x = self.schedule.add_noise(x0, self.noise.renoise(i, j, shape), self.steps[j + 1])
-        self._call(x0, self.sampling.context_noise, f0, clean=True)
-        self._remember(x0)
-        self.next_chunk += 1
-        return ChunkResult(i, f0, x0, self.prompt_index)
+        return x0
+
+    def _euler(self, x: torch.Tensor, f0: int) -> torch.Tensor:
+        """Euler steps of the flow ODE ``dx/dsigma = v`` through ``sigma_j = t_j / T`` and on to ``sigma = 0``."""
+        sigmas = (self.steps / self.schedule.num_train_timesteps).tolist() + [0.0]
+        for j, t in enumerate(self.steps.tolist()):
+            flow = self._call(x, t, f0, clean=False)
+            x = (x.to(torch.float64) + (sigmas[j + 1] - sigmas[j]) * flow.to(torch.float64)).to(x.dtype)
+        return x
 
     def _remember(self, x0: torch.Tensor) -> None:
         self._recent.append(x0)
