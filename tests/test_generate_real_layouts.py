@@ -102,3 +102,12 @@ def test_half_precision_generates_close_to_float32(diffusers_folder, tmp_path, d
     deviation = (a - b.float()).abs().max().item()
     assert 0 < deviation < tolerance * a.abs().max().item()
     assert len(decoded(half)) == len(decoded(ref))
+
+
+def test_impossible_resolution_is_refused_with_the_estimate(diffusers_folder, tmp_path, capsys):
+    out = tmp_path / "huge.mp4"
+    assert run(diffusers_folder, out, "--resolution", "160000x160000") == 2
+    err = capsys.readouterr().err
+    assert "the KV cache of this request needs" in err and "is free" in err
+    assert "PiB" in err or "TiB" in err
+    assert not list(tmp_path.iterdir())

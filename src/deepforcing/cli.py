@@ -130,7 +130,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     out.add_argument("-o", "--output", default=None, help="output .mp4 (default: outputs/<prompt>_seed<seed>.mp4)")
     out.add_argument("--save-latents", action="store_true", help="also save the latents (.safetensors)")
     out.add_argument("--save-frames", action="store_true", help="also save every frame as PNG (folder <out>/)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
+    model.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
     p.set_defaults(func=_run_generate)
 
 
@@ -303,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OSError) as err:
         print(f"deepforcing {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

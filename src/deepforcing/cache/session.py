@@ -221,6 +221,7 @@ class KVCache:
         record_events: bool = False,
         on_event: Callable[[LayerCache, Decision], None] | None = None,
         attention_observer: Callable[[LayerCache, CallInfo, torch.Tensor], None] | None = None,
+        max_frames: int | None = None,
     ) -> None:
         policy.validate(geometry.chunk_frames)
         self.policy = policy
@@ -233,7 +234,7 @@ class KVCache:
         self.call: CallInfo | None = None
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         F = geometry.tokens_per_frame
-        capacity = policy.capacity_frames(geometry.chunk_frames) * F
+        capacity = self.capacity_frames(policy, geometry.chunk_frames, max_frames) * F
         self.layers = [
             LayerCache(
                 self,
@@ -243,7 +244,7 @@ class KVCache:
                     heads=heads,
                     head_dim=head_dim,
                     capacity=capacity,
-                    anchor_tokens=policy.sink_frames * F,
+                    anchor_tokens=min(policy.sink_frames * F, capacity),
                     tokens_per_frame=F,
                     rope=rope,
                     dtype=dtype,
@@ -253,6 +254,26 @@ class KVCache:
             )
             for i in range(num_layers)
         ]
+
+    @staticmethod
+    def capacity_frames(policy: CachePolicy, chunk_frames: int, max_frames: int | None = None) -> int:
+        """Frames to pre-allocate: the policy's bound, or the whole video (``max_frames``) when it is shorter."""
+        bound = policy.capacity_frames(chunk_frames)
+        if max_frames is None:
+            return bound
+        if max_frames <= 0:
+            raise ValueError(f"max_frames must be positive, got {max_frames}")
+        return min(bound, -(-max_frames // chunk_frames) * chunk_frames)
+
+    @classmethod
+    def estimate_bytes(cls, policy: CachePolicy, geometry: CacheGeometry, *, num_layers: int, batch: int, heads: int,
+                       head_dim: int, dtype: torch.dtype, max_frames: int | None = None) -> int:
+        """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation."""
+        slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
+        anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
+        element = torch.empty((), dtype=dtype).element_size()
+        per_layer = batch * heads * head_dim * element * (2 * slots + anchor) + batch * slots * (8 + 8 + 4)
+        return num_layers * per_layer
 
     def begin_call(self, start_frame: int, num_frames: int, clean: bool = False) -> None:
         """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)."""

@@ -167,6 +167,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         record_events: bool = False,
+        max_frames: int | None = None,
     ) -> KVCache:
         """A fresh :class:`KVCache` for one video of latent size ``height x width`` with this model's shape.
 
@@ -185,7 +186,16 @@ class CausalWanTransformer(WanTransformer3DModel):
             dtype=dtype or param.dtype,
             device=device or param.device,
             record_events=record_events,
+            max_frames=max_frames,
         )
+
+    def cache_bytes(self, policy: CachePolicy, *, height: int, width: int, chunk_frames: int, batch: int = 1,
+                    max_frames: int | None = None) -> int:
+        """What :meth:`make_cache` would allocate, computed without allocating (for refusing impossible sizes)."""
+        return KVCache.estimate_bytes(policy, CacheGeometry(self.tokens_per_frame(height, width), chunk_frames),
+                                      num_layers=self.num_layers, batch=batch, heads=self.num_heads,
+                                      head_dim=self.head_dim, dtype=self.patch_embedding.weight.dtype,
+                                      max_frames=max_frames)
 
     # --------------------------------------------------------------- text side
     @torch.no_grad()

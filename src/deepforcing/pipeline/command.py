@@ -1,21 +1,40 @@
-"""``deepforcing generate``: argument handling around :class:`VideoGenerator` (files, ranks, messages)."""
+"""``deepforcing generate``: argument handling around :class:`VideoGenerator` (files, ranks, messages).
+
+The whole request is checked **before** any model loads: options that do not apply to the chosen model, lengths
+(finite, positive, at most ``MAX_SECONDS`` of video), every prompt of a prompt file or timeline (for the mini model,
+every word), the device, and every output path (an ``.mp4``, not a folder, in a folder we can create and write to,
+not already there unless ``--overwrite``, not being written by another run: an exclusive ``<out>.lock``). Outputs
+are written under a temporary name and renamed atomically at the end (see ``writer.py``). SIGTERM is handled like
+Ctrl-C: the finished chunks stay in ``<out>.partial.mp4`` with a sidecar.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import os
 import re
+import signal
 import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
 from .generate import VideoGenerator
+from .resources import choose_threads
 from .timeline import load_timeline, parse_timeline
 
-__all__ = ["run_generate", "slug", "shard"]
+__all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
 
 DEFAULT_SECONDS = 60.0
+MAX_SECONDS = 24 * 3600.0
+"""Longest video one request may ask for (a day); longer lengths are refused before anything is allocated."""
+MAX_LATENT_FRAMES = 10_000_000
+MINI_ONLY_IGNORED = ("checkpoint", "preset", "resolution", "dtype")
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -29,7 +48,14 @@ def shard(items: list, rank: int, world: int) -> list[tuple[int, object]]:
 
 
 def _dist_env() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError(f"RANK / WORLD_SIZE must be whole numbers (got RANK={os.environ.get('RANK')!r}, "
+                         f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}); launch with torchrun or unset them") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world}")
+    return rank, world
 
 
 def _init_distributed(world: int) -> bool:
@@ -45,6 +71,12 @@ def _init_distributed(world: int) -> bool:
 
 def _resolve_device(name: str | None) -> str:
     if name:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {name!r} is not supported; use cpu, cuda or cuda:N")
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
         return name
@@ -73,6 +105,10 @@ def _build_generator(args: argparse.Namespace, device: str) -> VideoGenerator:
                                      device=device, resolution=resolution), device=device)
 
 
+def _is_mini(args: argparse.Namespace) -> bool:
+    return args.model == "mini" or (Path(args.model).is_file() and _is_mini_file(args.model))
+
+
 def _is_mini_file(path: str) -> bool:
     from safetensors import safe_open
 
@@ -83,8 +119,17 @@ def _is_mini_file(path: str) -> bool:
         return False
 
 
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a long compact timeline: "File name too long"
+        return False
+
+
 def _jobs(args: argparse.Namespace) -> list[tuple[object, int]]:
-    """(prompt or timeline, seed) per video."""
+    """(prompt or timeline, seed) per video; every prompt file / timeline is read and parsed completely here."""
+    if args.prompt and args.prompt_opt:
+        raise ValueError("give the prompt once: either positionally or with --prompt")
     prompt = args.prompt_opt or args.prompt
     given = [x for x in (prompt, args.prompt_file, args.timeline) if x]
     if len(given) > 1:
@@ -93,53 +138,145 @@ def _jobs(args: argparse.Namespace) -> list[tuple[object, int]]:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
-        prompts = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text (one prompt per line)") from None
+        prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
-            raise ValueError(f"{path} holds no prompts (one per line)")
+            raise ValueError(f"{path} holds no prompts (one per line; lines starting with # are comments)")
         return [(p, args.seed + i) for i, p in enumerate(prompts)]
     if args.timeline:
-        tl = load_timeline(args.timeline) if Path(args.timeline).is_file() else parse_timeline(args.timeline)
+        tl = load_timeline(args.timeline) if _is_file(args.timeline) else parse_timeline(args.timeline)
         return [(tl, args.seed)]
     return [(prompt, args.seed)]
+
+
+def _prompts_of(job) -> list[str]:
+    if job is None:
+        return []
+    return [job] if isinstance(job, str) else [e.prompt for e in job]
+
+
+def _check_length(args: argparse.Namespace, jobs) -> None:
+    if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
+        raise ValueError(f"--seconds must be positive and at most {MAX_SECONDS:g} (a day), got {args.seconds}")
+    if args.frames is not None and not 0 < args.frames <= MAX_LATENT_FRAMES:
+        raise ValueError(f"--frames must be positive and at most {MAX_LATENT_FRAMES}, got {args.frames}")
+    for job, _ in jobs:
+        if isinstance(job, list):
+            seconds = sum(e.seconds or 0.0 for e in job)
+            frames = sum(e.frames or 0 for e in job)
+            if not math.isfinite(seconds) or seconds > MAX_SECONDS or frames > MAX_LATENT_FRAMES:
+                raise ValueError(f"the timeline is longer than {MAX_SECONDS:g} s (a day); shorten its durations")
+
+
+def _check_model_options(args: argparse.Namespace, mini: bool, jobs) -> None:
+    if mini:
+        used = [f"--{name}" for name in MINI_ONLY_IGNORED if getattr(args, name, None)]
+        if used:
+            raise ValueError(f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to real models "
+                             f"(--model /path/to/wan-folder); the mini model has fixed sizes and runs in float32")
+        from deepforcing.mini.language import parse_prompt
+
+        for job, _ in jobs:
+            for text in _prompts_of(job):
+                parse_prompt(text)  # raises ValueError naming the unknown word and the valid ones
+    elif not Path(args.model).exists():
+        raise FileNotFoundError(f"model folder not found: {args.model}; pass --model mini or a local Wan2.1 folder")
+    elif Path(args.model).is_file():
+        raise ValueError(f"{args.model} is neither a deepforcing mini model file (safetensors with mini metadata; "
+                         f"this one is truncated, corrupt or of another kind) nor a model folder; pass --model mini, "
+                         f"a mini model file or a Wan2.1 folder")
+    elif not any(_prompts_of(job) for job, _ in jobs):
+        raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+
+
+def _timeline_frames(job, generator: VideoGenerator) -> int | None:
+    """Latent frames of a timeline whose every entry has a duration (None: open-ended)."""
+    if not isinstance(job, list) or any(e.seconds is None and e.frames is None for e in job):
+        return None
+    return sum(e.frames if e.frames is not None else generator.bundle.latent_frames_for_seconds(e.seconds)
+               for e in job)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt (finished chunks and the sidecar are kept)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from deepforcing.cli import policy_sizes_from_args
 
+    # ---- the whole request, before any model loads
     rank, world = _dist_env()
-    distributed = _init_distributed(world)
     device = _resolve_device(args.device)
     jobs = _jobs(args)
-    generator = _build_generator(args, device)
-    # validate the policy once, before any work
-    generator.resolve_policy(args.policy, **policy_sizes_from_args(args))
-    seconds = args.seconds if args.frames is None and args.seconds is not None else None
-    if args.frames is None and seconds is None:
-        seconds = DEFAULT_SECONDS
-    mine = shard(jobs, rank, world)
-    for index, (prompt, seed) in mine:
-        output = _output_path(args, generator, prompt, seed, index, len(jobs))
-        if prompt is None or isinstance(prompt, str):
-            label = prompt or generator.bundle.default_prompt
-        else:
-            label = " | ".join(e.prompt for e in prompt)
-        if not args.quiet:
-            print(f"[{generator.bundle.name}] {label!r} seed {seed} -> {output}", file=sys.stderr)
-        try:
-            result = generator.generate(
-                prompt, output=output, seconds=seconds, latent_frames=args.frames, policy=args.policy, seed=seed,
-                progress=not args.quiet, save_latents_to=output.with_suffix(".latents.safetensors")
-                if args.save_latents else None, keep_sink_on_switch=not args.drop_sink_on_switch,
-                save_frames_to=output.with_suffix("") if args.save_frames else None,
-                **policy_sizes_from_args(args),
-            )
-        except KeyboardInterrupt:
-            partial = output.with_name(output.stem + ".partial.mp4")
-            if partial.exists():
-                print(f"interrupted: the finished chunks are in {partial}", file=sys.stderr)
-            raise
-        print(f"wrote {result.path} ({result.pixel_frames} frames, {result.pixel_frames / generator.bundle.fps:.1f} s "
-              f"of video in {result.seconds:.1f} s, {result.fps:.1f} frames/s; policy {result.policy['policy']})")
+    mini = _is_mini(args)
+    _check_model_options(args, mini, jobs)
+    _check_length(args, jobs)
+    if mini:  # the policy and its sizes need no weights: refuse impossible ones now
+        from deepforcing.cache import make_policy
+
+        sizes = {k: v for k, v in policy_sizes_from_args(args).items() if v is not None}
+        make_policy(args.policy or "deep-forcing", **sizes)
+    outputs = [_output_path(args, prompt, seed, index, len(jobs), mini) for index, (prompt, seed) in enumerate(jobs)]
+    mine = shard(list(zip(jobs, outputs)), rank, world)
+    with ExitStack() as stack:
+        for _, (_, output) in mine:
+            _check_output(output, overwrite=args.overwrite)
+            stack.enter_context(output_lock(output))
+        # ---- load and run
+        distributed = _init_distributed(world)
+        generator = _build_generator(args, device)
+        threads = args.threads or (choose_threads(sum(p.numel() for p in generator.bundle.transformer.parameters()))
+                                   if torch.device(device).type == "cpu" else None)
+        if threads:
+            torch.set_num_threads(threads)
+        generator.resolve_policy(args.policy, **policy_sizes_from_args(args))
+        for index, ((prompt, seed), output) in mine:
+            seconds = args.seconds if args.frames is None else None
+            frames = args.frames
+            if frames is None and seconds is None:
+                frames = _timeline_frames(prompt, generator)
+                seconds = DEFAULT_SECONDS if frames is None else None
+            if prompt is None or isinstance(prompt, str):
+                label = prompt or generator.bundle.default_prompt
+            else:
+                label = " | ".join(e.prompt for e in prompt)
+            if not args.quiet:
+                print(f"[{generator.bundle.name}] {label!r} seed {seed} -> {output}", file=sys.stderr)
+            try:
+                with _sigterm_as_interrupt():
+                    result = generator.generate(
+                        prompt, output=output, seconds=seconds, latent_frames=frames, policy=args.policy, seed=seed,
+                        progress=not args.quiet, save_latents_to=output.with_suffix(".latents.safetensors")
+                        if args.save_latents else None, keep_sink_on_switch=not args.drop_sink_on_switch,
+                        save_frames_to=output.with_suffix("") if args.save_frames else None,
+                        **policy_sizes_from_args(args),
+                    )
+            except KeyboardInterrupt:
+                partial = output.with_name(output.stem + ".partial.mp4")
+                if partial.exists():
+                    print(f"interrupted: the finished chunks are in {partial}", file=sys.stderr)
+                raise
+            print(f"wrote {result.path} ({result.pixel_frames} frames, {result.pixel_frames / generator.bundle.fps:.1f}"
+                  f" s of video in {result.seconds:.1f} s, {result.fps:.1f} frames/s; policy "
+                  f"{result.policy['policy']})")
     if distributed:
         import torch.distributed as dist
 
@@ -148,14 +285,87 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output_path(args, generator, prompt, seed, index: int, total: int) -> Path:
+def _check_output(output: Path, *, overwrite: bool) -> None:
+    """Refuse an output that cannot be written, before any work: say what to do instead."""
+    if output.is_dir():
+        raise ValueError(f"output {output} is a folder; give a file name ending in .mp4")
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output} already exists; pass --overwrite to replace it or choose another -o")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write to the folder {folder} ({err.strerror or err}); choose another -o") from None
+
+
+@contextmanager
+def output_lock(output: Path):
+    """Hold ``<out>.lock`` (created exclusively, holding our pid) while a run writes ``output``.
+
+    A second run on the same output is refused; a lock left by a process that no longer exists is taken over.
+    """
+    lock = output.with_name(output.name + ".lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise ValueError(f"another run (pid {pid}) is writing {output}; wait for it or choose another -o") \
+                    from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise ValueError(f"cannot take the lock {lock}; remove it if no run is writing {output}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _request_hash(args: argparse.Namespace, prompt, seed: int) -> str:
+    from deepforcing.cli import policy_sizes_from_args
+
+    text = prompt if isinstance(prompt, str) or prompt is None else [e.__dict__ for e in prompt]
+    key = {"prompt": text, "seed": seed, "model": args.model, "checkpoint": args.checkpoint, "policy": args.policy,
+           "sizes": policy_sizes_from_args(args), "seconds": args.seconds, "frames": args.frames,
+           "preset": args.preset, "resolution": args.resolution, "dtype": args.dtype}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _output_path(args, prompt, seed, index: int, total: int, mini: bool) -> Path:
+    """``-o`` for one video; otherwise ``outputs/<prompt slug>_<hash of the full request>_seed<seed>.mp4`` (names
+    of different prompts or settings never collide, even when the prompts share their first words)."""
     if args.output and total == 1:
         out = Path(args.output)
         if out.suffix.lower() != ".mp4":
             raise ValueError(f"--output must be an .mp4 path, got {out}")
         return out
-    text = prompt if isinstance(prompt, str) and prompt else (
-        prompt[0].prompt if prompt and not isinstance(prompt, str) else generator.bundle.default_prompt)
+    if prompt is None and mini:
+        from deepforcing.mini.bundle import MINI_DEFAULT_PROMPT
+
+        text = MINI_DEFAULT_PROMPT
+    else:
+        text = prompt if isinstance(prompt, str) and prompt else (prompt[0].prompt if prompt else "video")
     folder = Path(args.output) if args.output else Path("outputs")  # with several videos, --output is a folder
+    if args.output and total > 1 and folder.suffix.lower() == ".mp4":
+        raise ValueError(f"with several videos --output is a folder, got {folder}")
     prefix = f"{index:04d}_" if total > 1 else ""
-    return folder / f"{prefix}{slug(text)}_seed{seed}.mp4"
+    return folder / f"{prefix}{slug(text)}_{_request_hash(args, prompt, seed)}_seed{seed}.mp4"

@@ -25,11 +25,16 @@ import torch
 
 from deepforcing.cache import CachePolicy, make_policy
 
+from .resources import available_memory_bytes, format_bytes
 from .rollout import SamplingConfig, VideoRollout
 from .timeline import TimelineEntry, parse_timeline, schedule_chunks
-from .writer import FrameDumper, Mp4StreamWriter, save_latents, write_sidecar
+from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
 
-__all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator"]
+__all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator", "NonFiniteOutputError"]
+
+
+class NonFiniteOutputError(ValueError):
+    """The model produced NaN or Inf latents (broken weights, or a dtype too narrow for them)."""
 
 
 @dataclass
@@ -95,6 +100,7 @@ class GenerationResult:
     chunk_seconds: list[float]
     policy: dict
     interrupted: bool = False
+    error: str | None = None
 
     @property
     def fps(self) -> float:
@@ -179,10 +185,12 @@ class VideoGenerator:
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
                                  self.bundle.latent_frames_for_seconds)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
+        max_frames = total * self.bundle.sampling.chunk_frames
+        self.check_memory(policy_obj, max_frames)
         rollout = VideoRollout(
             model=self.bundle.transformer, policy=policy_obj, context=self.context(timeline[active[0]].prompt),
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
-            device=self.device, record_events=record_events,
+            device=self.device, record_events=record_events, max_frames=max_frames,
         )
         self.last_rollout = rollout
         decoder = self.bundle.codec.streaming_decoder()
@@ -194,10 +202,30 @@ class VideoGenerator:
                 current = active[i]
                 rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch)
             res = rollout.step()
+            if not torch.isfinite(res.latents).all():
+                bad = (~torch.isfinite(res.latents)).float().mean().item()
+                raise NonFiniteOutputError(
+                    f"the model produced NaN/Inf latents in chunk {i} ({bad:.0%} of values): the weights are broken or "
+                    f"the dtype too narrow for them (try --dtype float32); the finished chunks were kept")
             with torch.no_grad():
                 frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
             yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
                               time.perf_counter() - t0)
+
+    def check_memory(self, policy: CachePolicy, max_frames: int | None) -> int:
+        """Refuse a cache that cannot fit in the free memory of the device (estimate before allocating)."""
+        c, h, w = self.bundle.latent_shape
+        estimate = getattr(self.bundle.transformer, "cache_bytes", None)
+        if estimate is None:
+            return 0
+        need = estimate(policy, height=h, width=w, chunk_frames=self.bundle.sampling.chunk_frames,
+                        max_frames=max_frames)
+        free = available_memory_bytes(self.device)
+        if free is not None and need > 0.9 * free:
+            raise ValueError(f"the KV cache of this request needs {format_bytes(need)} "
+                             f"({policy.name}, window {policy.window} latent frames) but {format_bytes(free)} is free "
+                             f"on {self.device}; lower --window or the resolution")
+        return need
 
     def _timeline(self, prompt) -> list[TimelineEntry]:
         if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
@@ -205,7 +233,8 @@ class VideoGenerator:
                 raise ValueError("a prompt is required for this model")
             prompt = self.bundle.default_prompt
         if isinstance(prompt, str):
-            return parse_timeline(prompt) if ";" in prompt or _looks_timed(prompt) else [TimelineEntry(prompt)]
+            # a compact timeline starts with a duration ("10s: a; b"); any other text is one prompt (';' allowed)
+            return parse_timeline(prompt) if _looks_timed(prompt) else [TimelineEntry(prompt)]
         entries = list(prompt)
         if not entries:
             raise ValueError("empty timeline")
@@ -246,6 +275,7 @@ class VideoGenerator:
         latents, chunk_seconds, pixel_frames = [], [], 0
         started = time.perf_counter()
         interrupted = False
+        failure: BaseException | None = None
         writer = Mp4StreamWriter(output, fps=self.bundle.fps)
         dumper = FrameDumper(save_frames_to) if save_frames_to is not None else None
         try:
@@ -267,32 +297,45 @@ class VideoGenerator:
                     bar.set_postfix(fps=f"{out.frames.shape[1] / out.seconds:.1f}", refresh=False)
                     bar.update(1)
             path = writer.close()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, NonFiniteOutputError, OSError) as err:
             # keep <out>.partial.mp4 (every finished chunk, playable); never leave a file without frames
             interrupted = True
+            failure = err
             path = writer.partial_path if writer.frames_written else None
-            if not writer.frames_written:
-                writer.abort()
+            writer.abort()
+            if not writer.frames_written and writer.partial_path.exists():
+                writer.partial_path.unlink()
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - started
         result = GenerationResult(path, None,
                                   len(chunk_seconds) * self.bundle.sampling.chunk_frames, pixel_frames, elapsed,
-                                  chunk_seconds, policy_obj.describe(), interrupted)
-        if save_latents_to is not None and latents:
+                                  chunk_seconds, policy_obj.describe(), interrupted,
+                                  None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure))
+        if save_latents_to is not None and latents and not isinstance(failure, OSError):
             save_latents(save_latents_to, torch.cat(latents, dim=1))
-        if sidecar and path is not None:
+        if sidecar and path is not None and not isinstance(failure, OSError):
             result.sidecar = write_sidecar(path.with_suffix(".json"), self._sidecar(result, timeline, seed, total))
-        if interrupted:
-            raise KeyboardInterrupt
+        if failure is None:
+            stale = partial_path_for(output).with_suffix(".json")  # from an earlier interrupted run
+            if stale.exists():
+                stale.unlink()
+        elif isinstance(failure, OSError):
+            raise OSError(failure.errno, f"writing {output} failed ({failure.strerror or failure}); the finished "
+                          f"chunks are in {writer.partial_path}" if writer.frames_written else
+                          f"writing {output} failed ({failure.strerror or failure})") from failure
+        else:
+            raise failure
         return result
 
     def _sidecar(self, result: GenerationResult, timeline, seed: int, planned_chunks: int) -> dict:
         cs = sorted(result.chunk_seconds)
         pct = lambda q: cs[min(len(cs) - 1, int(q * len(cs)))] if cs else None  # noqa: E731
         return {
-            "status": "interrupted" if result.interrupted else "complete",
+            "status": "failed" if result.error else ("interrupted" if result.interrupted else "complete"),
+            "error": result.error,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "model": self.bundle.name,
             "timeline": [e.__dict__ for e in timeline],
             "seed": seed,

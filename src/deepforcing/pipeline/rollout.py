@@ -147,6 +147,7 @@ class VideoRollout:
         noise: the noise stream (``GaussianNoise`` by default from ``seeds``).
         batch: videos generated together.
         keep_recent_latents: latent frames remembered for re-caching at prompt switches (default: the window).
+        max_frames: length of the video in latent frames, when known (the cache is allocated for no more).
     """
 
     model: CausalChunkModel
@@ -159,13 +160,15 @@ class VideoRollout:
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     record_events: bool = False
+    max_frames: int | None = None  # the video's length when known: the cache is then no larger than the video
 
     def __post_init__(self) -> None:
         c, h, w = self.latent_shape
         self.batch = len(self.seeds)
+        extra = {"max_frames": self.max_frames} if self.max_frames is not None else {}
         self.cache = self.model.make_cache(
             self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames, batch=self.batch,
-            record_events=self.record_events,
+            record_events=self.record_events, **extra,
         )
         self.schedule = FlowMatchSchedule(shift=self.sampling.shift)
         self.steps = self.sampling.timesteps(self.schedule)
