@@ -135,6 +135,20 @@ def test_lora_is_merged_exactly(tmp_path, sd):
 
     with pytest.raises(ValueError, match="not in the model"):
         merge_lora(base.state_dict(), {"blocks.0.self_attn.nope.lora_A.weight": a, "blocks.0.self_attn.nope.lora_B.weight": b})
+    with pytest.raises(ValueError, match="lora_A of rank 4 but lora_B of rank 3"):
+        merge_lora(base.state_dict(), {"blocks.1.self_attn.q.lora_A.weight": a,
+                                       "blocks.1.self_attn.q.lora_B.weight": b[:, :3]})
+
+
+def test_truncated_safetensors_is_named(tmp_path, sd):
+    from safetensors.torch import save_file
+
+    full = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(full))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut.safetensors: cannot be read as safetensors"):
+        load_causal_wan(cut, config=dict(TINY_WAN_CONFIG))
 
 
 def test_half_precision_load_keeps_norms_and_modulation_in_float32(tmp_path, sd):

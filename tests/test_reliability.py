@@ -174,3 +174,31 @@ def test_sigterm_keeps_the_finished_chunks_and_a_sidecar(tiny_mini, tmp_path):
     assert partial.exists() and not out.exists()
     meta = json.loads((tmp_path / "v.partial.json").read_text())
     assert meta["status"] == "interrupted" and meta["chunks"]["written"] >= 1
+
+
+OTHER_COMMANDS = [
+    (["bench", "--horizons", "0"], "--horizons must be positive"),
+    (["bench", "--horizons=-1,2"], "--horizons must be positive"),
+    (["bench", "--threads", "0", "--horizons", "1"], "--threads must be at least 1"),
+    (["bench", "--policies", "nope", "--horizons", "1"], "unknown cache policy 'nope'"),
+    (["experiment", "--pairs", "0"], "--pairs must be at least 2"),
+    (["experiment", "--horizon", "-1"], "--horizon must be a positive multiple"),
+    (["experiment", "--long-horizon", "inf"], "--long-horizon must be a positive multiple"),
+    (["diagnose", "--frames", "0"], "--frames must be positive"),
+    (["diagnose", "--policy", "nope"], "unknown cache policy"),
+    (["eval", "OUT/junk.mp4"], "cannot open"),
+    (["eval", "OUT/missing.mp4"], "video file not found"),
+    (["plan", "--chunks", "0"], "--chunks must be positive"),
+    (["train-mini", "--euler-steps", "1000,x"], "--euler-steps must be comma-separated numbers"),
+]
+
+
+@pytest.mark.parametrize("argv, message", OTHER_COMMANDS)
+def test_other_subcommands_refuse_bad_arguments(tmp_path, capsys, argv, message):
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    argv = [a.replace("OUT", str(tmp_path)) for a in argv]
+    code = main([*argv, *(["--out", str(tmp_path / "out")] if argv[0] in ("bench", "experiment", "diagnose") else [])])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ share of the time. A policy whose cost is flat shows the same numbers at 1x and 
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import statistics
 import time
@@ -78,6 +79,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_bench(args: argparse.Namespace) -> int:
     from deepforcing.pipeline.generate import VideoGenerator
 
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        multiples = [float(h) for h in args.horizons.split(",")]
+    except ValueError:
+        raise ValueError(f"--horizons must be numbers like 1,4,12,48, got {args.horizons!r}") from None
+    if not multiples or not all(math.isfinite(m) and 0 < m <= 10_000 for m in multiples):
+        raise ValueError(f"--horizons must be positive multiples of the horizon (at most 10000), got {args.horizons!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,10 +95,6 @@ def run_bench(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:
         generator.resolve_policy(p)  # fail early on bad names
-    try:
-        multiples = [float(h) for h in args.horizons.split(",")]
-    except ValueError:
-        raise ValueError(f"--horizons must be numbers like 1,4,12,48, got {args.horizons!r}") from None
     rows = []
     print(f"model {generator.bundle.name} on {device} ({torch.get_num_threads()} threads); training horizon "
           f"{horizon} latent frames")

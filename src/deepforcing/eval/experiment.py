@@ -219,6 +219,15 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
+    if args.pairs < 2:
+        raise ValueError(f"--pairs must be at least 2 (for a confidence interval), got {args.pairs}")
+    for name in ("horizon", "long_horizon"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and (value > 0 or (name == "long_horizon" and value == 0))) or value > 10_000:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of the window (at most 10000; "
+                             f"--long-horizon 0 = none), got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     run_experiment(Path(args.out), pairs=args.pairs, horizon=args.horizon, model=args.model, sweep=not args.no_sweep,

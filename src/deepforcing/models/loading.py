@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file as _load_file
 
 from .wan_causal import CausalWanTransformer
 
@@ -141,6 +141,14 @@ def to_diffusers_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 # --------------------------------------------------------------------------- files
+def load_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict; a truncated or corrupt file raises ``ValueError`` naming it."""
+    try:
+        return _load_file(str(path))
+    except Exception as err:  # noqa: BLE001 — SafetensorError / OSError, re-raised with the file name
+        raise ValueError(f"{path}: cannot be read as safetensors (truncated or corrupt? {err})") from None
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -347,6 +355,9 @@ def merge_lora(
             continue
         a, b = parts["A"].float().flatten(1), parts["B"].float().flatten(1)
         rank = a.shape[0]
+        if b.shape[1] != rank:
+            raise ValueError(f"{source}: LoRA for {module!r} has lora_A of rank {rank} but lora_B of rank "
+                             f"{b.shape[1]}; the file is inconsistent")
         module_alpha = float(parts["alpha"]) if "alpha" in parts else (alpha if alpha is not None else rank)
         base = out[target]
         delta = (b @ a) * (scale * module_alpha / rank)

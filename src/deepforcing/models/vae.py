@@ -211,7 +211,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a diffusers/transformers weights folder (single file or sharded with an index)."""
-    from safetensors.torch import load_file
+    from .loading import load_file
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
