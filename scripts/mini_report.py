@@ -1,59 +1,86 @@
-"""Measure the mini model's quality bar (in-horizon, ground truth) for candidate samplers and baselines.
+"""The mini model's quality bar: free rollouts from the prompt alone on held-out pairs (what a user runs).
 
-    python scripts/mini_report.py MODEL.safetensors [--clips 32] [--out results/mini_quality.md]
+    python scripts/mini_report.py [MODEL.safetensors] [--pairs 32] [--horizons 12,48] [--out results/mini_quality]
 
-Prints one table per sampler: the model vs copy-last-frame vs an untrained model of the same shape.
+Writes ``quality.md`` / ``quality.json`` (mean ± 95 % CI per policy, inside the 21-frame horizon and beyond it) and
+``strip.png`` (true world clip above each generated video, same prompt and seed). ``--teacher-forced`` adds the
+secondary diagnostic: the next chunk after true context frames (it never decides whether a model is good).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deepforcing.mini.bundle import mini_bundle
+from deepforcing.mini.language import parse_prompt
 from deepforcing.mini.model import MiniModel
-from deepforcing.mini.quality import format_quality_table, quality_bar
-from deepforcing.pipeline.rollout import SamplingConfig
+from deepforcing.mini.quality import (format_free_rollout_table, format_quality_table, free_rollout_bar,
+                                      held_out_pairs, quality_bar)
+from deepforcing.mini.world import render_clip, to_uint8
 
-SAMPLERS = {
-    "self-forcing 4 steps (warped, shift 5)": SamplingConfig(),
-    "4 steps, unwarped (sigma 1, .75, .5, .25)": SamplingConfig(warp=False),
-    "8 steps, unwarped": SamplingConfig(denoising_steps=(1000, 875, 750, 625, 500, 375, 250, 125), warp=False),
-}
+
+def strip_image(videos: list[torch.Tensor], pairs: list[tuple[str, int]], frames: int, path: Path) -> None:
+    from PIL import Image
+
+    rows = []
+    step = max(1, frames // 8)
+    for video, (prompt, seed) in zip(videos, pairs):
+        truth = render_clip(parse_prompt(prompt), seed=seed, num_frames=frames, size=video.shape[-1]).frames
+        rows.append(np.concatenate([np.concatenate(list(to_uint8(truth[:frames:step])), 1),
+                                    np.concatenate(list(to_uint8(video[:frames:step])), 1)], 0))
+    img = np.concatenate(rows, 0)
+    Image.fromarray(img).resize((img.shape[1] * 3, img.shape[0] * 3), Image.NEAREST).save(path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("--clips", type=int, default=32)
-    p.add_argument("--out", default=None)
-    p.add_argument("--samplers", default=",".join(str(i) for i in range(len(SAMPLERS))))
+    p.add_argument("model", nargs="?", default=None, help="mini model file (default: the shipped one)")
+    p.add_argument("--pairs", type=int, default=32)
+    p.add_argument("--horizons", default="12", help="comma-separated multiples of the window (e.g. 12,48)")
+    p.add_argument("--policies", default="self-forcing,deep-forcing")
+    p.add_argument("--out", default="results/mini_quality")
+    p.add_argument("--strip", type=int, default=6, help="videos in the frame strip")
+    p.add_argument("--teacher-forced", action="store_true", help="also the next-chunk diagnostic after true context")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     bundle = mini_bundle(args.model)
     meta = MiniModel.read_metadata(args.model)
-    torch.manual_seed(0)
-    untrained = Path("/tmp/mini_untrained_same_shape.safetensors")
-    MiniModel(MiniModel.load(args.model).config).save(untrained)
-    base_untrained = mini_bundle(untrained)
-    chosen = [list(SAMPLERS)[int(i)] for i in args.samplers.split(",")]
-    lines, results = [], {}
-    for name in chosen:
-        sampling = SAMPLERS[name]
-        res = quality_bar(dataclasses.replace(bundle, sampling=sampling),
-                          dataclasses.replace(base_untrained, sampling=sampling), clips=args.clips)
-        results[name] = res
-        lines += [f"### sampler: {name}", "", format_quality_table(res), ""]
-        print("\n".join(lines[-4:]), flush=True)
-    if args.out:
-        header = [f"Mini model quality bar: next-chunk prediction after 4 true context chunks (12 frames), "
-                  f"{args.clips} world clips; training step {meta.get('training', {}).get('step')}.", ""]
-        Path(args.out).write_text("\n".join(header + lines))
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    horizons = tuple(float(h) for h in args.horizons.split(",") if h.strip())
+    policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
+    started = time.perf_counter()
+    bar = free_rollout_bar(bundle, pairs=args.pairs, horizons=horizons, policies=policies, keep_videos=args.strip)
+    seconds = time.perf_counter() - started
+    videos = bar[policies[0]].pop("videos")
+    for name in policies[1:]:
+        bar[name].pop("videos")
+    strip_image(videos, held_out_pairs(args.pairs)[: args.strip], 24, out / "strip.png")
+    step = meta.get("training", {}).get("step")
+    lines = [f"# Mini model quality bar (step {step})", "",
+             f"Free rollouts from the prompt alone, {args.pairs} held-out prompt x seed pairs, sampler "
+             f"{bundle.sampling.solver} {len(bundle.sampling.denoising_steps)} steps, guidance "
+             f"{bundle.sampling.guidance}; mean ± half-width of the 95 % CI; {seconds:.0f} s on "
+             f"{torch.get_num_threads()} CPU thread(s).", "", format_free_rollout_table(bar), ""]
+    results = {"free_rollouts": bar, "seconds": seconds, "step": step}
+    if args.teacher_forced:
+        torch.manual_seed(0)
+        untrained = out / "untrained_same_shape.safetensors"
+        MiniModel(MiniModel.load(args.model).config).save(untrained)
+        tf = quality_bar(bundle, mini_bundle(untrained), clips=args.pairs)
+        untrained.unlink()
+        results["teacher_forced"] = tf
+        lines += ["## Diagnostic: next chunk after 12 true context frames", "", format_quality_table(tf), ""]
+    (out / "quality.md").write_text("\n".join(lines))
+    (out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

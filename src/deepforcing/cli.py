@@ -175,6 +175,8 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=m.layers, help=f"transformer blocks (default {m.layers})")
     p.add_argument("--first-chunk-weight", type=float, default=d.first_chunk_weight,
                    help="loss weight of chunk 0, generated from the prompt alone (default 1)")
+    p.add_argument("--text-dropout", type=float, default=d.text_dropout,
+                   help="fraction of clips trained with the empty prompt (enables classifier-free guidance)")
     p.add_argument("--rollout-probe-every", type=int, default=0,
                    help="score free rollouts from the prompt every N steps (0: off)")
     p.add_argument("--euler-steps", default="",
@@ -199,7 +201,8 @@ def _run_train_mini(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
                       curriculum=curriculum, codec_weights=args.codec_weights,
-                      first_chunk_weight=args.first_chunk_weight, rollout_probe_every=args.rollout_probe_every,
+                      first_chunk_weight=args.first_chunk_weight, text_dropout=args.text_dropout,
+                      rollout_probe_every=args.rollout_probe_every,
                       probe_sampling=sampling, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")

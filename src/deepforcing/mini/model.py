@@ -92,7 +92,8 @@ class MiniTextEncoder(torch.nn.Module):
             self.words.weight[0].zero_()
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
-        ids = [tokenize(p, max_len=self.text_len) for p in prompts]
+        """Token ids per prompt; the empty prompt is all padding (the unconditional input of guidance)."""
+        ids = [tokenize(p, max_len=self.text_len) if p.strip() else [0] * self.text_len for p in prompts]
         return torch.tensor(ids, dtype=torch.long, device=self.positions.device)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:

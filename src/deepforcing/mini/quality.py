@@ -74,8 +74,9 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
     chunk = bundle.sampling.chunk_frames
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.guidance > 1 else None
         rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
-                               sampling=bundle.sampling, seeds=seeds)
+                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames)
         decoder = bundle.codec.streaming_decoder()
         decoder.reset()
         out = [decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)) for _ in range(-(-frames // chunk))]
@@ -164,8 +165,10 @@ def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_c
     chunk = bundle.sampling.chunk_frames
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text([prompt]))
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.guidance > 1 else None
         rollout = VideoRollout(model=bundle.transformer, policy=make_policy("full"), context=ctx,
-                               latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed])
+                               latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed],
+                               uncond_context=uncond)
         latents = bundle.codec.encode(clip_frames.permute(1, 0, 2, 3)[None])  # [1, C, T, h, w]
         for c in range(context_chunks):
             rollout._call(latents[:, :, c * chunk:(c + 1) * chunk], bundle.sampling.context_noise, c * chunk, clean=True)

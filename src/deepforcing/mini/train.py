@@ -62,6 +62,7 @@ class TrainConfig:
     init: str = "diffusers"  # "diffusers" (library defaults) or "wan" (zero head and gates, see MiniModel.init_wan_style)
     codec_weights: str | None = None  # trained MiniAutoencoder state dict (required for codec="autoencoder")
     first_chunk_weight: float = 1.0
+    text_dropout: float = 0.0  # fraction of clips trained without their prompt (enables classifier-free guidance)
     rollout_probe_every: int = 0  # 0: off
     rollout_probe_pairs: int = 8
     probe_sampling: dict | None = None  # SamplingConfig fields for the rollout probe (default: the model's)
@@ -280,6 +281,9 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             # same tokens per step whatever the clip length: shorter clips come in larger batches
             batch = max(1, cfg.batch * cfg.clip_frames // frames)
             clean, ids = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
+            if cfg.text_dropout > 0:  # the empty prompt (all padding) is the unconditional model
+                drop = torch.rand(ids.shape[0], generator=gen) < cfg.text_dropout
+                ids = ids.masked_fill(drop[:, None], 0)
             sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
             noise = torch.randn(clean.shape, generator=gen)
             s = sigma[:, None, :, None, None]

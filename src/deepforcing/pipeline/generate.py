@@ -191,6 +191,7 @@ class VideoGenerator:
             model=self.bundle.transformer, policy=policy_obj, context=self.context(timeline[active[0]].prompt),
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
             device=self.device, record_events=record_events, max_frames=max_frames,
+            uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
         )
         self.last_rollout = rollout
         decoder = self.bundle.codec.streaming_decoder()

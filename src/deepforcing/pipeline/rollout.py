@@ -65,6 +65,9 @@ class SamplingConfig:
         solver: ``"self-forcing"`` (x0 prediction, re-noise with fresh noise: the release's sampler) or ``"euler"``
             (flow ODE through the given timesteps, then to 0; ``denoising_steps`` are then the timesteps themselves
             and ``warp`` must be off).
+        guidance: classifier-free guidance scale (1 = off, as for every Self Forcing release, whose DMD student
+            has guidance distilled in). Above 1 each call runs the prompt and the empty prompt together (one batch,
+            each with its own KV cache) and uses ``v_uncond + g (v_cond - v_uncond)``.
     """
 
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
@@ -73,12 +76,15 @@ class SamplingConfig:
     chunk_frames: int = 3
     context_noise: int = 0
     solver: str = "self-forcing"
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.denoising_steps:
             raise ValueError("at least one denoising step is needed")
         if self.chunk_frames <= 0:
             raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
+        if not self.guidance >= 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = off), got {self.guidance}")
         if self.solver not in ("self-forcing", "euler"):
             raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing' or 'euler'")
         if self.solver == "euler":
@@ -161,14 +167,20 @@ class VideoRollout:
     device: torch.device | str = "cpu"
     record_events: bool = False
     max_frames: int | None = None  # the video's length when known: the cache is then no larger than the video
+    uncond_context: object = None  # the empty prompt's context, needed when sampling.guidance > 1
 
     def __post_init__(self) -> None:
         c, h, w = self.latent_shape
         self.batch = len(self.seeds)
+        self.guided = self.sampling.guidance > 1.0
+        if self.guided:
+            if self.uncond_context is None:
+                raise ValueError("classifier-free guidance needs the empty prompt's context (uncond_context)")
+            self.context = self._with_unconditional(self.context)
         extra = {"max_frames": self.max_frames} if self.max_frames is not None else {}
         self.cache = self.model.make_cache(
-            self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames, batch=self.batch,
-            record_events=self.record_events, **extra,
+            self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames,
+            batch=self.batch * (2 if self.guided else 1), record_events=self.record_events, **extra,
         )
         self.schedule = FlowMatchSchedule(shift=self.sampling.shift)
         self.steps = self.sampling.timesteps(self.schedule)
@@ -183,10 +195,23 @@ class VideoRollout:
     def next_frame(self) -> int:
         return self.next_chunk * self.sampling.chunk_frames
 
+    def _with_unconditional(self, context):
+        """Prompt and empty-prompt cross-attention states as one batch (prompt rows first)."""
+        u = self.uncond_context
+        keys = [torch.cat([k, uk.expand(k.shape[0], *uk.shape[1:])]) for k, uk in zip(context.keys, u.keys)]
+        values = [torch.cat([v, uv.expand(v.shape[0], *uv.shape[1:])]) for v, uv in zip(context.values, u.values)]
+        return type(context)(keys, values)
+
     def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
         f = x.shape[2]
-        timesteps = torch.full((self.batch, f), float(t), device=x.device, dtype=torch.float32)
-        return self.model(x, timesteps, self.context, self.cache, start, clean=clean)
+        if self.guided:
+            x = torch.cat([x, x])
+        timesteps = torch.full((x.shape[0], f), float(t), device=x.device, dtype=torch.float32)
+        flow = self.model(x, timesteps, self.context, self.cache, start, clean=clean)
+        if not self.guided:
+            return flow
+        cond, uncond = flow.chunk(2)
+        return uncond + self.sampling.guidance * (cond - uncond)
 
     @torch.no_grad()
     def step(self) -> ChunkResult:
@@ -237,7 +262,7 @@ class VideoRollout:
         emptied, and the remembered recent chunks are re-run at the clean timestep under the new prompt, at their own
         temporal positions, so the recent window's K/V are recomputed with the new prompt.
         """
-        self.context = context
+        self.context = self._with_unconditional(context) if self.guided else context
         self.prompt_index += 1
         if not self._recent:
             return
