@@ -202,3 +202,48 @@ def test_other_subcommands_refuse_bad_arguments(tmp_path, capsys, argv, message)
     assert code == 2, err
     assert message in err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_more_bad_requests(tiny_mini, tmp_path, capsys):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("a red circle \xe9\n".encode("latin-1"))
+    pf = tmp_path / "two.txt"
+    pf.write_text("a red circle\na blue square\n")
+    cases = [
+        (["--prompt-file", str(latin)], "is not UTF-8 text"),
+        (["--prompt-file", str(pf), "-o", str(tmp_path / "one.mp4")], "--output is a folder"),
+        (["--seconds", "nan"], "--seconds must be positive"),
+    ]
+    for argv, message in cases:
+        code = main(["generate", "--quiet", "--model", str(tiny_mini), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt", "two.txt"]
+
+
+def test_disk_full_keeps_the_finished_chunks_and_says_where(tiny_mini, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from deepforcing.pipeline import writer
+
+    real_write, calls = writer.Mp4StreamWriter.write, []
+
+    def failing_write(self, frames):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, frames)
+
+    monkeypatch.setattr(writer.Mp4StreamWriter, "write", failing_write)
+    out = tmp_path / "v.mp4"
+    code = main(["generate", "--quiet", "--frames", "12", "--model", str(tiny_mini), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left on device" in err and "v.partial.mp4" in err
+    assert not out.exists() and (tmp_path / "v.partial.mp4").exists() and not (tmp_path / "v.mp4.lock").exists()
+
+
+def test_a_stale_partial_sidecar_is_removed_by_a_later_success(tiny_mini, tmp_path):
+    out = tmp_path / "v.mp4"
+    (tmp_path / "v.partial.json").write_text('{"status": "interrupted"}')
+    assert main(["generate", "--quiet", "--frames", "3", "--model", str(tiny_mini), "-o", str(out)]) == 0
+    assert out.exists() and not (tmp_path / "v.partial.json").exists()
