@@ -10,10 +10,14 @@ share of the time. A policy whose cost is flat shows the same numbers at 1x and 
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,7 +77,35 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write bench.json and bench.md into this folder")
+    p.add_argument("--load", type=int, default=0,
+                   help="run N CPU-bound busy processes during the measurement (a machine shared with other jobs)")
+    p.add_argument("--main-job", action="store_true",
+                   help="also time the README main job end to end: the default 60-s video, generated, decoded and "
+                        "written to an mp4 (reports frames/s and the real-time factor)")
     return p
+
+
+@contextmanager
+def background_load(processes: int):
+    """``processes`` busy-looping Python processes for the duration of the block (then killed)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def time_main_job(generator, seconds: float = 60.0) -> dict:
+    """The README main job (default prompt and policy, ``seconds`` of video) through ``generate``, file included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = generator.generate(None, output=Path(tmp) / "main.mp4", seconds=seconds)
+        wall = time.perf_counter() - started
+    video_seconds = result.pixel_frames / generator.bundle.fps
+    return {"video_seconds": video_seconds, "wall_seconds": wall, "frames": result.pixel_frames,
+            "fps": result.pixel_frames / wall, "real_time_factor": video_seconds / wall}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -81,6 +113,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 <= args.load <= 64:
+        raise ValueError(f"--load must be between 0 and 64 busy processes, got {args.load}")
     try:
         multiples = [float(h) for h in args.horizons.split(",")]
     except ValueError:
@@ -95,9 +129,14 @@ def run_bench(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:
         generator.resolve_policy(p)  # fail early on bad names
+    with background_load(args.load):
+        return _run(args, generator, policies, multiples, horizon, device)
+
+
+def _run(args, generator, policies, multiples, horizon, device) -> int:
     rows = []
-    print(f"model {generator.bundle.name} on {device} ({torch.get_num_threads()} threads); training horizon "
-          f"{horizon} latent frames")
+    print(f"model {generator.bundle.name} on {device} ({torch.get_num_threads()} threads, {args.load} busy "
+          f"background processes); training horizon {horizon} latent frames")
     header = ("| policy | length | chunks | latency mean / p50 / p95 (ms) | frames/s | KV MiB | cache tokens max "
               "| policy share |")
     print(header)
@@ -111,10 +150,17 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"| {p} | {m:g}x ({frames} f) | {r['chunks']} | {r['latency_mean_s'] * 1e3:.1f} / "
                   f"{r['latency_p50_s'] * 1e3:.1f} / {r['latency_p95_s'] * 1e3:.1f} | {r['fps']:.1f} | "
                   f"{r['kv_bytes'] / 2**20:.2f} | {r['cache_tokens_max']} | {r['policy_share']:.1%} |", flush=True)
+    main_job = None
+    if args.main_job:
+        main_job = time_main_job(generator)
+        print(f"main job: {main_job['video_seconds']:.0f} s of video ({main_job['frames']} frames) generated, decoded "
+              f"and written in {main_job['wall_seconds']:.1f} s = {main_job['fps']:.1f} frames/s, "
+              f"{main_job['real_time_factor']:.2f}x real time")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps({"device": device, "threads": torch.get_num_threads(),
-                                                    "rows": rows}, indent=1))
+                                                    "load": args.load, "main_job": main_job, "rows": rows},
+                                                   indent=1))
         print(f"wrote {out / 'bench.json'}")
     return 0
