@@ -1,9 +1,11 @@
 """Ship a trained mini model: record its sampler in the file's metadata and copy it into the package.
 
-    python scripts/finalize_mini.py runs/mini/mini_model.safetensors --sampler 1
+    python scripts/finalize_mini.py runs/mini/mini_model.safetensors --steps 16 --shift 3 --guidance 2
 
-Sampler indices are those of ``scripts/mini_report.py`` (0: Self Forcing's warped 4 steps, 1: 4 unwarped steps,
-2: 8 unwarped steps). The metadata keeps the training record written by the trainer.
+The sampler is the Euler flow ODE (what a flow-matching model is trained for) through ``steps`` timesteps
+``1000 * shift * s / (1 + (shift - 1) * s)``, ``s`` evenly spaced in (0, 1], with classifier-free ``guidance``.
+Choose the values with ``scripts/mini_sampler_sweep.py`` (validation pairs, not the held-out bar). The metadata
+keeps the training record written by the trainer.
 """
 
 from __future__ import annotations
@@ -14,20 +16,28 @@ import dataclasses
 import torch
 
 from deepforcing.mini.model import DEFAULT_MINI_WEIGHTS, MiniModel
+from deepforcing.pipeline.rollout import SamplingConfig
 
-from mini_report import SAMPLERS
+
+def euler_sampling(steps: int, shift: float, guidance: float) -> SamplingConfig:
+    s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+    t = 1000 * shift * s / (1 + (shift - 1) * s)
+    return SamplingConfig(denoising_steps=tuple(round(v, 3) for v in t.tolist()), warp=False, solver="euler",
+                          guidance=guidance)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--sampler", type=int, default=0)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--out", default=str(DEFAULT_MINI_WEIGHTS))
     args = p.parse_args()
     model = MiniModel.load(args.model)
     meta = MiniModel.read_metadata(args.model)
     meta.pop("config", None)
-    sampling = dataclasses.asdict(list(SAMPLERS.values())[args.sampler])
+    sampling = dataclasses.asdict(euler_sampling(args.steps, args.shift, args.guidance))
     meta["sampling"] = {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}
     with torch.no_grad():
         model.save(args.out, metadata=meta)

@@ -65,3 +65,6 @@ def test_presets_command_lists_sources_and_unknowns(capsys):
     out = capsys.readouterr().out
     assert "self-forcing: chunk 3, window 21, steps (1000, 750, 500, 250), warp True, shift 5.0" in out
     assert "causvid: chunk unknown" in out and "UNKNOWN" in out
+    # the product default lives on the preset, next to the release's own policy
+    assert "shift 5.0, default policy deep-forcing (release: self-forcing)" in out
+    assert "longlive: chunk 3, window 12" in out and "default policy attention-sink {'sink': 3}" in out

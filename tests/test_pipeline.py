@@ -201,3 +201,16 @@ def _unhashed(name: str) -> str:
 
     assert re.search(r"_[0-9a-f]{8}_seed\d+\.mp4$", name), name
     return re.sub(r"_[0-9a-f]{8}(_seed\d+\.mp4)$", r"\1", name)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--policy", "deep-sink", "--sink", "7"], {"policy": "deep-sink", "sink": 7}),
+    (["--policy", "self-forcing", "--window", "9"], {"policy": "self-forcing", "window": 9}),
+    ([], {"policy": "deep-forcing", "sink": 10, "budget": 16, "recent": 4}),  # the model's default
+])
+def test_cli_policy_and_sizes_reach_the_rollout(tiny_mini, tmp_path, argv, expected):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", PROMPT, "--model", str(tiny_mini), "--frames", "6", "-o", str(out), "--quiet",
+                 *argv]) == 0
+    policy = json.loads(out.with_suffix(".json").read_text())["policy"]
+    assert {k: policy.get(k) for k in expected} == expected, policy

@@ -11,42 +11,7 @@ from . import __version__
 
 __all__ = ["main", "build_parser", "add_policy_arguments", "policy_from_args"]
 
-# Size options shared by every command that builds a policy; None = the policy's own default.
-_POLICY_SIZE_OPTIONS = {
-    "window": "attention window in latent frames (Self Forcing: 21, its training length)",
-    "sink": "sink size S in latent frames",
-    "budget": "Participative Compression budget N (frames kept after a compression)",
-    "recent": "recent frames R always kept (and the span of the scoring queries)",
-    "reuse_cap": "max times a token may be picked as Top-C (release: 7)",
-}
-
-
-def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-forcing") -> None:
-    from .cache import policy_names
-
-    group = parser.add_argument_group("cache policy")
-    group.add_argument(
-        "--policy", default=default, metavar="NAME",
-        help=f"KV-cache policy: {', '.join(policy_names())} (default: {default or 'the model preset'})",
-    )
-    for field, text in _POLICY_SIZE_OPTIONS.items():
-        group.add_argument("--" + field.replace("_", "-"), dest=field, type=int, default=None, help=text)
-    group.add_argument("--queries", choices=["both", "past", "denoising"], default=None,
-                       help="queries that score Top-C (release: both)")
-    group.add_argument("--topc-rope", dest="topc_rope", choices=["keep", "unify"], default=None,
-                       help="Top-C temporal RoPE: keep original positions (release) or unify (paper Eq. 10-11)")
-    group.add_argument("--sink-placement", dest="placement", choices=["reference", "adjacent"], default=None,
-                       help="deep-sink: the release's placement (3-frame gap) or adjacent to the tail")
-
-
-def policy_sizes_from_args(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name, None) for name in (*_POLICY_SIZE_OPTIONS, "queries", "topc_rope", "placement")}
-
-
-def policy_from_args(args: argparse.Namespace):
-    from .cache import make_policy
-
-    return make_policy(args.policy, **policy_sizes_from_args(args))
+from .cli_options import add_policy_arguments, policy_from_args, policy_sizes_from_args  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- plan
@@ -276,9 +241,12 @@ def _run_presets(args: argparse.Namespace) -> int:
     for preset in PRESETS.values():
         unknown = lambda v: "unknown" if v is None else v  # noqa: E731
         steps = unknown(preset.denoising_steps)
+        default = preset.product_policy()
+        sizes = {k: v for k, v in default.items() if k not in ("name", "window")}
         print(f"{preset.name}: chunk {unknown(preset.chunk_frames)}, window {unknown(preset.window_frames)}, "
-              f"steps {steps}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, policy {preset.policy} "
-              f"{preset.policy_sizes or ''}".rstrip())
+              f"steps {steps}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, default policy "
+              f"{default['name']} {sizes or ''}".rstrip() + f" (release: {preset.policy} {preset.policy_sizes or ''}"
+              .rstrip() + ")")
         for note in preset.notes:
             print(f"    - {note}")
     return 0

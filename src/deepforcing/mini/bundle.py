@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from deepforcing.pipeline.generate import ModelBundle
-from deepforcing.pipeline.rollout import SamplingConfig
+from deepforcing.models.contract import ModelBundle, SamplingConfig
 
 from .model import MiniModel
 

@@ -198,7 +198,7 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 def _rollout_probe(model: MiniModel, cfg: TrainConfig) -> dict:
     """Free rollouts from the prompt alone, one window long (the quality bar's protocol, few pairs)."""
-    from deepforcing.pipeline.rollout import SamplingConfig
+    from deepforcing.models.contract import SamplingConfig
 
     from .bundle import bundle_from_model
     from .quality import free_rollout_bar

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deepforcing.pipeline.generate import ModelBundle
-from deepforcing.pipeline.rollout import SamplingConfig
+from deepforcing.models.contract import ModelBundle, SamplingConfig
 
 from .loading import load_causal_wan
 from .presets import get_preset
@@ -88,12 +87,7 @@ def wan_bundle(
     sampling = SamplingConfig(denoising_steps=tuple(spec.denoising_steps), warp=bool(spec.warp),
                               shift=float(spec.shift), chunk_frames=int(spec.chunk_frames),
                               context_noise=int(spec.context_noise))
-    # The product default is Deep Forcing with the release's sizes, which were set for a 21-frame window; a preset with
-    # another window (LongLive: 12) keeps its own cache policy unless the user names one.
-    if spec.window_frames == 21:
-        policy = {"name": "deep-forcing", "window": spec.window_frames}
-    else:
-        policy = {"name": spec.policy, "window": spec.window_frames, **spec.policy_sizes}
+    policy = spec.product_policy()  # the preset's default (self-forcing: deep-forcing; LongLive: its own sink)
     return ModelBundle(
         name=f"{spec.name} ({model_dir.name})",
         transformer=transformer,

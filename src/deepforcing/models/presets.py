@@ -33,7 +33,9 @@ WAN21_T2V_1_3B: dict[str, Any] = {
 class ModelPreset:
     """Everything a rollout needs besides weights and prompt.
 
-    Sizes are latent frames. ``policy`` + ``policy_sizes`` go to :func:`deepforcing.cache.make_policy`;
+    Sizes are latent frames. ``policy`` + ``policy_sizes`` are the cache of the model's own release and go to
+    :func:`deepforcing.cache.make_policy`; ``default_policy`` (+ ``default_policy_sizes``) is what ``deepforcing
+    generate`` uses when the user names no policy (``None``: the release's policy);
     ``denoising_steps`` are nominal steps, warped through the shift-``shift`` table when ``warp`` is true
     (:class:`deepforcing.models.schedule.FlowMatchSchedule`). ``notes`` says where each value comes from and what is
     unknown.
@@ -48,6 +50,8 @@ class ModelPreset:
     shift: float | None
     policy: str
     policy_sizes: dict[str, Any] = field(default_factory=dict)
+    default_policy: str | None = None
+    default_policy_sizes: dict[str, Any] = field(default_factory=dict)
     latent_height: int = 60  # 480 px / VAE stride 8 (REFERENCE §A.1)
     latent_width: int = 104  # 832 px / 8
     num_train_timesteps: int = 1000  # FlowMatchScheduler table (REFERENCE §B.1)
@@ -57,6 +61,12 @@ class ModelPreset:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     notes: tuple[str, ...] = ()
+
+    def product_policy(self) -> dict[str, Any]:
+        """Name, window and sizes of the policy ``generate`` uses by default for this preset."""
+        if self.default_policy is None:
+            return {"name": self.policy, "window": self.window_frames, **self.policy_sizes}
+        return {"name": self.default_policy, "window": self.window_frames, **self.default_policy_sizes}
 
     def replace(self, **changes) -> "ModelPreset":
         return dataclasses.replace(self, **changes)
@@ -72,6 +82,7 @@ PRESETS: dict[str, ModelPreset] = {
         warp=True,  # warp_denoising_step: true (REFERENCE §B.1) -> t ≈ [1000, 937.5, 833.3, 625]
         shift=5.0,  # FlowMatchScheduler(shift=5.0) / timestep_shift 5.0 (REFERENCE §B.1, §D.1)
         policy="self-forcing",  # sink 0: FIFO window (REFERENCE §A.5; DF config sink0)
+        default_policy="deep-forcing",  # the product default: the release's sizes were set for this 21-frame window
         seed=1356145,  # Deep Forcing inference.py default (REFERENCE §D.1); Self Forcing's own default is 0
         use_ema=True,  # --use_ema, generator_ema (REFERENCE §C, §D.1)
         notes=(

@@ -220,7 +220,7 @@ def _sigterm_as_interrupt():
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from deepforcing.cli import policy_sizes_from_args
+    from deepforcing.cli_options import policy_sizes_from_args
 
     # ---- the whole request, before any model loads
     rank, world = _dist_env()
@@ -247,7 +247,7 @@ def run_generate(args: argparse.Namespace) -> int:
                                    if torch.device(device).type == "cpu" else None)
         if threads:
             torch.set_num_threads(threads)
-        generator.resolve_policy(args.policy, **policy_sizes_from_args(args))
+        policy = generator.resolve_policy(args.policy, **policy_sizes_from_args(args))  # resolved once, passed down
         for index, ((prompt, seed), output) in mine:
             seconds = args.seconds if args.frames is None else None
             frames = args.frames
@@ -263,11 +263,10 @@ def run_generate(args: argparse.Namespace) -> int:
             try:
                 with _sigterm_as_interrupt():
                     result = generator.generate(
-                        prompt, output=output, seconds=seconds, latent_frames=frames, policy=args.policy, seed=seed,
+                        prompt, output=output, seconds=seconds, latent_frames=frames, policy=policy, seed=seed,
                         progress=not args.quiet, save_latents_to=output.with_suffix(".latents.safetensors")
                         if args.save_latents else None, keep_sink_on_switch=not args.drop_sink_on_switch,
                         save_frames_to=output.with_suffix("") if args.save_frames else None,
-                        **policy_sizes_from_args(args),
                     )
             except KeyboardInterrupt:
                 partial = output.with_name(output.stem + ".partial.mp4")
@@ -341,7 +340,7 @@ def _alive(pid: int) -> bool:
 
 
 def _request_hash(args: argparse.Namespace, prompt, seed: int) -> str:
-    from deepforcing.cli import policy_sizes_from_args
+    from deepforcing.cli_options import policy_sizes_from_args
 
     text = prompt if isinstance(prompt, str) or prompt is None else [e.__dict__ for e in prompt]
     key = {"prompt": text, "seed": seed, "model": args.model, "checkpoint": args.checkpoint, "policy": args.policy,

@@ -17,16 +17,17 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from deepforcing.cache import CachePolicy, make_policy
+from deepforcing.models.contract import ModelBundle, SamplingConfig  # noqa: F401  (re-exported)
 
 from .resources import available_memory_bytes, format_bytes
-from .rollout import SamplingConfig, VideoRollout
+from .rollout import VideoRollout
 from .timeline import TimelineEntry, parse_timeline, schedule_chunks
 from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
 
@@ -35,47 +36,6 @@ __all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator", "
 
 class NonFiniteOutputError(ValueError):
     """The model produced NaN or Inf latents (broken weights, or a dtype too narrow for them)."""
-
-
-@dataclass
-class ModelBundle:
-    """Everything model-specific the generator needs.
-
-    Attributes:
-        name: human-readable model name (recorded in the sidecar).
-        transformer: causal chunk model (``CausalWanTransformer``).
-        encode_text: prompts → text-encoder output ``[B, n, text_dim]``.
-        codec: has ``streaming_decoder()`` returning an object with ``reset()`` and
-            ``decode_chunk(latents [B, f, C, h, w]) -> pixels [B, T, 3, H, W]`` in [-1, 1].
-        latent_shape: ``(C, h, w)`` of one latent frame.
-        sampling: few-step schedule of the preset.
-        fps: output frame rate.
-        temporal_scale: pixel frames per latent frame after the first (Wan VAE: 4; pixels: 1).
-        display_scale: integer nearest-neighbour upscale applied to written frames (tiny models).
-        default_policy: policy name and sizes used when the user names none.
-    """
-
-    name: str
-    transformer: torch.nn.Module
-    encode_text: Callable[[list[str]], torch.Tensor]
-    codec: object
-    latent_shape: tuple[int, int, int]
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    fps: int = 16
-    temporal_scale: int = 4
-    display_scale: int = 1
-    default_policy: dict = field(default_factory=lambda: {"name": "deep-forcing"})
-    default_prompt: str = ""
-
-    def pixel_frames(self, latent_frames: int) -> int:
-        """Causal VAE frame count: ``1 + scale * (F - 1)`` (identity codec: ``F``)."""
-        return latent_frames if self.temporal_scale == 1 else 1 + self.temporal_scale * (latent_frames - 1)
-
-    def latent_frames_for_seconds(self, seconds: float) -> int:
-        pixels = max(1, round(seconds * self.fps))
-        if self.temporal_scale == 1:
-            return pixels
-        return 1 + math.ceil((pixels - 1) / self.temporal_scale)
 
 
 @dataclass

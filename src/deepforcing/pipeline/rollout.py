@@ -28,6 +28,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from deepforcing.cache import CachePolicy, KVCache
+from deepforcing.models.contract import SamplingConfig
 from deepforcing.models.schedule import FlowMatchSchedule
 
 __all__ = [
@@ -50,54 +51,6 @@ class CausalChunkModel(Protocol):
 
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, context, cache: KVCache, start_frame: int,
                  clean: bool | None = None) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Few-step sampling settings (model presets hold the values; Self Forcing's are the defaults).
-
-    Fields:
-        denoising_steps: nominal steps (Self Forcing: 1000, 750, 500, 250).
-        warp: map nominal steps onto the shifted training table (Self Forcing: True → ≈ 1000, 937.5, 833.3, 625).
-        shift: flow-matching timestep shift (5.0).
-        chunk_frames: latent frames generated per autoregressive step (3).
-        context_noise: timestep of the clean-context pass (0 in every release).
-        solver: ``"self-forcing"`` (x0 prediction, re-noise with fresh noise: the release's sampler) or ``"euler"``
-            (flow ODE through the given timesteps, then to 0; ``denoising_steps`` are then the timesteps themselves
-            and ``warp`` must be off).
-        guidance: classifier-free guidance scale (1 = off, as for every Self Forcing release, whose DMD student
-            has guidance distilled in). Above 1 each call runs the prompt and the empty prompt together (one batch,
-            each with its own KV cache) and uses ``v_uncond + g (v_cond - v_uncond)``.
-    """
-
-    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
-    warp: bool = True
-    shift: float = 5.0
-    chunk_frames: int = 3
-    context_noise: int = 0
-    solver: str = "self-forcing"
-    guidance: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.denoising_steps:
-            raise ValueError("at least one denoising step is needed")
-        if self.chunk_frames <= 0:
-            raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
-        if not self.guidance >= 1.0:
-            raise ValueError(f"guidance must be >= 1 (1 = off), got {self.guidance}")
-        if self.solver not in ("self-forcing", "euler"):
-            raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing' or 'euler'")
-        if self.solver == "euler":
-            if self.warp:
-                raise ValueError("the euler solver takes its timesteps as given; set warp=False")
-            steps = list(self.denoising_steps)
-            if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
-                raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
-
-    def timesteps(self, schedule: FlowMatchSchedule) -> torch.Tensor:
-        if self.warp:
-            return schedule.warp(self.denoising_steps)
-        return torch.tensor(self.denoising_steps, dtype=torch.float32)
 
 
 class NoiseSource(Protocol):

@@ -1,0 +1,109 @@
+"""The contract between models and the pipeline: what a model family hands the generator.
+
+* :class:`SamplingConfig` — the sampler a model was trained for (steps, schedule, solver, guidance, chunk size);
+* :class:`ModelBundle` — transformer + text encoder + codec + geometry + the product's default policy and prompt.
+
+Model families (``deepforcing.models.bundle`` for Wan checkpoints, ``deepforcing.mini.bundle`` for the mini model)
+build bundles; the pipeline consumes them. Living below the pipeline, this module keeps the layers one-way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .schedule import FlowMatchSchedule
+
+__all__ = ["SamplingConfig", "ModelBundle"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Few-step sampling settings (model presets hold the values; Self Forcing's are the defaults).
+
+    Fields:
+        denoising_steps: nominal steps (Self Forcing: 1000, 750, 500, 250).
+        warp: map nominal steps onto the shifted training table (Self Forcing: True → ≈ 1000, 937.5, 833.3, 625).
+        shift: flow-matching timestep shift (5.0).
+        chunk_frames: latent frames generated per autoregressive step (3).
+        context_noise: timestep of the clean-context pass (0 in every release).
+        solver: ``"self-forcing"`` (x0 prediction, re-noise with fresh noise: the release's sampler) or ``"euler"``
+            (flow ODE through the given timesteps, then to 0; ``denoising_steps`` are then the timesteps themselves
+            and ``warp`` must be off).
+        guidance: classifier-free guidance scale (1 = off, as for every Self Forcing release, whose DMD student
+            has guidance distilled in). Above 1 each call runs the prompt and the empty prompt together (one batch,
+            each with its own KV cache) and uses ``v_uncond + g (v_cond - v_uncond)``.
+    """
+
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
+    warp: bool = True
+    shift: float = 5.0
+    chunk_frames: int = 3
+    context_noise: int = 0
+    solver: str = "self-forcing"
+    guidance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.denoising_steps:
+            raise ValueError("at least one denoising step is needed")
+        if self.chunk_frames <= 0:
+            raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
+        if not self.guidance >= 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = off), got {self.guidance}")
+        if self.solver not in ("self-forcing", "euler"):
+            raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing' or 'euler'")
+        if self.solver == "euler":
+            if self.warp:
+                raise ValueError("the euler solver takes its timesteps as given; set warp=False")
+            steps = list(self.denoising_steps)
+            if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
+                raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
+
+    def timesteps(self, schedule: FlowMatchSchedule) -> torch.Tensor:
+        if self.warp:
+            return schedule.warp(self.denoising_steps)
+        return torch.tensor(self.denoising_steps, dtype=torch.float32)
+
+
+@dataclass
+class ModelBundle:
+    """Everything model-specific the generator needs.
+
+    Attributes:
+        name: human-readable model name (recorded in the sidecar).
+        transformer: causal chunk model (``CausalWanTransformer``).
+        encode_text: prompts → text-encoder output ``[B, n, text_dim]``.
+        codec: has ``streaming_decoder()`` returning an object with ``reset()`` and
+            ``decode_chunk(latents [B, f, C, h, w]) -> pixels [B, T, 3, H, W]`` in [-1, 1].
+        latent_shape: ``(C, h, w)`` of one latent frame.
+        sampling: few-step schedule of the preset.
+        fps: output frame rate.
+        temporal_scale: pixel frames per latent frame after the first (Wan VAE: 4; pixels: 1).
+        display_scale: integer nearest-neighbour upscale applied to written frames (tiny models).
+        default_policy: policy name and sizes used when the user names none.
+    """
+
+    name: str
+    transformer: torch.nn.Module
+    encode_text: Callable[[list[str]], torch.Tensor]
+    codec: object
+    latent_shape: tuple[int, int, int]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    fps: int = 16
+    temporal_scale: int = 4
+    display_scale: int = 1
+    default_policy: dict = field(default_factory=lambda: {"name": "deep-forcing"})
+    default_prompt: str = ""
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Causal VAE frame count: ``1 + scale * (F - 1)`` (identity codec: ``F``)."""
+        return latent_frames if self.temporal_scale == 1 else 1 + self.temporal_scale * (latent_frames - 1)
+
+    def latent_frames_for_seconds(self, seconds: float) -> int:
+        pixels = max(1, round(seconds * self.fps))
+        if self.temporal_scale == 1:
+            return pixels
+        return 1 + math.ceil((pixels - 1) / self.temporal_scale)
