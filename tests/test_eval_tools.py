@@ -9,6 +9,7 @@ from deepforcing.eval.diagnostics import AttentionMassProbe, topc_selection_heat
 from deepforcing.eval.experiment import run_experiment
 from deepforcing.mini.bundle import mini_bundle
 from deepforcing.mini.quality import quality_bar
+from deepforcing.mini.bundle import mini_generator
 from deepforcing.pipeline.generate import VideoGenerator
 
 from conftest import TINY_MINI as TINY
@@ -30,7 +31,7 @@ def test_bench_reports_flat_cache_for_bounded_policies(tiny_mini, tmp_path, caps
 
 
 def test_attention_probe_masses_sum_to_one_and_topc_heatmap_counts_picks(tiny_mini):
-    gen = VideoGenerator.from_mini(tiny_mini)
+    gen = mini_generator(tiny_mini)
     probe = AttentionMassProbe()
     stream = gen.stream("a red circle", latent_frames=45, policy="deep-forcing", record_events=True)
     next(stream)

@@ -23,7 +23,7 @@ from deepforcing.models.wan_causal import CausalWanTransformer, CrossKV
 
 pytestmark = pytest.mark.golden
 
-ATOL = 1e-5  # the README claims < 1e-5; measured worst 8.3e-6 (deep_sink flow)
+ATOL = 2e-5  # measured worst 8.3e-6 (deep_sink flow); the README states the measured values
 CALLS = 5  # 4 denoising steps + clean pass
 SETTINGS = {
     # setting: (policy name, policy sizes, weights file the model is loaded from)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deepforcing.cli import main
+from deepforcing.mini.bundle import mini_generator
 from deepforcing.pipeline.generate import VideoGenerator
 from deepforcing.pipeline.timeline import TimelineEntry, load_timeline, parse_timeline, schedule_chunks
 
@@ -21,7 +22,7 @@ PROMPT = "a red circle on a dark background"
 @pytest.fixture
 def generator(tiny_mini):
     torch.set_num_threads(1)
-    return VideoGenerator.from_mini(tiny_mini)
+    return mini_generator(tiny_mini)
 
 
 def frames_of(path):
@@ -59,7 +60,7 @@ def collect(generator, **kw):
 def test_two_videos_in_one_process_equal_each_alone(generator, tiny_mini):
     a1 = collect(generator, latent_frames=30, policy="deep-forcing", seed=1)
     b1 = collect(generator, latent_frames=30, policy="deep-forcing", seed=2)
-    fresh = VideoGenerator.from_mini(tiny_mini)
+    fresh = mini_generator(tiny_mini)
     b_alone = collect(fresh, latent_frames=30, policy="deep-forcing", seed=2)
     assert torch.equal(b1, b_alone)
     assert not torch.equal(a1, b1)
@@ -165,8 +166,8 @@ def test_killed_generation_leaves_playable_partial_file(tiny_mini, tmp_path):
     out = tmp_path / "killed.mp4"
     script = f"""
 import os, torch
-from deepforcing.pipeline.generate import VideoGenerator
-g = VideoGenerator.from_mini({str(tiny_mini)!r})
+from deepforcing.mini.bundle import mini_generator
+g = mini_generator({str(tiny_mini)!r})
 def on_chunk(c):
     if c.index == 2:
         os._exit(9)

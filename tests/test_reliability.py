@@ -16,7 +16,7 @@ import torch
 
 from deepforcing.cli import main
 from deepforcing.mini.model import MiniModel
-from deepforcing.pipeline.command import output_lock
+from deepforcing.generate_command import output_lock
 
 
 def _generate(tmp_path, capsys, argv, tiny_mini, env=None, monkeypatch=None):
@@ -150,9 +150,9 @@ def test_timeline_without_length_runs_its_own_length_and_may_be_long(tiny_mini, 
 
 
 def test_a_prompt_may_contain_a_semicolon_for_real_models(tiny_mini):
-    from deepforcing.pipeline.generate import VideoGenerator
+    from deepforcing.mini.bundle import mini_generator
 
-    gen = VideoGenerator.from_mini(tiny_mini)
+    gen = mini_generator(tiny_mini)
     assert [e.prompt for e in gen._timeline("a cat; then a dog")] == ["a cat; then a dog"]
     assert [e.prompt for e in gen._timeline("2s: a cat; a dog")] == ["a cat", "a dog"]
 

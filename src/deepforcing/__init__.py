@@ -4,9 +4,9 @@ Deep Sink + Participative Compression (arXiv 2512.05081) and every baseline KV-c
 Wan2.1 transformer of Self Forcing.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["VideoGenerator", "make_policy", "policy_names", "__version__"]
+__all__ = ["VideoGenerator", "mini_generator", "make_policy", "policy_names", "__version__"]
 
 
 def __getattr__(name: str):
@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from .pipeline.generate import VideoGenerator
 
         return VideoGenerator
+    if name == "mini_generator":
+        from .mini.bundle import mini_generator
+
+        return mini_generator
     if name in ("make_policy", "policy_names"):
         from . import cache
 

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from . import __version__
+from ._version import __version__
 
 __all__ = ["main", "build_parser", "add_policy_arguments", "policy_from_args"]
 
@@ -103,7 +103,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .pipeline.command import run_generate
+    from .generate_command import run_generate
 
     return run_generate(args)
 

@@ -109,7 +109,7 @@ def time_main_job(generator, seconds: float = 60.0) -> dict:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from deepforcing.pipeline.generate import VideoGenerator
+    from deepforcing.mini.bundle import mini_generator
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -124,7 +124,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    generator = VideoGenerator.from_mini(None if args.model == "mini" else args.model, device=device)
+    generator = mini_generator(None if args.model == "mini" else args.model, device=device)
     horizon = generator.resolve_policy(None).window  # the training horizon = the preset's attention window
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:

@@ -134,9 +134,9 @@ def add_diagnose_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
-    from deepforcing.pipeline.generate import VideoGenerator
+    from deepforcing.mini.bundle import mini_generator
 
-    gen = VideoGenerator.from_mini(None if args.model == "mini" else args.model)
+    gen = mini_generator(None if args.model == "mini" else args.model)
     policy = gen.resolve_policy(args.policy)
     window = policy.window
     chunk = gen.bundle.sampling.chunk_frames

@@ -80,9 +80,9 @@ def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: 
                    log=print) -> dict:
     from deepforcing.cache import make_policy
     from deepforcing.mini.language import sample_scene
-    from deepforcing.pipeline.generate import VideoGenerator
+    from deepforcing.mini.bundle import mini_generator
 
-    gen = VideoGenerator.from_mini(model)
+    gen = mini_generator(model)
     window = gen.resolve_policy(None).window  # the training horizon = the model's attention window
     fps = gen.bundle.fps
     scenes = [sample_scene(np.random.default_rng(10_000 + k)) for k in range(pairs)]

@@ -8,14 +8,20 @@ from pathlib import Path
 import torch
 
 from deepforcing.models.contract import ModelBundle, SamplingConfig
+from deepforcing.pipeline.generate import VideoGenerator
 
 from .model import MiniModel
 
-__all__ = ["mini_bundle", "MINI_DEFAULT_PROMPT", "MINI_FPS"]
+__all__ = ["mini_generator", "mini_bundle", "MINI_DEFAULT_PROMPT", "MINI_FPS"]
 
 MINI_DEFAULT_PROMPT = "a red circle and a blue square bounce on a striped green background"
 MINI_FPS = 16
 MINI_DISPLAY_SCALE = 8  # 32x32 frames are written as 256x256 (nearest neighbour) so they can be watched
+
+
+def mini_generator(path: str | Path | None = None, device: str = "cpu") -> VideoGenerator:
+    """A :class:`VideoGenerator` for the shipped mini model (or the mini model file at ``path``)."""
+    return VideoGenerator(mini_bundle(path, device=device), device=device)
 
 
 def sampling_from_metadata(meta: dict) -> SamplingConfig:

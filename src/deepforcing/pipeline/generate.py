@@ -2,8 +2,8 @@
 
 ::
 
-    from deepforcing import VideoGenerator
-    gen = VideoGenerator.from_mini()                         # the shipped mini model, CPU
+    from deepforcing import mini_generator
+    gen = mini_generator()                                   # the shipped mini model, CPU
     result = gen.generate("a red circle bounces on a dark background", seconds=60, policy="deep-forcing",
                           output="out.mp4", on_chunk=lambda chunk: print(chunk.index, chunk.frames.shape))
 
@@ -70,7 +70,7 @@ class GenerationResult:
 def _versions() -> dict:
     import diffusers
 
-    from deepforcing import __version__
+    from deepforcing._version import __version__
 
     return {"deepforcing": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "python": platform.python_version()}
@@ -83,14 +83,6 @@ class VideoGenerator:
         self.bundle = bundle
         self.device = torch.device(device)
         self._contexts: dict[str, object] = {}
-
-    # ------------------------------------------------------------ construction
-    @classmethod
-    def from_mini(cls, path: str | Path | None = None, device: str = "cpu") -> "VideoGenerator":
-        """The shipped mini model (or a mini model file at ``path``)."""
-        from deepforcing.mini.bundle import mini_bundle
-
-        return cls(mini_bundle(path, device=device), device=device)
 
     # ----------------------------------------------------------------- helpers
     def resolve_policy(self, policy: str | CachePolicy | None, **sizes) -> CachePolicy:

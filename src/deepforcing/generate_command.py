@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .generate import VideoGenerator
-from .resources import choose_threads
-from .timeline import load_timeline, parse_timeline
+from .pipeline.generate import VideoGenerator
+from .pipeline.resources import choose_threads
+from .pipeline.timeline import load_timeline, parse_timeline
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
 
@@ -87,11 +87,13 @@ def _resolve_device(name: str | None) -> str:
 
 
 def _build_generator(args: argparse.Namespace, device: str) -> VideoGenerator:
+    from deepforcing.mini.bundle import mini_generator
+
     model = args.model
     if model == "mini":
-        return VideoGenerator.from_mini(None, device=device)
+        return mini_generator(None, device=device)
     if Path(model).is_file() and _is_mini_file(model):
-        return VideoGenerator.from_mini(model, device=device)
+        return mini_generator(model, device=device)
     from deepforcing.models.bundle import wan_bundle
 
     resolution = None
