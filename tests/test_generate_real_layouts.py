@@ -111,3 +111,28 @@ def test_impossible_resolution_is_refused_with_the_estimate(diffusers_folder, tm
     assert "the KV cache of this request needs" in err and "is free" in err
     assert "PiB" in err or "TiB" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_attention_backend_is_switched_through_diffusers_dispatcher(diffusers_folder, tmp_path, capsys, monkeypatch):
+    """Every attention call goes through diffusers' dispatch_attention_fn: the math backend gives the same video
+    as native SDPA, a spy sees the backend, and an unknown name is refused before loading."""
+    from safetensors.torch import load_file
+    from diffusers.models import attention_dispatch
+
+    seen = []
+    real = attention_dispatch.dispatch_attention_fn
+
+    def spy(*a, backend=None, **kw):
+        seen.append(backend)
+        return real(*a, backend=backend, **kw)
+
+    monkeypatch.setattr(attention_dispatch, "dispatch_attention_fn", spy)
+    native, math_ = tmp_path / "native.mp4", tmp_path / "math.mp4"
+    assert run(diffusers_folder, native, "--save-latents") == 0
+    assert run(diffusers_folder, math_, "--save-latents", "--attention-backend", "_native_math") == 0
+    assert None in seen and attention_dispatch.AttentionBackendName("_native_math") in seen
+    a = load_file(str(native.with_suffix(".latents.safetensors")))["latents"]
+    b = load_file(str(math_.with_suffix(".latents.safetensors")))["latents"]
+    assert (a - b).abs().max().item() < 1e-4
+    assert run(diffusers_folder, tmp_path / "x.mp4", "--attention-backend", "warp-drive") == 2
+    assert "unknown --attention-backend 'warp-drive'" in capsys.readouterr().err

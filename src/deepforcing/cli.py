@@ -97,6 +97,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--save-frames", action="store_true", help="also save every frame as PNG (folder <out>/)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
+    model.add_argument("--attention-backend", default=None, metavar="NAME",
+                       help="diffusers attention backend: native (default), flash, sage, xformers, _native_math, ...")
     model.add_argument("--threads", type=int, default=None,
                        help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
     p.set_defaults(func=_run_generate)

@@ -194,6 +194,13 @@ def _check_model_options(args: argparse.Namespace, mini: bool, jobs) -> None:
         raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.attention_backend is not None:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        valid = [b.value for b in AttentionBackendName]
+        if args.attention_backend not in valid:
+            raise ValueError(f"unknown --attention-backend {args.attention_backend!r}; choose one of: "
+                             f"{', '.join(valid)}")
 
 
 def _timeline_frames(job, generator: VideoGenerator) -> int | None:
@@ -245,6 +252,7 @@ def run_generate(args: argparse.Namespace) -> int:
         # ---- load and run
         distributed = _init_distributed(world)
         generator = _build_generator(args, device)
+        generator.bundle.transformer.set_attention_backend_name(args.attention_backend)
         threads = args.threads or (choose_threads(sum(p.numel() for p in generator.bundle.transformer.parameters()))
                                    if torch.device(device).type == "cpu" else None)
         if threads:

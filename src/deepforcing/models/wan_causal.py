@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
@@ -255,7 +254,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             keys, values = cache.layers[i].update(q, k, v)
-            return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
+            return self.attention(q, keys.to(q.dtype), values.to(q.dtype))
 
         return self._run(x, e, e0, grid, angles, context, attend)
 
@@ -282,7 +281,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         allowed = chunk[None, :] <= chunk[:, None]  # [queries, keys]
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            return self.attention(q, k, v, mask=allowed)
 
         return self._run(x, e, e0, grid, angles, context, attend)
 
@@ -357,8 +356,34 @@ class CausalWanTransformer(WanTransformer3DModel):
 
     def _cross_attention(self, attn, x, ck, cv) -> torch.Tensor:
         q = self._heads(_rms_norm(attn.to_q(x), attn.norm_q))
-        out = F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype))
+        out = self.attention(q, ck.to(q.dtype), cv.to(q.dtype))
         return attn.to_out[0](out.transpose(1, 2).flatten(2))
+
+    # ---------------------------------------------------------------- attention
+    attention_backend: str | None = None
+    """diffusers attention backend (``AttentionBackendName`` value: ``native``, ``flash``, ``sage``, ``_native_math``
+    ...); None = diffusers' active backend (native SDPA unless changed with ``diffusers``' ``attention_backend``)."""
+
+    def set_attention_backend_name(self, name: str | None) -> None:
+        """Route every attention call (cached self-attention, block-causal, cross-attention) to backend ``name``."""
+        if name is not None:
+            from diffusers.models.attention_dispatch import AttentionBackendName
+
+            valid = [b.value for b in AttentionBackendName]
+            if name not in valid:
+                raise ValueError(f"unknown attention backend {name!r}; choose one of: {', '.join(valid)}")
+        self.attention_backend = name
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Attention of ``[B, H, n, D]`` tensors through diffusers' ``dispatch_attention_fn`` (its layout is
+        ``[B, n, H, D]``), so a user picks flash / sage / native kernels like any diffusers model."""
+        from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+        backend = AttentionBackendName(self.attention_backend) if self.attention_backend else None
+        out = dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                    backend=backend)
+        return out.transpose(1, 2)
 
     def _head(self, x: torch.Tensor, e: torch.Tensor, grid) -> torch.Tensor:
         f, hp, wp = grid
