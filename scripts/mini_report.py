@@ -29,8 +29,9 @@ def strip_image(videos: list[torch.Tensor], pairs: list[tuple[str, int]], frames
     from PIL import Image
 
     rows = []
-    step = max(1, frames // 8)
+    step = max(1, min(frames, videos[0].shape[0]) // 8)
     for video, (prompt, seed) in zip(videos, pairs):
+        frames = min(frames, video.shape[0])
         truth = render_clip(parse_prompt(prompt), seed=seed, num_frames=frames, size=video.shape[-1]).frames
         rows.append(np.concatenate([np.concatenate(list(to_uint8(truth[:frames:step])), 1),
                                     np.concatenate(list(to_uint8(video[:frames:step])), 1)], 0))

@@ -16,9 +16,11 @@ from deepforcing.mini.quality import rollout_videos
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MINI_WEIGHTS.exists(), reason="shipped mini weights not installed")
 
-# measured on the shipped model (4 seeds of the default prompt, 21 frames, its stored sampler): see MODEL_CARD.md
-MIN_PERSISTENCE = None  # set from the measurement below when the model ships
-MAX_COLOUR_ERROR = None
+# Measured on the shipped v2 model (4 seeds of the default prompt, 21 frames, its stored sampler): persistence
+# 0.167 (per seed 0, 0, 0.52, 0.14), object colour error 0.064. The first model gave 0.155 and 0.150: the colour bound
+# rejects it, the persistence bound rejects a model that loses every object. Raise both as the model improves.
+MIN_PERSISTENCE = 0.08
+MAX_COLOUR_ERROR = 0.10
 
 
 def test_shipped_model_keeps_the_default_prompts_objects():
