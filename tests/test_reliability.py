@@ -247,3 +247,17 @@ def test_a_stale_partial_sidecar_is_removed_by_a_later_success(tiny_mini, tmp_pa
     (tmp_path / "v.partial.json").write_text('{"status": "interrupted"}')
     assert main(["generate", "--quiet", "--frames", "3", "--model", str(tiny_mini), "-o", str(out)]) == 0
     assert out.exists() and not (tmp_path / "v.partial.json").exists()
+
+
+def test_huge_window_is_sized_to_the_video_and_refused_when_it_cannot_fit(tiny_mini, tmp_path, capsys, monkeypatch):
+    from deepforcing.pipeline import generate
+
+    out = tmp_path / "short.mp4"  # a 6-frame video allocates 6 frames, whatever the window
+    assert main(["generate", "--quiet", "--frames", "6", "--model", str(tiny_mini), "--policy", "self-forcing",
+                 "--window", "99999999999", "-o", str(out)]) == 0
+    monkeypatch.setattr(generate, "available_memory_bytes", lambda device: 2**30)  # a 1 GiB machine
+    code = main(["generate", "--quiet", "--frames", "9000000", "--model", str(tiny_mini), "--policy", "self-forcing",
+                 "--window", "99999999999", "-o", str(tmp_path / "long.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the KV cache of this request needs" in err and "1.0 GiB is free" in err
+    assert not (tmp_path / "long.mp4").exists() and not (tmp_path / "long.partial.mp4").exists()
