@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from cache_driver import make_cache, run_chunks
@@ -63,6 +64,7 @@ def test_sink_realigned_10000_times_equals_one_rotation():
     assert torch.equal(store.keys[:, :, :6], once)  # one rotation from the exact base, bit for bit
 
 
+@pytest.mark.slow  # 20 s; test_sink_realigned_10000_times_equals_one_rotation proves the same exactness in 1 s
 def test_realignment_in_a_100k_frame_rollout_stays_exact():
     """Deep Sink over >100,000 latent frames: sink keys equal a single rotation of their original keys."""
     cache = make_cache(make_policy("deep-sink", sink=14), tokens_per_frame=1, heads=1, head_dim=12)

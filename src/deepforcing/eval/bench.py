@@ -76,7 +76,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="write bench.json and bench.md into this folder")
+    p.add_argument("--out", default=None, help="write bench.json into this folder")
     p.add_argument("--load", type=int, default=0,
                    help="run N CPU-bound busy processes during the measurement (a machine shared with other jobs)")
     p.add_argument("--main-job", action="store_true",
