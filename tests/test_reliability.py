@@ -261,3 +261,12 @@ def test_huge_window_is_sized_to_the_video_and_refused_when_it_cannot_fit(tiny_m
     err = capsys.readouterr().err
     assert code == 2 and "the KV cache of this request needs" in err and "1.0 GiB is free" in err
     assert not (tmp_path / "long.mp4").exists() and not (tmp_path / "long.partial.mp4").exists()
+
+
+def test_truncated_mini_file_through_the_api_names_the_file(tiny_mini, tmp_path):
+    from deepforcing.mini.bundle import mini_generator
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny_mini.read_bytes()[:500])
+    with pytest.raises(ValueError, match="cut.safetensors: cannot be read as safetensors"):
+        mini_generator(cut)

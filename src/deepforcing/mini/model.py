@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from deepforcing.models.loading import load_file
 from deepforcing.models.wan_causal import CausalWanTransformer
 
 from .codec import MiniAutoencoder, PixelCodec
@@ -167,14 +168,11 @@ class MiniModel(torch.nn.Module):
             raise FileNotFoundError(
                 f"mini model weights not found at {path}; train them with `deepforcing train-mini` or reinstall the package"
             )
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = _raw_metadata(path)
         if meta.get("format") != "deepforcing-mini-v1":
             raise ValueError(f"{path} is not a deepforcing mini model file (missing format metadata)")
         model = cls(MiniConfig(**json.loads(meta["config"])))
-        state = load_file(str(path), device=str(device))
+        state = {k: v.to(device) for k, v in load_file(path).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -182,9 +180,16 @@ class MiniModel(torch.nn.Module):
 
     @staticmethod
     def read_metadata(path: str | Path | None = None) -> dict:
-        from safetensors import safe_open
-
         path = Path(path) if path is not None else DEFAULT_MINI_WEIGHTS
+        return {k: json.loads(v) for k, v in _raw_metadata(path).items() if k != "format"}
+
+
+def _raw_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata; a truncated or foreign file raises ``ValueError`` naming it."""
+    from safetensors import safe_open
+
+    try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return {k: json.loads(v) for k, v in meta.items() if k != "format"}
+            return f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 — SafetensorError / OSError, re-raised with the file name
+        raise ValueError(f"{path}: cannot be read as safetensors (truncated or corrupt? {err})") from None
