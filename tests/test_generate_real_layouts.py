@@ -126,7 +126,7 @@ def test_attention_backend_is_switched_through_diffusers_dispatcher(diffusers_fo
         seen.append(backend)
         return real(*a, backend=backend, **kw)
 
-    monkeypatch.setattr(attention_dispatch, "dispatch_attention_fn", spy)
+    monkeypatch.setattr(attention_dispatch, "dispatch_attention_fn", spy)  # wan_causal calls it through the module
     native, math_ = tmp_path / "native.mp4", tmp_path / "math.mp4"
     assert run(diffusers_folder, native, "--save-latents") == 0
     assert run(diffusers_folder, math_, "--save-latents", "--attention-backend", "_native_math") == 0
@@ -135,4 +135,4 @@ def test_attention_backend_is_switched_through_diffusers_dispatcher(diffusers_fo
     b = load_file(str(math_.with_suffix(".latents.safetensors")))["latents"]
     assert (a - b).abs().max().item() < 1e-4
     assert run(diffusers_folder, tmp_path / "x.mp4", "--attention-backend", "warp-drive") == 2
-    assert "unknown --attention-backend 'warp-drive'" in capsys.readouterr().err
+    assert "unknown attention backend 'warp-drive'" in capsys.readouterr().err

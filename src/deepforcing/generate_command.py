@@ -194,13 +194,9 @@ def _check_model_options(args: argparse.Namespace, mini: bool, jobs) -> None:
         raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    if args.attention_backend is not None:
-        from diffusers.models.attention_dispatch import AttentionBackendName
+    from deepforcing.models.wan_causal import attention_backend
 
-        valid = [b.value for b in AttentionBackendName]
-        if args.attention_backend not in valid:
-            raise ValueError(f"unknown --attention-backend {args.attention_backend!r}; choose one of: "
-                             f"{', '.join(valid)}")
+    attention_backend(args.attention_backend)  # unknown names are refused before any model loads
 
 
 def _timeline_frames(job, generator: VideoGenerator) -> int | None:

@@ -271,9 +271,8 @@ class KVCache:
         """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation."""
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
-        element = torch.empty((), dtype=dtype).element_size()
-        per_layer = batch * heads * head_dim * element * (2 * slots + anchor) + batch * slots * (8 + 8 + 4)
-        return num_layers * per_layer
+        return num_layers * LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots,
+                                                anchor_tokens=anchor, dtype=dtype)
 
     def begin_call(self, start_frame: int, num_frames: int, clean: bool = False) -> None:
         """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)."""

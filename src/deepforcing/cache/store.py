@@ -67,6 +67,13 @@ class LayerKVStore:
         self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.reuse = torch.zeros(batch, capacity, dtype=torch.int32, device=device)
 
+    @staticmethod
+    def nbytes(*, batch: int, heads: int, head_dim: int, capacity: int, anchor_tokens: int, dtype: torch.dtype) -> int:
+        """Bytes a store of these sizes allocates (keys, values, sink anchor copy, per-slot metadata)."""
+        element = torch.empty((), dtype=dtype).element_size()
+        metadata = torch.empty((), dtype=torch.long).element_size() * 2 + torch.empty((), dtype=torch.int32).element_size()
+        return batch * heads * head_dim * element * (2 * capacity + anchor_tokens) + batch * capacity * metadata
+
     # ------------------------------------------------------------------ views
     @property
     def capacity(self) -> int:

@@ -346,15 +346,15 @@ def aggregate(evaluations: Sequence[VideoEvaluation], confidence: float = 0.95) 
     ``n`` says how many values were used. With n < 2 the interval is undefined (None)."""
     if not evaluations:
         raise ValueError("aggregate() needs at least one VideoEvaluation")
-    summary = {name: _mean_ci([e.summary.get(name, math.nan) for e in evaluations], confidence)
+    summary = {name: mean_ci([e.summary.get(name, math.nan) for e in evaluations], confidence)
                for name in evaluations[0].summary}
     series: dict[str, dict[str, list[float]]] = {}
     max_windows = max(e.num_windows for e in evaluations)
     for name in evaluations[0].series:
-        columns = [_mean_ci([e.series[name][i] for e in evaluations if i < e.num_windows], confidence)
+        columns = [mean_ci([e.series[name][i] for e in evaluations if i < e.num_windows], confidence)
                    for i in range(max_windows)]
         series[name] = {key: [column[key] for column in columns] for key in ("mean", "ci_low", "ci_high", "n")}
-    window_times = [_mean_ci([e.window_times[i] for e in evaluations if i < e.num_windows], confidence)["mean"]
+    window_times = [mean_ci([e.window_times[i] for e in evaluations if i < e.num_windows], confidence)["mean"]
                     for i in range(max_windows)]
     return _json_safe({
         "n_videos": len(evaluations),
@@ -365,5 +365,3 @@ def aggregate(evaluations: Sequence[VideoEvaluation], confidence: float = 0.95) 
     })
 
 
-def _mean_ci(values: Sequence[float], confidence: float) -> dict[str, float]:
-    return mean_ci(values, confidence)

@@ -130,13 +130,14 @@ class VideoRollout:
             if self.uncond_context is None:
                 raise ValueError("classifier-free guidance needs the empty prompt's context (uncond_context)")
             self.context = self._with_unconditional(self.context)
-        extra = {"max_frames": self.max_frames} if self.max_frames is not None else {}
         self.cache = self.model.make_cache(
             self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames,
-            batch=self.batch * (2 if self.guided else 1), record_events=self.record_events, **extra,
+            batch=self.batch * (2 if self.guided else 1), record_events=self.record_events, max_frames=self.max_frames,
         )
         self.schedule = FlowMatchSchedule(shift=self.sampling.shift)
         self.steps = self.sampling.timesteps(self.schedule)
+        # Euler: sigma_j = t_j / T, then a last step to 0 (computed once per video, not per chunk)
+        self.euler_sigmas = (self.steps / self.schedule.num_train_timesteps).tolist() + [0.0]
         if self.noise is None:
             self.noise = GaussianNoise(self.seeds, device=self.device, dtype=self.dtype)
         self.next_chunk = 0
@@ -192,7 +193,7 @@ class VideoRollout:
 
     def _euler(self, x: torch.Tensor, f0: int) -> torch.Tensor:
         """Euler steps of the flow ODE ``dx/dsigma = v`` through ``sigma_j = t_j / T`` and on to ``sigma = 0``."""
-        sigmas = (self.steps / self.schedule.num_train_timesteps).tolist() + [0.0]
+        sigmas = self.euler_sigmas
         for j, t in enumerate(self.steps.tolist()):
             flow = self._call(x, t, f0, clean=False)
             x = (x.to(torch.float64) + (sigmas[j + 1] - sigmas[j]) * flow.to(torch.float64)).to(x.dtype)
