@@ -144,6 +144,14 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
                    help="loss weight of chunk 0, generated from the prompt alone (default 1)")
     p.add_argument("--text-dropout", type=float, default=d.text_dropout,
                    help="fraction of clips trained with the empty prompt (enables classifier-free guidance)")
+    p.add_argument("--ema", type=float, default=d.ema_decay,
+                   help="ship an exponential moving average of the weights with this decay, e.g. 0.999 (0: off)")
+    p.add_argument("--first-chunk-batch", type=int, default=d.first_chunk_batch,
+                   help="extra one-chunk clips per step trained without context, as chunk 0 is generated (0: none)")
+    p.add_argument("--object-weight", type=float, default=d.object_weight,
+                   help="loss weight of the latent cells that carry an object (default 1: plain MSE)")
+    p.add_argument("--init-from", default=None,
+                   help="start from the matching weights of this checkpoint.pt or model file (fine-tuning)")
     p.add_argument("--rollout-probe-every", type=int, default=0,
                    help="score free rollouts from the prompt every N steps (0: off)")
     p.add_argument("--euler-steps", default="",
@@ -169,7 +177,9 @@ def _run_train_mini(args: argparse.Namespace) -> int:
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
                       curriculum=curriculum, codec_weights=args.codec_weights,
                       first_chunk_weight=args.first_chunk_weight, text_dropout=args.text_dropout,
-                      rollout_probe_every=args.rollout_probe_every,
+                      rollout_probe_every=args.rollout_probe_every, ema_decay=args.ema,
+                      first_chunk_batch=args.first_chunk_batch, object_weight=args.object_weight,
+                      init_from=args.init_from,
                       probe_sampling=sampling, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")

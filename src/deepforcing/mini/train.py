@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .language import sample_scene, tokenize_spec
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
-from .world import render_batch
+from .world import object_cells, render_batch_with_states
 
 __all__ = ["TrainConfig", "train", "teacher_forcing_forward", "context_probe"]
 
@@ -66,6 +66,10 @@ class TrainConfig:
     rollout_probe_every: int = 0  # 0: off
     rollout_probe_pairs: int = 8
     probe_sampling: dict | None = None  # SamplingConfig fields for the rollout probe (default: the model's)
+    ema_decay: float = 0.0  # 0: off; else the shipped weights are this exponential moving average of the trained ones
+    first_chunk_batch: int = 0  # extra one-chunk clips per step, generated from the prompt alone (chunk 0's task)
+    object_weight: float = 1.0  # loss weight of the latent cells that carry an object (background cells: 1)
+    init_from: str | None = None  # start from this checkpoint.pt / model file's matching weights (fine-tuning)
     model: MiniConfig = field(default_factory=MiniConfig)
 
     def frames_at(self, step: int) -> int:
@@ -120,6 +124,75 @@ def teacher_forcing_forward(
     return out[:, :, t:]
 
 
+def first_chunk_forward(model: MiniModel, noisy: torch.Tensor, sigma: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Flow prediction for one noisy chunk ``[B, C, F, H, W]`` with no context (chunk 0, from the prompt alone):
+    the chunk attends itself only, at temporal positions ``0..F-1`` — what the first denoising steps of a rollout
+    see. ``sigma`` ``[B]`` is the chunk's noise level. Needs no clean half, so it is a third of the cost per clip."""
+    tr = model.transformer
+    frames = noisy.shape[2]
+    ctx = type(tr).encode_context.__wrapped__(tr, model.text_encoder.embed_ids(token_ids))
+    timesteps = (sigma * 1000.0)[:, None].expand(-1, frames)
+    x, e, e0, grid, _ = tr._embed(noisy, timesteps)
+    _, hp, wp = grid
+    angles = tr.rope3d.angles(0, frames, hp, wp, device=x.device)
+
+    def attend(i, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+    return tr._run(x, e, e0, grid, angles, ctx, attend)
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights (what is shipped when ``ema_decay > 0``); the decay
+    ramps up as ``min(decay, (1 + n) / (10 + n))`` so early averages do not remember the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach(), 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.shadow = {n: v.clone() for n, v in state["shadow"].items()}
+
+    @torch.no_grad()
+    def swap(self, model: torch.nn.Module) -> None:
+        """Exchange the model's weights with the averaged ones (call twice to restore)."""
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                tmp = p.detach().clone()
+                p.copy_(self.shadow[n])
+                self.shadow[n] = tmp
+
+
+def _load_matching(model: MiniModel, path: str, log) -> None:
+    """Copy every weight of ``path`` (checkpoint.pt or a model file) whose name and shape match ``model``'s."""
+    if path.endswith(".safetensors"):
+        from deepforcing.models.loading import load_file
+
+        state = load_file(path)
+    else:
+        ck = torch.load(path, weights_only=False)
+        state = ck["model"]
+        if ck.get("ema"):
+            state = {**state, **ck["ema"]["shadow"]}
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    log(f"initialised {len(taken)}/{len(own)} tensors from {path}")
+
+
 def training_scene(rng: np.random.Generator):
     """A random scene that is not one of the quality bar's held-out scenes."""
     from .quality import is_held_out
@@ -131,17 +204,28 @@ def training_scene(rng: np.random.Generator):
 
 
 def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | None = None,
-           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec) and their token ids."""
-    batch = batch or cfg.batch
+           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec), their token ids and the per-cell
+    loss weights ``[B, T, h, w]`` (``object_weight`` on cells that carry an object, 1 elsewhere)."""
+    batch = cfg.batch if batch is None else batch
+    frames = frames or cfg.clip_frames
     specs = [training_scene(rng) for _ in range(batch)]
     seeds = rng.integers(0, 2**31 - 1, size=batch).tolist()
-    clips = render_batch(specs, seeds, frames or cfg.clip_frames, cfg.model.frame_size)  # [B, T, 3, H, W]
+    clips, states = render_batch_with_states(specs, seeds, frames, cfg.model.frame_size)  # [B, T, 3, H, W]
     ids = torch.tensor([tokenize_spec(s, cfg.model.text_len) for s in specs], dtype=torch.long)
     latents = clips.permute(0, 2, 1, 3, 4).contiguous()
     if codec is not None:
         latents = codec.encode(latents)
-    return latents.to(device), ids.to(device)
+    weights = 1.0 + (cfg.object_weight - 1.0) * object_cells(states, cfg.model.frame_size, latents.shape[-1])
+    return latents.to(device), ids.to(device), weights.to(device)
+
+
+def _drop_text(cfg: TrainConfig, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The empty prompt (all padding: the unconditional model of guidance) for ``text_dropout`` of the clips."""
+    if cfg.text_dropout <= 0:
+        return ids
+    drop = torch.rand(ids.shape[0], generator=gen) < cfg.text_dropout
+    return ids.masked_fill(drop[:, None], 0)
 
 
 def _sigmas(cfg: TrainConfig, b: int, frames: int, gen: torch.Generator, device) -> torch.Tensor:
@@ -162,7 +246,7 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
     errs = {"with_context": 0.0, "without_context": 0.0, "copy_last_frame": 0.0}
     model.eval()
     for _ in range(batches):
-        clean, ids = _batch(cfg, rng, "cpu", codec=_codec(model))
+        clean, ids, _ = _batch(cfg, rng, "cpu", batch=cfg.batch or 8, codec=_codec(model))
         b, _, t, h, w = clean.shape
         noise = torch.randn(clean.shape, generator=gen)
         noisy = (1 - sigma) * clean + sigma * noise
@@ -223,6 +307,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     model = MiniModel(cfg.model)
     if cfg.init == "wan":
         model.init_wan_style()
+    if cfg.init_from and not ckpt_path.exists():
+        _load_matching(model, cfg.init_from, log)
     if cfg.model.codec == "autoencoder":
         if not cfg.codec_weights:
             raise ValueError("codec='autoencoder' needs codec_weights: train one with deepforcing.mini.train_codec")
@@ -234,6 +320,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     keep = [p for n, p in trainable if not (p.dim() >= 2 and "embedding" not in n and "words" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.99))
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = {"step": 0, "seconds": 0.0, "clips": 0, "log": []}
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -247,6 +334,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
         state = ck["state"]
         rng.bit_generator.state = ck["numpy_rng"]
         gen.set_state(ck["torch_rng"])
+        if ema is not None and ck.get("ema"):
+            ema.load_state_dict(ck["ema"])
         log(f"resumed from {ckpt_path} at step {state['step']}")
     params = sum(p.numel() for p in model.parameters())
     log(f"mini model: {params / 1e6:.2f}M parameters, {cfg.model.tokens_per_frame} tokens/frame")
@@ -255,13 +344,24 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
                     "numpy_rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
+                    "ema": ema.state_dict() if ema is not None else None,
                     "model_config": asdict(cfg.model), "train_config": asdict(cfg)}, tmp)
         tmp.replace(ckpt_path)
         meta = {"training": {k: v for k, v in state.items() if k != "log"},
                 "recipe": {k: v for k, v in asdict(cfg).items() if k != "model"}}
         if cfg.probe_sampling:
             meta["sampling"] = cfg.probe_sampling  # the sampler the model is trained and measured for
-        model.save(cfg.output, metadata=meta)
+        with averaged():
+            model.save(cfg.output, metadata=meta)
+
+    class averaged:  # the averaged weights in the model for the duration of a block (no-op without EMA)
+        def __enter__(self):
+            if ema is not None:
+                ema.swap(model)
+
+        def __exit__(self, *exc):
+            if ema is not None:
+                ema.swap(model)
 
     def set_train() -> None:
         model.train()
@@ -279,35 +379,53 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             t0 = time.perf_counter()
             frames = cfg.frames_at(state["step"])
             # same tokens per step whatever the clip length: shorter clips come in larger batches
-            batch = max(1, cfg.batch * cfg.clip_frames // frames)
-            clean, ids = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
-            if cfg.text_dropout > 0:  # the empty prompt (all padding) is the unconditional model
-                drop = torch.rand(ids.shape[0], generator=gen) < cfg.text_dropout
-                ids = ids.masked_fill(drop[:, None], 0)
-            sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
-            noise = torch.randn(clean.shape, generator=gen)
-            s = sigma[:, None, :, None, None]
-            noisy = (1 - s) * clean + s * noise
-            flow = teacher_forcing_forward(model, clean, noisy, sigma, ids, cfg.chunk_frames)
-            per_frame = (flow - (noise - clean)).pow(2).mean(dim=(0, 1, 3, 4))
-            loss = (per_frame * _chunk_weights(cfg, frames)).mean()
+            batch = cfg.batch * cfg.clip_frames // frames if cfg.batch else 0
+            loss = torch.zeros(())
+            clips_seen = 0
+            if batch:
+                clean, ids, cells = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
+                ids = _drop_text(cfg, ids, gen)
+                sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
+                noise = torch.randn(clean.shape, generator=gen)
+                s = sigma[:, None, :, None, None]
+                noisy = (1 - s) * clean + s * noise
+                flow = teacher_forcing_forward(model, clean, noisy, sigma, ids, cfg.chunk_frames)
+                error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
+                per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
+                loss = loss + (per_frame * _chunk_weights(cfg, frames)).mean()
+                clips_seen += batch
+            if cfg.first_chunk_batch:
+                first, ids, cells = _batch(cfg, rng, "cpu", frames=cfg.chunk_frames, batch=cfg.first_chunk_batch,
+                                           codec=_codec(model))
+                ids = _drop_text(cfg, ids, gen)
+                sigma = _sigmas(cfg, first.shape[0], cfg.chunk_frames, gen, "cpu")[:, 0]
+                noise = torch.randn(first.shape, generator=gen)
+                s = sigma[:, None, None, None, None]
+                flow = first_chunk_forward(model, (1 - s) * first + s * noise, sigma, ids)
+                error = (flow - (noise - first)).pow(2).mean(dim=1) * cells
+                loss = loss + cfg.first_chunk_weight * error.mean() / cells.mean()
+                clips_seen += cfg.first_chunk_batch
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, state["step"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if ema is not None:
+                ema.update(model)
             state["step"] += 1
-            state["clips"] += clean.shape[0]
+            state["clips"] += clips_seen
             state["seconds"] += time.perf_counter() - t0
             window_loss.append(loss.item())
             if state["step"] % cfg.probe_every == 0:
-                probe = context_probe(model, cfg)
+                with averaged():
+                    probe = context_probe(model, cfg)
                 entry = {"step": state["step"], "loss": float(np.mean(window_loss)), "clips": state["clips"],
                          "seconds": round(state["seconds"], 1), **{f"x0_mse_{k}": round(v, 5) for k, v in probe.items()}}
                 window_loss.clear()
                 if cfg.rollout_probe_every and state["step"] % cfg.rollout_probe_every == 0:
-                    entry.update(_rollout_probe(model, cfg))
+                    with averaged():
+                        entry.update(_rollout_probe(model, cfg))
                     set_train()
                 state["log"].append(entry)
                 log(json.dumps(entry))

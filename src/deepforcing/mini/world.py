@@ -45,7 +45,9 @@ __all__ = [
     "expected_area",
     "object_radius",
     "object_speed",
+    "object_cells",
     "render_batch",
+    "render_batch_with_states",
     "render_clip",
     "to_uint8",
 ]
@@ -260,6 +262,28 @@ def render_batch(
     """Render one clip per ``(scene, seed)`` pair: float32 ``[B, T, 3, H, W]`` in ``[-1, 1]``."""
     frames, _ = _render(scenes, seeds, num_frames, size)
     return torch.from_numpy(frames)
+
+
+def render_batch_with_states(
+    scenes: Sequence[SceneSpec | str], seeds: Sequence[int], num_frames: int, size: int = REFERENCE_SIZE
+) -> tuple[torch.Tensor, list[WorldStates]]:
+    """``render_batch`` plus each clip's ground truth (training uses the object positions to weight its loss)."""
+    frames, states = _render(scenes, seeds, num_frames, size)
+    return torch.from_numpy(frames), states
+
+
+def object_cells(states: Sequence[WorldStates], size: int, cells: int, margin: float = 0.5) -> torch.Tensor:
+    """Float ``[B, T, cells, cells]`` map: 1 where a grid cell (``size / cells`` pixels) lies within an object's
+    circumradius plus ``margin`` cells of its centre, else 0 (the latent cells that carry the objects)."""
+    cell = size / cells
+    centres = (np.arange(cells, dtype=np.float32) + 0.5) * cell
+    out = np.zeros((len(states), states[0].positions.shape[0], cells, cells), np.float32)
+    for b, st in enumerate(states):
+        dx = centres[None, None, None, :] - st.positions[:, :, 0, None, None]  # [T, K, 1, cells]
+        dy = centres[None, None, :, None] - st.positions[:, :, 1, None, None]  # [T, K, cells, 1]
+        reach = (st.extents + margin * cell)[None, :, None, None]
+        out[b] = (np.sqrt(dx * dx + dy * dy) <= reach).any(axis=1)
+    return torch.from_numpy(out)
 
 
 def render_clip(scene: SceneSpec | str, seed: int, num_frames: int, size: int = REFERENCE_SIZE) -> Clip:

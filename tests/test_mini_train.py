@@ -1,0 +1,80 @@
+"""The mini model's training recipe: chunk-0 forward, object-weighted loss cells, weight averaging, resume."""
+
+import numpy as np
+import torch
+
+from conftest import TINY_MINI
+from deepforcing.mini.model import MiniModel
+from deepforcing.mini.train import (
+    TrainConfig,
+    WeightAverage,
+    first_chunk_forward,
+    teacher_forcing_forward,
+    train,
+)
+from deepforcing.mini.world import object_cells, render_batch_with_states
+
+
+def test_object_cells_mark_the_cells_under_each_object_only():
+    _, states = render_batch_with_states(["a big red circle"], [3], 2, 32)
+    cells = object_cells(states, 32, 8)  # 4-pixel cells
+    x, y = states[0].positions[0, 0]
+    assert cells.shape == (1, 2, 8, 8)
+    assert cells[0, 0, int(y // 4), int(x // 4)] == 1  # the cell under the centre
+    reach = states[0].extents[0] + 2.0  # circumradius + half a cell
+    centres = (np.arange(8) + 0.5) * 4
+    far = np.hypot(centres[None, :] - x, centres[:, None] - y) > reach
+    assert far.any() and cells[0, 0][torch.from_numpy(far)].sum() == 0
+    # a big circle (radius 4.5 px) covers a few cells, never most of the frame
+    assert 2 <= cells[0, 0].sum() <= 16
+
+
+def test_first_chunk_forward_is_the_teacher_forcing_prediction_of_chunk_0():
+    torch.manual_seed(0)
+    model = MiniModel(TINY_MINI).eval()
+    c, s = TINY_MINI.channels, TINY_MINI.latent_size
+    clean, noisy = torch.randn(2, c, 3, s, s), torch.randn(2, c, 3, s, s)
+    sigma = torch.tensor([0.9, 0.3])
+    ids = model.text_encoder.token_ids(["a red circle", "a blue square"])
+    with torch.no_grad():
+        tf = teacher_forcing_forward(model, clean, noisy, sigma[:, None].expand(-1, 3), ids, 3)
+        alone = first_chunk_forward(model, noisy, sigma, ids)
+    assert torch.allclose(tf, alone, atol=1e-5)
+
+
+def test_weight_average_follows_the_weights_and_swaps_back():
+    model = torch.nn.Linear(2, 2)
+    avg = WeightAverage(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    avg.update(model)  # first update: decay min(0.5, 2/11) = 2/11
+    d = 2 / 11
+    assert torch.allclose(avg.shadow["weight"], d * start + (1 - d) * (start + 1.0))
+    trained = model.weight.detach().clone()
+    avg.swap(model)
+    assert torch.allclose(model.weight, d * start + (1 - d) * trained)
+    avg.swap(model)
+    assert torch.equal(model.weight, trained)
+
+
+def test_training_ships_the_averaged_weights_and_resumes(tmp_path):
+    cfg = TrainConfig(steps=3, batch=1, clip_frames=6, chunk_frames=3, lr=1e-3, warmup=1, threads=1,
+                      run_dir=str(tmp_path / "run"), output=str(tmp_path / "m.safetensors"), checkpoint_every=3,
+                      probe_every=1000, ema_decay=0.9, first_chunk_batch=2, object_weight=4.0, model=TINY_MINI)
+    train(cfg, log=lambda *_: None)
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ck["state"]["step"] == 3 and ck["state"]["clips"] == 3 * (1 + 2)
+    shipped = MiniModel.load(tmp_path / "m.safetensors").state_dict()
+    name = "transformer.proj_out.weight"
+    assert torch.equal(shipped[name], ck["ema"]["shadow"][name])  # the file holds the average ...
+    assert not torch.equal(shipped[name], ck["model"][name])  # ... not the last step's weights
+    cfg.steps = 4
+    train(cfg, log=lambda *_: None)  # resumes at step 3
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["state"]["step"] == 4
+    # fine-tuning: a new run starts from the matching weights of another
+    fresh = TrainConfig(**{**cfg.__dict__, "steps": 0, "run_dir": str(tmp_path / "run2"),
+                           "output": str(tmp_path / "m2.safetensors"), "init_from": str(tmp_path / "m.safetensors")})
+    model = train(fresh, log=lambda *_: None)
+    latest = MiniModel.load(tmp_path / "m.safetensors").state_dict()
+    assert torch.equal(model.state_dict()[name], latest[name])
