@@ -242,6 +242,26 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
 
 
 # -------------------------------------------------------------------------- presets
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve.command import add_serve_arguments
+
+    p = sub.add_parser(
+        "serve",
+        help="a live web page: watch the video as it is generated, switch its prompt while it runs",
+        description="Serve one page (default http://127.0.0.1:7860/) that streams a rollout chunk by chunk over a "
+        "WebSocket, switches the prompt at the next chunk boundary, shows the cache makeup and attention mass per "
+        "cache segment, and downloads the MP4 so far.",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .serve.command import run_serve
+
+    return run_serve(args)
+
+
 def _add_presets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the model presets (chunk, window, steps, shift, policy) and their sources")
     p.set_defaults(func=_run_presets)
@@ -265,7 +285,7 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_presets, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_presets, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

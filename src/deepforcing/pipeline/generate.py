@@ -82,7 +82,8 @@ class VideoGenerator:
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu") -> None:
         self.bundle = bundle
         self.device = torch.device(device)
-        self._contexts: dict[str, object] = {}
+        self._contexts: dict[str, object] = {}  # prompt -> cross-attention state, least recently used first
+        self.max_cached_prompts = 16
 
     # ----------------------------------------------------------------- helpers
     def resolve_policy(self, policy: str | CachePolicy | None, **sizes) -> CachePolicy:
@@ -100,11 +101,16 @@ class VideoGenerator:
 
     def context(self, prompt: str):
         """Cross-attention state of a prompt (cached per prompt)."""
-        if prompt not in self._contexts:
-            with torch.no_grad():
-                emb = self.bundle.encode_text([prompt]).to(self.device)
-                self._contexts[prompt] = self.bundle.transformer.encode_context(emb)
-        return self._contexts[prompt]
+        if prompt in self._contexts:
+            self._contexts[prompt] = self._contexts.pop(prompt)  # most recently used last
+            return self._contexts[prompt]
+        with torch.no_grad():
+            emb = self.bundle.encode_text([prompt]).to(self.device)
+            context = self.bundle.transformer.encode_context(emb)
+        self._contexts[prompt] = context
+        while len(self._contexts) > self.max_cached_prompts:  # a server's users type many prompts
+            self._contexts.pop(next(iter(self._contexts)))
+        return context
 
     def num_chunks(self, seconds: float | None, latent_frames: int | None) -> int:
         chunk = self.bundle.sampling.chunk_frames
@@ -137,14 +143,8 @@ class VideoGenerator:
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
                                  self.bundle.latent_frames_for_seconds)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
-        max_frames = total * self.bundle.sampling.chunk_frames
-        self.check_memory(policy_obj, max_frames)
-        rollout = VideoRollout(
-            model=self.bundle.transformer, policy=policy_obj, context=self.context(timeline[active[0]].prompt),
-            latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
-            device=self.device, record_events=record_events, max_frames=max_frames,
-            uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
-        )
+        rollout = self.open_rollout(timeline[active[0]].prompt, policy_obj, seed=seed,
+                                    max_frames=total * self.bundle.sampling.chunk_frames, record_events=record_events)
         self.last_rollout = rollout
         decoder = self.bundle.codec.streaming_decoder()
         decoder.reset()
@@ -164,6 +164,18 @@ class VideoGenerator:
                 frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
             yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
                               time.perf_counter() - t0)
+
+    def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
+                     record_events: bool = False) -> VideoRollout:
+        """A fresh rollout of one video (its own KV cache), after the memory check; ``max_frames`` latent frames
+        at most when known (the cache is then no larger than the video)."""
+        self.check_memory(policy, max_frames)
+        return VideoRollout(
+            model=self.bundle.transformer, policy=policy, context=self.context(prompt),
+            latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
+            device=self.device, record_events=record_events, max_frames=max_frames,
+            uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
+        )
 
     def check_memory(self, policy: CachePolicy, max_frames: int | None) -> int:
         """Refuse a cache that cannot fit in the free memory of the device (estimate before allocating)."""

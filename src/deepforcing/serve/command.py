@@ -1,0 +1,85 @@
+"""``deepforcing serve``: arguments, checks before the model loads, then uvicorn on the app of :mod:`.app`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+
+__all__ = ["add_serve_arguments", "run_serve"]
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--max-sessions", type=int, default=2, help="concurrent streams (default 2); more get 'busy'")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest video of one session (default 600 s)")
+    p.add_argument("--lead", type=float, default=0.5,
+                   help="seconds generation may run ahead of playback (default 0.5; smaller = faster prompt switches)")
+    model = p.add_argument_group("model (as for generate)")
+    model.add_argument("--model", default="mini",
+                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan model folder")
+    model.add_argument("--checkpoint", default=None, help="Self Forcing-style DiT weights (real models)")
+    model.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing)")
+    model.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
+    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
+    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    model.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Everything that can be wrong before the model loads: one-line errors (exit 2)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValueError("serve needs FastAPI and uvicorn: pip install 'deepforcing[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1..65535, got {args.port}")
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    if not args.max_seconds > 0:
+        raise ValueError(f"--max-seconds must be positive, got {args.max_seconds}")
+    if not args.lead >= 0:
+        raise ValueError(f"--lead must be >= 0, got {args.lead}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(args.host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name: let the resolver decide below
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); "
+                             f"choose another --port or stop the program using it") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from deepforcing.generate_command import _build_generator, _resolve_device
+    from deepforcing.pipeline.resources import choose_threads
+
+    _check(args)
+    device = _resolve_device(args.device)
+    generator = _build_generator(args, device)  # load now: a bad model path fails here, not on the first page
+    params = sum(p.numel() for p in generator.bundle.transformer.parameters())
+    torch.set_num_threads(args.threads or choose_threads(params))
+
+    import uvicorn
+
+    from .app import ServeConfig, create_app
+
+    app = create_app(lambda: generator, ServeConfig(max_sessions=args.max_sessions, max_seconds=args.max_seconds,
+                                                    lead_seconds=args.lead))
+    where = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"deepforcing serve: {generator.bundle.name} on {device}; open http://{where}:{args.port}/ (Ctrl-C stops)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=1 << 16)
+    return 0

@@ -1,0 +1,175 @@
+"""One live, endless, steerable rollout: chunks as they are generated, a prompt switch at the next chunk boundary,
+and the cache telemetry the page shows (what is in the KV cache and where the attention goes).
+
+The video is the one ``deepforcing generate`` makes with the same prompt, policy and seed (same rollout, same
+streaming decoder); only the length is open-ended (up to ``max_seconds``) and the prompt can change while it runs
+(LongLive's KV re-cache, :meth:`~deepforcing.pipeline.rollout.VideoRollout.switch_prompt`).
+
+Telemetry per chunk (no peer shows it): the cache's frames by segment — the sink (Deep Sink, arXiv 2512.05081 §3.2),
+the compressed middle (Participative Compression's Top-C, §3.3; for FIFO policies the sliding window has no middle)
+and the recent frames — and the attention mass of one layer's queries at the chunk's first denoising step on each
+segment (the measurement of the paper's Fig. 4, :class:`~deepforcing.eval.diagnostics.AttentionMassProbe`).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from deepforcing.eval.diagnostics import AttentionMassProbe
+from deepforcing.pipeline.generate import NonFiniteOutputError, VideoGenerator
+from deepforcing.pipeline.writer import to_uint8_frames
+
+__all__ = ["LiveOptions", "LiveChunk", "LiveSession", "SEGMENTS", "encode_frame"]
+
+SEGMENTS = ("sink", "compressed", "recent", "current")
+"""Cache segments in the telemetry: sink frames, the compressed middle (Top-C), recent frames, the new chunk."""
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """What a client may choose: the prompt (mini words for the mini model), the policy and its sizes in latent
+    frames (``None``: the model's defaults), the seed, and the longest video the session may run."""
+
+    prompt: str = ""
+    policy: str | None = None
+    seed: int = 0
+    window: int | None = None
+    sink: int | None = None
+    budget: int | None = None
+    recent: int | None = None
+    max_seconds: float = 600.0
+
+    def sizes(self) -> dict:
+        return {k: v for k, v in (("window", self.window), ("sink", self.sink), ("budget", self.budget),
+                                  ("recent", self.recent)) if v is not None}
+
+
+@dataclass
+class LiveChunk:
+    """One generated chunk: frames (uint8 ``[T, H, W, 3]`` at the model's size; ``display_scale`` upscales them for
+    showing and writing) and telemetry."""
+
+    index: int
+    start_frame: int
+    prompt: str
+    frames: np.ndarray
+    seconds: float  # wall time: switch (if any) + denoising + clean pass + decode
+    cache_frames: dict[str, float] = field(default_factory=dict)  # frames' worth of tokens per segment
+    attention: dict[str, float] = field(default_factory=dict)  # attention mass per segment (sums to 1)
+    switched: bool = False  # the first chunk under a new prompt
+    switch_seconds: float | None = None  # from the prompt request to the end of this chunk
+
+
+class LiveSession:
+    """An endless rollout of ``generator`` under ``options``; :meth:`next_chunk` generates the next chunk.
+
+    Everything a client can get wrong (unknown words, impossible policy sizes, a cache that cannot fit) raises
+    ``ValueError`` here, before any chunk is generated. Not thread-safe: one caller at a time (the server runs it in
+    one worker thread per session); :meth:`request_prompt` may be called between chunks.
+    """
+
+    def __init__(self, generator: VideoGenerator, options: LiveOptions, *, telemetry: bool = True) -> None:
+        self.generator = generator
+        self.options = options
+        bundle = generator.bundle
+        if not options.max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {options.max_seconds}")
+        self.prompt = options.prompt.strip() or bundle.default_prompt
+        if not self.prompt:
+            raise ValueError("a prompt is required for this model")
+        self.policy = generator.resolve_policy(options.policy, **options.sizes())
+        self.policy.validate(bundle.sampling.chunk_frames)
+        self.max_frames = bundle.latent_frames_for_seconds(options.max_seconds)
+        self.rollout = generator.open_rollout(self.prompt, self.policy, seed=options.seed, max_frames=self.max_frames)
+        self.decoder = bundle.codec.streaming_decoder()
+        self.decoder.reset()
+        layers = len(self.rollout.cache.layers)
+        self.probe = AttentionMassProbe(layers={layers // 2}) if telemetry else None
+        self.rollout.cache.attention_observer = self.probe
+        self._pending: tuple[str, object, float] | None = None
+        self.frames_sent = 0
+
+    # ------------------------------------------------------------------ control
+    @property
+    def finished(self) -> bool:
+        return self.rollout.next_frame >= self.max_frames
+
+    def request_prompt(self, prompt: str) -> None:
+        """Switch to ``prompt`` at the next chunk boundary; unknown words raise ``ValueError`` now."""
+        prompt = prompt.strip()
+        if not prompt:
+            raise ValueError("the new prompt is empty")
+        context = self.generator.context(prompt)  # validates (the mini tokenizer names unknown words)
+        self._pending = (prompt, context, time.perf_counter())
+
+    # ------------------------------------------------------------------ chunks
+    @torch.no_grad()
+    def next_chunk(self) -> LiveChunk:
+        if self.finished:
+            raise RuntimeError(f"the session reached its length limit ({self.options.max_seconds:g} s)")
+        t0 = time.perf_counter()
+        switched, requested = False, None
+        if self._pending is not None:
+            prompt, context, requested = self._pending
+            self._pending = None
+            if prompt != self.prompt:
+                self.rollout.switch_prompt(context, keep_sink=True)
+                self.prompt, switched = prompt, True
+        res = self.rollout.step()
+        if not torch.isfinite(res.latents).all():
+            raise NonFiniteOutputError(f"the model produced NaN/Inf latents in chunk {res.index}")
+        pixels = self.decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))[0]
+        frames = to_uint8_frames(pixels)
+        now = time.perf_counter()
+        chunk = LiveChunk(res.index, res.start_frame, self.prompt, frames, now - t0,
+                          cache_frames=self._cache_makeup(res.start_frame), attention=self._attention(res.start_frame),
+                          switched=switched, switch_seconds=(now - requested) if switched else None)
+        self.frames_sent += len(frames)
+        return chunk
+
+    # ---------------------------------------------------------------- telemetry
+    def _segment_of(self, frames: torch.Tensor, chunk_start: int) -> torch.Tensor:
+        """Segment index (``SEGMENTS``) of each cached token from its source frame; ``chunk_start`` is the first
+        frame of the newest chunk. Policies with a ``recent`` size (Deep Forcing) keep that many newest frames
+        (the newest chunk included) and compress the middle; for the others everything after the sink is recent."""
+        sink = self.policy.sink_frames
+        recent = getattr(self.policy, "recent", None)
+        seg = torch.full_like(frames, SEGMENTS.index("compressed" if recent is not None else "recent"))
+        if recent is not None:
+            chunk = self.generator.bundle.sampling.chunk_frames
+            seg[frames >= chunk_start + chunk - recent] = SEGMENTS.index("recent")
+        seg[frames < sink] = SEGMENTS.index("sink")
+        seg[frames >= chunk_start] = SEGMENTS.index("current")
+        return seg
+
+    def _cache_makeup(self, chunk_start: int) -> dict[str, float]:
+        """Frames' worth of tokens per segment in layer 0's cache after the chunk (the new chunk counts as recent)."""
+        store = self.rollout.cache.layers[0].store
+        seg = self._segment_of(store.frames()[0], chunk_start)
+        seg[seg == SEGMENTS.index("current")] = SEGMENTS.index("recent")
+        per_frame = store.tokens_per_frame
+        return {name: float((seg == i).sum()) / per_frame for i, name in enumerate(SEGMENTS[:3])}
+
+    def _attention(self, chunk_start: int) -> dict[str, float]:
+        if self.probe is None or not self.probe.records:
+            return {}
+        record = self.probe.records.pop()
+        self.probe.records.clear()
+        mass = torch.tensor(record["mass"]).mean(dim=0)  # [slots], averaged over heads
+        seg = self._segment_of(torch.tensor(record["frames"]), chunk_start)
+        total = float(mass.sum()) or 1.0
+        return {name: float(mass[seg == i].sum()) / total for i, name in enumerate(SEGMENTS)}
+
+
+def encode_frame(frame: np.ndarray, quality: int = 90) -> bytes:
+    """One uint8 ``[H, W, 3]`` frame as JPEG (4:4:4 chroma, so small coloured objects keep their colour)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
