@@ -19,6 +19,8 @@ selenium = pytest.importorskip("selenium", reason="selenium is not installed (pi
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+if os.environ.get("DEEPFORCING_REQUIRE_BROWSER") and not (CHROMIUM and CHROMEDRIVER):  # CI: must run, not skip
+    raise RuntimeError("DEEPFORCING_REQUIRE_BROWSER is set but chromium/chromedriver are missing")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
