@@ -5,15 +5,19 @@ from the model geometry (:class:`ChunkContext`). When a new chunk arrives, the c
 current content (the "augmented" sequence of length ``T``) and asks the policy for a :class:`Decision`: the slots to
 keep, the Top-C selections to count, and how far to move the sink. Policies never touch keys or do attention math.
 
+Every policy is a **selector** (:class:`FifoSelector`, :class:`TopCSelector` with a score: participation or random)
+times a **sink placement** (:func:`sink_shift`: fixed, Deep Sink's re-alignment, adjacent), in the manner of NVIDIA
+kvpress's presses. Sections (§) and equations refer to arXiv 2512.05081 (Deep Forcing); file names to its release.
+
 ===================  ==========================================================================  ==================
 name                 behaviour                                                                   source
 ===================  ==========================================================================  ==================
 ``self-forcing``     FIFO window of ``window`` frames, no sink                                   Self Forcing
-``attention-sink``   first ``sink`` frames kept at their original positions, FIFO tail           PAPER App. A
-``rolling-sink``     sink re-placed right before the oldest tail frame at every roll             PAPER App. A
-``deep-sink``        deep sink (≈ half the window), re-aligned as the released DS-only code      PAPER §3, §3.3
-``deep-forcing``     Deep Sink + Participative Compression, released defaults                    PAPER §4, §8
-``random-topc``      ``deep-forcing`` with N(0, 1) scores                                        PAPER App. D
+``attention-sink``   first ``sink`` frames kept at their original positions, FIFO tail           StreamingLLM; App. A
+``rolling-sink``     sink re-placed right before the oldest tail frame at every roll             Rolling Forcing; A
+``deep-sink``        deep sink (≈ half the window), re-aligned as the released DS-only code      §3.2
+``deep-forcing``     Deep Sink + Participative Compression, released defaults                    §3.2-3.3
+``random-topc``      ``deep-forcing`` with N(0, 1) scores                                        App. D
 ``full``             never evict (memory grows; reference inside the training horizon)           —
 ===================  ==========================================================================  ==================
 """
@@ -88,9 +92,44 @@ def _arange(start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(start, stop, device=like.device).expand(like.shape[0], -1)
 
 
+SinkPlacement = Literal["fixed", "deep", "adjacent"]
+
+
+def sink_shift(placement: SinkPlacement, ctx: ChunkContext, keep: torch.Tensor, sink_frames: int,
+               first_shift: int = 0) -> int:
+    """Frames to move the sink by after an eviction that keeps slots ``keep`` (rotation of its keys, Eq. 6).
+
+    * ``fixed`` — never moved (StreamingLLM's attention sink);
+    * ``deep`` — Deep Sink's temporal re-alignment (arXiv 2512.05081 §3.2; the release's ``causal_model_DS.py`` and
+      its DS+PC model): the sink's first frame is placed at ``f0 - tail - sink``, ``tail`` being the frames kept after
+      the sink (the incoming chunk included). The first eviction moves it by ``first_shift`` (0 for Deep Sink alone,
+      ``window - budget`` for Deep Forcing), later ones by the change of that target;
+    * ``adjacent`` — the sink's last frame right before the oldest kept frame (Rolling Forcing's contiguous
+      timeline; for Deep Sink, the gap-free placement).
+    """
+    if placement == "fixed" or sink_frames == 0:
+        return 0
+    F = ctx.tokens_per_frame
+    sink_tokens = sink_frames * F
+    if placement == "adjacent":
+        oldest_kept_position = int(ctx.positions[0, keep[0, sink_tokens]])
+        return (oldest_kept_position - sink_frames) - int(ctx.positions[0, 0])
+    target = ctx.start_frame - (keep.shape[1] - sink_tokens) // F - sink_frames
+    base = ctx.state.get("sink_base")
+    ctx.state["sink_base"] = target
+    return first_shift if base is None else target - base
+
+
 @dataclass
 class CachePolicy:
-    """Base class. ``window`` is the attention window in latent frames (Self Forcing: the training length)."""
+    """Base class: the mechanics every policy shares (NVIDIA kvpress's base press, for a video KV cache).
+
+    Nothing happens until the augmented cache (the cache plus the incoming chunk) overflows ``window`` frames; then
+    :meth:`select` (the selector: FIFO, Top-C by participation, random Top-C) picks the slots to keep, and
+    :func:`sink_shift` with :meth:`sink_placement` (fixed, Deep Sink, adjacent) moves the sink. A named policy is a
+    selector times a placement plus its defaults. ``window`` is the attention window in latent frames (Self Forcing:
+    its training length).
+    """
 
     name: ClassVar[str] = "base"
     window: int = 21
@@ -127,7 +166,25 @@ class CachePolicy:
             )
 
     def decide(self, ctx: ChunkContext) -> Decision:
+        if ctx.total <= self.window * ctx.tokens_per_frame:
+            return Decision()
+        decision = self.select(ctx)
+        decision.sink_delta = sink_shift(self.sink_placement(), ctx, decision.keep, self.sink_frames,
+                                         self.first_shift())
+        return decision
+
+    # ------------------------------------------------------------ the pieces
+    def select(self, ctx: ChunkContext) -> Decision:
+        """The selector: the slots to keep (and any Top-C picks) once the augmented cache overflows."""
         raise NotImplementedError
+
+    def sink_placement(self) -> SinkPlacement:
+        """How the sink moves at an eviction (see :func:`sink_shift`)."""
+        return "fixed"
+
+    def first_shift(self) -> int:
+        """Sink shift at the first eviction under the ``deep`` placement."""
+        return 0
 
     # --------------------------------------------------------------- helpers
     def _check_positive(self, what: str, value: int, allow_zero: bool = False) -> None:
@@ -137,26 +194,29 @@ class CachePolicy:
             bound = ">= 0" if allow_zero else "> 0"
             raise ValueError(f"{self.name}: {what} must be {bound} latent frames, got {value}")
 
+    def _check_sink(self, sink: int) -> None:
+        self._check_positive("sink", sink, allow_zero=True)
+        if sink >= self.window:
+            raise ValueError(
+                f"{self.name}: sink of {sink} frames must be smaller than the window of {self.window} frames; "
+                f"lower --sink or raise --window"
+            )
+
     def describe(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self)}
 
 
-# ------------------------------------------------------------------ FIFO family
+# ------------------------------------------------------------------ selectors
 @dataclass
-class _FifoWithSink(CachePolicy):
-    """FIFO over the tail behind a fixed sink (REFERENCE.md §A.5): a new chunk that overflows the window evicts
-    exactly the overflow, oldest non-sink tokens first, so the cache stays at ``window`` frames."""
+class FifoSelector(CachePolicy):
+    """Selector: FIFO behind the sink. An overflowing chunk evicts exactly the overflow, oldest non-sink tokens
+    first, so the cache stays at ``window`` frames (Self Forcing's rolling KV cache, release ``causal_model.py``)."""
 
     sink: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check_positive("sink", self.sink, allow_zero=True)
-        if self.sink >= self.window:
-            raise ValueError(
-                f"{self.name}: sink of {self.sink} frames must be smaller than the window of {self.window} frames; "
-                f"lower --sink or raise --window"
-            )
+        self._check_sink(self.sink)
 
     @property
     def sink_frames(self) -> int:
@@ -170,126 +230,23 @@ class _FifoWithSink(CachePolicy):
                 f"lower --sink to at most {self.window - chunk_frames}"
             )
 
-    def decide(self, ctx: ChunkContext) -> Decision:
-        F = ctx.tokens_per_frame
-        overflow = ctx.total - self.window * F
-        if overflow <= 0:
-            return Decision()
-        sink_tokens = self.sink * F
+    def select(self, ctx: ChunkContext) -> Decision:
+        sink_tokens = self.sink * ctx.tokens_per_frame
+        overflow = ctx.total - self.window * ctx.tokens_per_frame
         keep = torch.cat([_arange(0, sink_tokens, ctx.token_ids), _arange(sink_tokens + overflow, ctx.total, ctx.token_ids)], 1)
-        return Decision(keep=keep, sink_delta=self._sink_delta(ctx, keep), event="roll")
-
-    def _sink_delta(self, ctx: ChunkContext, keep: torch.Tensor) -> int:
-        return 0
+        return Decision(keep=keep, event="roll")
 
 
 @dataclass
-class SelfForcing(_FifoWithSink):
-    """Self Forcing's rolling KV cache: FIFO over ``window`` frames, no sink, no RoPE change (PAPER.md §8)."""
-
-    name: ClassVar[str] = "self-forcing"
-    sink: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.sink != 0:
-            raise ValueError("self-forcing has no sink; use --policy attention-sink or deep-sink for a sink")
-
-
-@dataclass
-class AttentionSink(_FifoWithSink):
-    """StreamingLLM-style sink: the first ``sink`` frames stay at their original RoPE positions, FIFO behind them.
-
-    ``sink=3`` is LongLive's setting used training-free in PAPER.md App. A ("LongLive-style"); the golden trace
-    ``attention_sink_3`` is the Self Forcing code at sink 3.
+class TopCSelector(CachePolicy):
+    """Selector: Participative Compression (arXiv 2512.05081 §3.3). The augmented cache of ``T`` tokens is
+    compressed to ``budget`` frames: ``sink`` frames and the last ``recent`` frames (which include the new chunk) are
+    kept; of the tokens in between, the Top-C (``C = budget - sink - recent`` frames' worth, chosen token by token,
+    one selection shared by a layer's heads) with the highest :meth:`scores` stay, in temporal order (Eq. 9).
+    Tokens already picked ``reuse_cap`` times are no longer candidates (the release's ``PC_topc_max_reuse``).
+    ``topc_rope="unify"`` presents the picks contiguously before the recent frames (Eq. 10-11; off in the release).
     """
 
-    name: ClassVar[str] = "attention-sink"
-    sink: int = 3
-
-
-@dataclass
-class DeepSink(_FifoWithSink):
-    """Deep Sink only, as the released ``causal_model_DS.py`` (PAPER.md §3.3).
-
-    On each roll the sink is re-aligned so its first frame presents ``f0 - tail - sink`` where ``tail`` counts the tail
-    frames *including* the incoming chunk (= ``f0 - window``): the first roll sets the base (δ = 0), later rolls move it
-    by one chunk. This leaves the reference's 3-frame gap between sink and tail; ``placement="adjacent"`` closes it
-    (sink right before the oldest tail frame) as a named improvement.
-    """
-
-    name: ClassVar[str] = "deep-sink"
-    sink: int = 14
-    placement: Literal["reference", "adjacent"] = "reference"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.placement not in ("reference", "adjacent"):
-            raise ValueError(f"deep-sink: placement must be 'reference' or 'adjacent', got {self.placement!r}")
-
-    def _sink_delta(self, ctx: ChunkContext, keep: torch.Tensor) -> int:
-        if self.sink == 0:
-            return 0
-        F = ctx.tokens_per_frame
-        sink_tokens = self.sink * F
-        if self.placement == "adjacent":
-            return _adjacent_sink_delta(ctx, keep, sink_tokens)
-        tail_frames = (keep.shape[1] - sink_tokens) // F
-        desired = ctx.start_frame - tail_frames - self.sink
-        base = ctx.state.get("sink_base")
-        ctx.state["sink_base"] = desired
-        return 0 if base is None else desired - base
-
-
-def _adjacent_sink_delta(ctx: ChunkContext, keep: torch.Tensor, sink_tokens: int) -> int:
-    """Delta that puts the sink's last frame right before the oldest kept non-sink frame (no gap)."""
-    F = ctx.tokens_per_frame
-    first_tail_slot = keep[0, sink_tokens]
-    oldest_tail_position = int(ctx.positions[0, first_tail_slot])
-    sink_start_now = int(ctx.positions[0, 0])
-    sink_frames = sink_tokens // F
-    return (oldest_tail_position - sink_frames) - sink_start_now
-
-
-@dataclass
-class RollingSink(_FifoWithSink):
-    """Rolling-Forcing-style sink (PAPER.md App. A): the sink keys are kept un-rotated and re-placed, at every roll,
-    right before the oldest frame of the window, so sink and tail form one contiguous timeline."""
-
-    name: ClassVar[str] = "rolling-sink"
-    sink: int = 3
-
-    def _sink_delta(self, ctx: ChunkContext, keep: torch.Tensor) -> int:
-        if self.sink == 0:
-            return 0
-        return _adjacent_sink_delta(ctx, keep, self.sink * ctx.tokens_per_frame)
-
-
-# --------------------------------------------------------- Participative Compression
-@dataclass
-class DeepForcing(CachePolicy):
-    """Deep Sink + Participative Compression with the released defaults (PAPER.md §4.2, §8).
-
-    When a new chunk would overflow the window (first denoising step only), the augmented cache of ``T`` tokens is
-    compressed to ``budget`` frames: the ``sink`` frames and the last ``recent`` frames (which include the new chunk)
-    are kept; from the tokens in between, the Top-C (``C = budget - sink - recent`` frames' worth of tokens, chosen
-    token by token, one selection shared by the heads of a layer) with the highest participation score (Eq. 7) are
-    kept, in temporal order (Eq. 9). Tokens already picked ``reuse_cap`` times are no longer candidates. The sink is
-    then re-aligned to start at ``f0 - (budget - sink) - sink``; the first compression moves it by
-    ``first_shift`` (``window - budget`` in the release), later ones by the difference to the previous placement.
-    Top-C keys keep their original positions unless ``topc_rope="unify"`` (the paper's Eq. 10–11, off in the release).
-
-    Fields:
-        sink: S, frames always kept at the front (10).
-        budget: N, cache frames after a compression (16).
-        recent: R, newest frames always kept; also the span of the query window (4).
-        reuse_cap: a token can be Top-C at most this many times (7, the release's ``PC_topc_max_reuse``); None = no cap.
-        queries: which recent queries score — "both" (release), "past" (clean only) or "denoising" (new chunk only).
-        topc_rope: "keep" (release) or "unify" (place Top-C tokens contiguously before the recent frames).
-        block_tokens: scoring block size; bounds the scoring memory.
-    """
-
-    name: ClassVar[str] = "deep-forcing"
     sink: int = 10
     budget: int = 16
     recent: int = 4
@@ -300,7 +257,7 @@ class DeepForcing(CachePolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check_positive("sink", self.sink, allow_zero=True)
+        self._check_sink(self.sink)
         self._check_positive("budget", self.budget)
         self._check_positive("recent", self.recent)
         if self.reuse_cap is not None:
@@ -309,10 +266,6 @@ class DeepForcing(CachePolicy):
             raise ValueError(f"{self.name}: queries must be 'both', 'past' or 'denoising', got {self.queries!r}")
         if self.topc_rope not in ("keep", "unify"):
             raise ValueError(f"{self.name}: topc_rope must be 'keep' or 'unify', got {self.topc_rope!r}")
-        if self.sink >= self.window:
-            raise ValueError(
-                f"{self.name}: sink of {self.sink} frames must be smaller than the window of {self.window}; lower --sink"
-            )
         if self.budget > self.window:
             raise ValueError(
                 f"{self.name}: budget of {self.budget} frames exceeds the window of {self.window}; lower --budget"
@@ -344,21 +297,12 @@ class DeepForcing(CachePolicy):
                 f"frames); raise --recent to at least {chunk_frames}"
             )
 
-    def first_shift(self) -> int:
-        """The release's first sink shift, ``21 - budget`` with 21 = its window (PAPER.md §3.3)."""
-        return self.window - self.budget
-
     def scores(self, ctx: ChunkContext) -> torch.Tensor:
-        """Participation scores ``[B, T]`` (Eq. 7); subclasses may replace the scoring only."""
-        if ctx.query_sum is None:
-            raise RuntimeError(f"{self.name}: no recent queries were recorded before the first compression")
-        return participation_scores(ctx.query_sum, ctx.keys, block_tokens=self.block_tokens)
+        """Importance of each slot ``[B, T]``; the one thing a Top-C variant overrides."""
+        raise NotImplementedError
 
-    def decide(self, ctx: ChunkContext) -> Decision:
-        F = ctx.tokens_per_frame
-        T = ctx.total
-        if T <= self.window * F:
-            return Decision()
+    def select(self, ctx: ChunkContext) -> Decision:
+        F, T = ctx.tokens_per_frame, ctx.total
         sink_tokens, recent_tokens = self.sink * F, self.recent * F
         protected = torch.zeros(T, dtype=torch.bool, device=ctx.keys.device)
         protected[:sink_tokens] = True
@@ -367,32 +311,14 @@ class DeepForcing(CachePolicy):
         allowed = ~protected.expand_as(scores)
         if self.reuse_cap is not None:
             allowed = allowed & (ctx.reuse < self.reuse_cap)
-        available = int(allowed.sum(dim=1).min())
-        c = min(self.topc_frames * F, available)
+        c = min(self.topc_frames * F, int(allowed.sum(dim=1).min()))
         picks = scores.masked_fill(~allowed, float("-inf")).topk(c, dim=1).indices.sort(dim=1).values
         keep = torch.cat([_arange(0, sink_tokens, picks), picks, _arange(T - recent_tokens, T, picks)], dim=1)
-
-        # Deep Sink re-alignment of the compressed cache (PAPER.md §3.3, DS+PC).
-        tail_frames = (keep.shape[1] - sink_tokens) // F
-        desired = ctx.start_frame - tail_frames - self.sink
-        base = ctx.state.get("sink_base")
-        delta = self.first_shift() if base is None else desired - base
-        ctx.state["sink_base"] = desired
-
-        topc_positions = None
-        if self.topc_rope == "unify":
-            topc_positions = self._unified_positions(ctx, picks, T - recent_tokens)
-        return Decision(
-            keep=keep,
-            selected=picks,
-            sink_delta=delta if self.sink else 0,
-            topc_positions=topc_positions,
-            scores=scores,
-            event="compress",
-        )
+        unified = self._unified_positions(ctx, picks, T - recent_tokens) if self.topc_rope == "unify" else None
+        return Decision(keep=keep, selected=picks, topc_positions=unified, scores=scores, event="compress")
 
     def _unified_positions(self, ctx: ChunkContext, picks: torch.Tensor, recent_start_slot: int) -> torch.Tensor:
-        """Eq. 10–11 option: Top-C tokens presented in the frames right before the recent region, one position per
+        """Eq. 10-11 option: the picks presented in the frames right before the recent region, one position per
         distinct source frame, keeping their temporal order."""
         frames = ctx.token_ids.gather(1, picks).div(ctx.tokens_per_frame, rounding_mode="floor")
         recent_start = ctx.positions[:, recent_start_slot : recent_start_slot + 1]
@@ -403,9 +329,83 @@ class DeepForcing(CachePolicy):
         return out
 
 
+# ------------------------------------------------------------- named policies
+@dataclass
+class SelfForcing(FifoSelector):
+    """Self Forcing's rolling KV cache: FIFO over ``window`` frames, no sink, no RoPE change."""
+
+    name: ClassVar[str] = "self-forcing"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sink != 0:
+            raise ValueError("self-forcing has no sink; use --policy attention-sink or deep-sink for a sink")
+
+
+@dataclass
+class AttentionSink(FifoSelector):
+    """StreamingLLM's attention sink: the first ``sink`` frames stay at their original RoPE positions, FIFO behind.
+    ``sink=3`` is LongLive's setting, run training-free as a baseline in arXiv 2512.05081 (App. A)."""
+
+    name: ClassVar[str] = "attention-sink"
+    sink: int = 3
+
+
+@dataclass
+class DeepSink(FifoSelector):
+    """Deep Sink alone (arXiv 2512.05081 §3.2; release ``causal_model_DS.py``): a deep sink (about half the window)
+    re-aligned at every roll. The release leaves a 3-frame gap between sink and tail; ``placement="adjacent"``
+    closes it (a named improvement — the ``rolling-sink`` placement with a deep sink)."""
+
+    name: ClassVar[str] = "deep-sink"
+    sink: int = 14
+    placement: Literal["reference", "adjacent"] = "reference"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.placement not in ("reference", "adjacent"):
+            raise ValueError(f"deep-sink: placement must be 'reference' or 'adjacent', got {self.placement!r}")
+
+    def sink_placement(self) -> SinkPlacement:
+        return "deep" if self.placement == "reference" else "adjacent"
+
+
+@dataclass
+class RollingSink(FifoSelector):
+    """Rolling Forcing's sink, run training-free (arXiv 2512.05081 App. A): the sink is re-placed at every roll right
+    before the oldest frame of the window, one contiguous timeline. The same cache as ``deep-sink`` with
+    ``placement="adjacent"`` at the same sink size (an alias with a shallow default sink, 3)."""
+
+    name: ClassVar[str] = "rolling-sink"
+    sink: int = 3
+
+    def sink_placement(self) -> SinkPlacement:
+        return "adjacent"
+
+
+@dataclass
+class DeepForcing(TopCSelector):
+    """Deep Forcing (arXiv 2512.05081 §3): Deep Sink + Participative Compression, the release's defaults (sink 10,
+    budget 16, recent 4, reuse cap 7). Scores are participation, Eq. 7: the recent queries' summed attention logits
+    on each key. At the first compression the sink moves by ``window - budget`` (the release's first shift)."""
+
+    name: ClassVar[str] = "deep-forcing"
+
+    def scores(self, ctx: ChunkContext) -> torch.Tensor:
+        if ctx.query_sum is None:
+            raise RuntimeError(f"{self.name}: no recent queries were recorded before the first compression")
+        return participation_scores(ctx.query_sum, ctx.keys, block_tokens=self.block_tokens)
+
+    def sink_placement(self) -> SinkPlacement:
+        return "deep"
+
+    def first_shift(self) -> int:
+        return self.window - self.budget
+
+
 @dataclass
 class RandomTopC(DeepForcing):
-    """Participative Compression with Gaussian N(0, 1) scores instead of q·k (PAPER.md App. D ablation)."""
+    """Participative Compression with Gaussian N(0, 1) scores instead of participation (arXiv 2512.05081 App. D)."""
 
     name: ClassVar[str] = "random-topc"
 
