@@ -33,16 +33,14 @@ def test_bench_reports_flat_cache_for_bounded_policies(tiny_mini, tmp_path, caps
 def test_attention_probe_masses_sum_to_one_and_topc_heatmap_counts_picks(tiny_mini):
     gen = mini_generator(tiny_mini)
     probe = AttentionMassProbe()
-    stream = gen.stream("a red circle", latent_frames=45, policy="deep-forcing", record_events=True)
-    next(stream)
-    gen.last_rollout.cache.attention_observer = probe
-    for _ in stream:
+    for chunk in gen.stream("a red circle", latent_frames=45, policy="deep-forcing", record_events=True,
+                            attention_observer=probe):
         pass
     assert {r["layer"] for r in probe.records} == {0, 1}
     for r in probe.records:
         mass = torch.tensor(r["mass"])
         assert torch.allclose(mass.sum(dim=1), torch.ones(mass.shape[0]), atol=1e-4)
-    cache = gen.last_rollout.cache
+    cache = chunk.cache
     heat = topc_selection_heatmap(cache.events, 2)
     compressions = sum(1 for e in cache.events if e.kind == "compress" and e.layer == 0)
     assert compressions == 4  # chunks 7, 9, 11, 13

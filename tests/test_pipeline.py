@@ -80,14 +80,13 @@ def test_rollout_past_1100_latent_frames_with_bounded_memory(generator):
     stream = generator.stream(PROMPT, latent_frames=1110, policy="deep-forcing", seed=0)
     capacities, lengths = [], []
     for chunk in stream:
-        cache = generator.last_rollout.cache
+        cache = chunk.cache
         capacities.append(cache.layers[0].store.capacity)
         lengths.append(cache.length)
         assert torch.isfinite(chunk.latents).all()
     assert len(lengths) == 370 and chunk.start_frame == 1107  # far past the release's 1024-frame RoPE table
     assert len(set(capacities)) == 1  # pre-allocated once, never grows
     assert max(lengths) == 21 * TINY.tokens_per_frame and max(lengths[7:]) == 19 * TINY.tokens_per_frame
-    assert len(generator.last_rollout._recent) <= 7
 
 
 def test_prompt_switch_recaches_recent_window(generator):
@@ -97,7 +96,7 @@ def test_prompt_switch_recaches_recent_window(generator):
     single = list(generator.stream("a red circle", latent_frames=36, policy="deep-forcing", seed=0))
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(chunks[:9], single[:9]))
     assert not torch.equal(chunks[9].latents, single[9].latents)
-    cache = generator.last_rollout.cache
+    cache = chunks[-1].cache
     assert cache.length <= 21 * TINY.tokens_per_frame
 
 
@@ -115,6 +114,29 @@ def test_cli_generate_end_to_end(tiny_mini, tmp_path, capsys):
     assert out.with_suffix(".latents.safetensors").exists()
     assert len(list((tmp_path / "video").glob("*.png"))) == 12
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, policy, events", [
+    # deep-sink at a non-default sink and window: 7 rolls after the window of 12 fills (chunks 4..10), sink moves
+    (["--policy", "deep-sink", "--sink", "4", "--window", "12"], {"policy": "deep-sink", "sink": 4, "window": 12},
+     {"append": 4, "roll": 7}),
+    # deep-forcing at non-default sizes: budget 9 of a window 12 -> compress every other chunk from chunk 4
+    (["--policy", "deep-forcing", "--sink", "3", "--budget", "9", "--recent", "3", "--window", "12"],
+     {"policy": "deep-forcing", "sink": 3, "budget": 9, "recent": 3, "window": 12}, {"append": 7, "compress": 4}),
+])
+def test_cli_non_default_policy_reaches_the_cache(tiny_mini, tmp_path, args, policy, events):
+    """The CLI's policy and sizes are the ones the cache runs: the sidecar records both the policy and what the
+    cache did (a CLI that dropped the sizes, or fell back to the default policy, fails here)."""
+    out = tmp_path / "p.mp4"
+    assert main(["generate", "a red circle", "--model", str(tiny_mini), "--frames", "33", "-o", str(out),
+                 "--quiet", *args]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert {k: meta["policy"][k] for k in policy} == policy
+    assert meta["cache"]["events"] == events
+    if policy["policy"] == "deep-sink":
+        assert meta["cache"]["frames_at_end"] == 12 and meta["cache"]["sink_shift_frames"] > 0
+    else:
+        assert meta["cache"]["frames_at_end"] in (9, 12)
 
 
 def test_cli_timeline_and_prompt_file(tiny_mini, tmp_path):

@@ -182,6 +182,9 @@ class LayerCache:
         if decision.sink_delta:
             store.shift_anchor(decision.sink_delta)
         self.owner.policy_seconds += time.perf_counter() - started
+        if self.index == 0:
+            self.owner.event_counts[decision.event] = self.owner.event_counts.get(decision.event, 0) + 1
+            self.owner.sink_shift_frames += decision.sink_delta
         if self.owner.record_events:
             self.owner.events.append(
                 CacheEvent(self.index, call.start_frame, decision.event, before, total, decision)
@@ -230,6 +233,8 @@ class KVCache:
         self.on_event = on_event
         self.attention_observer = attention_observer  # diagnostics: sees each call's queries and the cache
         self.events: list[CacheEvent] = []
+        self.event_counts: dict[str, int] = {}  # layer 0's decisions per kind (always kept; events are opt-in)
+        self.sink_shift_frames = 0  # layer 0's total sink movement
         self.policy_seconds = 0.0  # host time spent in policy decisions and compaction (asynchronous on GPU)
         self.call: CallInfo | None = None
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)

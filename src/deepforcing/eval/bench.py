@@ -46,9 +46,9 @@ def bench_policy(generator, policy: str, latent_frames: int, seed: int = 0) -> d
         now = time.perf_counter()
         times.append(now - t_prev)
         t_prev = now
-        cache_tokens.append(generator.last_rollout.cache.length)
+        cache_tokens.append(chunk.cache.length)
     total = time.perf_counter() - started
-    cache = generator.last_rollout.cache
+    cache = chunk.cache
     steady = times[1:] or times
     frames_per_chunk = generator.bundle.pixel_frames(latent_frames) / len(times)
     return {

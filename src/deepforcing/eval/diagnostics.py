@@ -142,13 +142,10 @@ def run_diagnose(args: argparse.Namespace) -> int:
     chunk = gen.bundle.sampling.chunk_frames
     last_start = (math.ceil(args.frames / chunk) - 1) * chunk
     probe = AttentionMassProbe(chunk_starts={window - chunk, last_start})
-    stream = gen.stream(args.prompt, latent_frames=args.frames, policy=policy, seed=args.seed, record_events=True)
-    first = next(stream)
-    gen.last_rollout.cache.attention_observer = probe
-    del first
-    for _ in stream:
+    for chunk in gen.stream(args.prompt, latent_frames=args.frames, policy=policy, seed=args.seed,
+                            record_events=True, attention_observer=probe):
         pass
-    cache = gen.last_rollout.cache
+    cache = chunk.cache
     heat = topc_selection_heatmap(cache.events, len(cache.layers))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

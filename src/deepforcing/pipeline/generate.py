@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from deepforcing.cache import CachePolicy, make_policy
+from deepforcing.cache import CachePolicy, KVCache, make_policy
 from deepforcing.models.contract import ModelBundle, SamplingConfig  # noqa: F401  (re-exported)
 
 from .resources import available_memory_bytes, format_bytes
@@ -48,6 +48,7 @@ class ChunkOutput:
     latents: torch.Tensor  # [B, C, f, h, w]
     frames: torch.Tensor  # [B, T, 3, H, W] in [-1, 1] (before display upscaling)
     seconds: float  # wall time of this chunk (denoise + decode + write)
+    cache: KVCache | None = None  # the rollout's KV cache after this chunk (for observers: bench, diagnose, tests)
 
 
 @dataclass
@@ -61,10 +62,19 @@ class GenerationResult:
     policy: dict
     interrupted: bool = False
     error: str | None = None
+    cache: dict | None = None  # what the policy did (cache_summary)
 
     @property
     def fps(self) -> float:
         return self.pixel_frames / self.seconds if self.seconds else float("nan")
+
+
+def cache_summary(cache: KVCache) -> dict:
+    """What the policy did over the video, from layer 0: events per kind (append / roll / compress), the sink's
+    total shift, the cache length at the end, and the host time spent in policy decisions."""
+    return {"events": dict(cache.event_counts), "sink_shift_frames": cache.sink_shift_frames,
+            "frames_at_end": cache.length / cache.geometry.tokens_per_frame,
+            "policy_seconds": round(cache.policy_seconds, 4)}
 
 
 def _versions() -> dict:
@@ -135,9 +145,11 @@ class VideoGenerator:
         seed: int = 0,
         keep_sink_on_switch: bool = True,
         record_events: bool = False,
+        attention_observer=None,
         **policy_sizes,
     ) -> Iterator[ChunkOutput]:
-        """Yield decoded chunks of one video as they are generated."""
+        """Yield decoded chunks of one video as they are generated; each carries the rollout's cache.
+        ``attention_observer`` is attached to that cache (see ``deepforcing.eval.diagnostics``)."""
         timeline = self._timeline(prompt)
         total = self.num_chunks(seconds, latent_frames)
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
@@ -145,7 +157,7 @@ class VideoGenerator:
         policy_obj = self.resolve_policy(policy, **policy_sizes)
         rollout = self.open_rollout(timeline[active[0]].prompt, policy_obj, seed=seed,
                                     max_frames=total * self.bundle.sampling.chunk_frames, record_events=record_events)
-        self.last_rollout = rollout
+        rollout.cache.attention_observer = attention_observer
         decoder = self.bundle.codec.streaming_decoder()
         decoder.reset()
         current = active[0]
@@ -163,7 +175,7 @@ class VideoGenerator:
             with torch.no_grad():
                 frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
             yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
-                              time.perf_counter() - t0)
+                              time.perf_counter() - t0, rollout.cache)
 
     def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
                      record_events: bool = False) -> VideoRollout:
@@ -237,7 +249,7 @@ class VideoGenerator:
 
             bar = tqdm(total=total, unit="chunk", desc=output.name, dynamic_ncols=True)
         scale = self.bundle.display_scale
-        latents, chunk_seconds, pixel_frames = [], [], 0
+        latents, chunk_seconds, pixel_frames, cache = [], [], 0, None
         started = time.perf_counter()
         interrupted = False
         failure: BaseException | None = None
@@ -254,6 +266,7 @@ class VideoGenerator:
                     dumper.write(frames)
                 pixel_frames += out.frames.shape[1]
                 chunk_seconds.append(out.seconds)
+                cache = out.cache
                 if save_latents_to is not None:
                     latents.append(out.latents[0].cpu())
                 if on_chunk is not None:
@@ -277,7 +290,8 @@ class VideoGenerator:
         result = GenerationResult(path, None,
                                   len(chunk_seconds) * self.bundle.sampling.chunk_frames, pixel_frames, elapsed,
                                   chunk_seconds, policy_obj.describe(), interrupted,
-                                  None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure))
+                                  None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure),
+                                  cache_summary(cache) if cache is not None else None)
         if save_latents_to is not None and latents and not isinstance(failure, OSError):
             save_latents(save_latents_to, torch.cat(latents, dim=1))
         if sidecar and path is not None and not isinstance(failure, OSError):
@@ -305,6 +319,7 @@ class VideoGenerator:
             "timeline": [e.__dict__ for e in timeline],
             "seed": seed,
             "policy": result.policy,
+            "cache": result.cache,
             "sampling": self.bundle.sampling.__dict__,
             "latent_shape": list(self.bundle.latent_shape),
             "fps": self.bundle.fps,
