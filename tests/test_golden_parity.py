@@ -1,9 +1,10 @@
 """Parity of the causal Wan transformer + KV-cache policies with the reference rollouts in shared/golden.
 
-Each setting is replayed closed-loop exactly as golden/README.md "Rollout protocol" describes: 100 chunks, noise from
-``noise.safetensors``, the warped 4-step schedule with nearest-timestep sigmas, float64 x0 conversion, float32
-re-noising, and the clean pass at t = 0. Recorded flows and latents must match to ``ATOL``; cache lengths, slot maps,
-sink deltas, FIFO evictions and (deep_forcing) every compression's kept indices / Top-C / counters exactly.
+Each setting is replayed closed-loop with the rollout protocol of the Deep Forcing release's
+``pipeline/causal_inference.py``, which recorded the traces: 100 chunks, noise from ``noise.safetensors``, the warped
+4-step schedule with nearest-timestep sigmas, float64 x0 conversion, float32 re-noising, and the clean pass at t = 0.
+Recorded flows and latents must match to ``ATOL``; cache lengths, slot maps, sink deltas, FIFO evictions and
+(deep_forcing) every compression's kept indices / Top-C / counters exactly.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def layouts(tmp_path_factory):
 
 
 def test_wan_key_names_match_the_reference_list():
-    """The Wan names of REFERENCE.md §C, layer 0, map onto transformers UMT5 names and back."""
+    """The Wan T5 names of ``models_t5_umt5-xxl-enc-bf16.pth``, layer 0, map onto transformers UMT5 names and back."""
     wan = ["token_embedding.weight", "norm.weight", "blocks.0.norm1.weight", "blocks.0.norm2.weight",
            "blocks.0.attn.q.weight", "blocks.0.attn.k.weight", "blocks.0.attn.v.weight", "blocks.0.attn.o.weight",
            "blocks.0.ffn.gate.0.weight", "blocks.0.ffn.fc1.weight", "blocks.0.ffn.fc2.weight",

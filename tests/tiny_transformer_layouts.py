@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-# original Wan config.json fields (REFERENCE.md §A.1) of a tiny model
+# original Wan config.json fields (as in Wan2.1-T2V-1.3B's config.json) of a tiny model
 TINY_WAN_CONFIG = {
     "_class_name": "WanModel",
     "model_type": "t2v",
@@ -27,7 +27,7 @@ TINY_WAN_CONFIG = {
 
 
 def original_wan_state_dict(cfg: dict = TINY_WAN_CONFIG, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors under the original Wan DiT key names and shapes (REFERENCE.md §C table)."""
+    """Random tensors under the original Wan DiT key names and shapes (of ``diffusion_pytorch_model.safetensors``)."""
     g = torch.Generator().manual_seed(seed)
     d, ffn, fq, td = cfg["dim"], cfg["ffn_dim"], cfg["freq_dim"], cfg["text_dim"]
     cin, cout, patch = cfg["in_dim"], cfg["out_dim"], tuple(cfg.get("patch_size", (1, 2, 2)))

@@ -1,9 +1,10 @@
 """Exact, unbounded rotary position arithmetic for cached keys.
 
-Wan's 3D RoPE (REFERENCE.md §A.4) rotates interleaved channel pairs ``(2j, 2j+1)`` of every head by
-``exp(i * p * omega_j)``; the first ``temporal_pairs`` pairs carry the latent-frame index ``p``. The released code
-looks ``p`` up in a 1024-entry table and re-aligns sink keys by rotating the cached (already rotated, bf16) keys in
-place again and again (PAPER.md §3.3), which caps videos at 1024 latent frames and accumulates rounding error.
+Wan's 3D RoPE (``rope_params`` / ``causal_rope_apply`` in Self Forcing's ``wan/modules/causal_model.py``) rotates
+interleaved channel pairs ``(2j, 2j+1)`` of every head by ``exp(i * p * omega_j)``; the first ``temporal_pairs`` pairs
+carry the latent-frame index ``p``. The released Deep Forcing code (``causal_model.py``, ``causal_model_DS.py``) looks
+``p`` up in a 1024-entry table and re-aligns sink keys by rotating the cached (already rotated, bf16) keys in place
+again and again, which caps videos at 1024 latent frames and accumulates rounding error.
 
 Here angles are computed on the fly as ``float64(p) * omega`` (the same float64 product the table holds, so results
 match the reference to rounding) for any integer position, and every re-placement rotates from an exact base
@@ -61,7 +62,7 @@ class TemporalRope:
 
     @classmethod
     def for_wan_head(cls, head_dim: int, theta: float = 10000.0) -> "TemporalRope":
-        """Wan's split (REFERENCE.md §A.4): temporal dims ``d - 4 * (d // 6)``, e.g. 44 of 128, 12 of 32."""
+        """Wan's split (``causal_model.py``): temporal dims ``d - 4 * (d // 6)``, e.g. 44 of 128, 12 of 32."""
         return cls(pairs=(head_dim - 4 * (head_dim // 6)) // 2, theta=theta)
 
     @cached_property
@@ -76,7 +77,7 @@ class TemporalRope:
     def rotate(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Shift the temporal phase of ``keys`` ``[B, H, T, D]`` by ``delta`` frames (``[B, T]`` or scalar tensor).
 
-        Spatial channels and values are untouched (PAPER.md Eq. 6). Returns a new tensor.
+        Spatial channels and values are untouched (arXiv 2512.05081 Eq. 6). Returns a new tensor.
         """
         delta = torch.as_tensor(delta, device=keys.device)
         if delta.dim() == 2:  # [B, T] -> [B, 1, T]

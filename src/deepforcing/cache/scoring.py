@@ -1,4 +1,4 @@
-"""Participation scores for Participative Compression (PAPER.md Eq. 7, §4.2).
+"""Participation scores for Participative Compression (arXiv 2512.05081 §4.3, Eq. 7; the release's causal_model.py).
 
 ``phi_j = sum_r q_r . k_j`` over the recent queries ``r`` — raw logits, no softmax — and, as in the released code,
 summed over the heads of the layer and divided by ``sqrt(D) * H`` (a constant that does not change the ranking).

@@ -2,7 +2,8 @@
 
 The model calls :meth:`KVCache.begin_call` once per forward (which latent frames the call covers, and whether it is
 the clean-context pass), then :meth:`LayerCache.update` in every layer's self-attention with the call's post-RoPE
-``q, k, v``. ``update`` reproduces the released write logic (REFERENCE.md §A.5, §D.3):
+``q, k, v``. ``update`` reproduces the released write logic (``CausalWanSelfAttention`` in
+``wan/modules/causal_model.py`` of Self Forcing and of the Deep Forcing release):
 
 * a call whose tokens end past everything written so far is a **new-chunk call** (only the first denoising step of a
   chunk): the tokens are appended and, if that overflows the window, the policy decides what stays;
@@ -10,7 +11,7 @@ the clean-context pass), then :meth:`LayerCache.update` in every layer's self-at
 * the queries then attend, unmasked, to every cached slot including the chunk's own (the returned views).
 
 Everything about one video lives in this object; create a new one per video (the release leaked per-layer state from
-one video into the next, REFERENCE.md §D.3 pitfall 1).
+one video into the next: its ``pipeline/causal_inference.py`` resets only the cache end indices between videos).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Keys are stored *after* RoPE at the temporal position they present (as the released code stores them, so attention
 reads them directly). Slots ``[0, anchor_tokens)`` — the attention sink — also keep an exact copy of their key at
 its original phase; re-placing a sink token rotates from that copy (one rotation from an exact base), never from the
-already re-rotated key, so positions stay exact however often the sink moves (DESIGN.md, "Temporal RoPE").
+already re-rotated key, so positions stay exact however often the sink moves.
 
 Metadata per slot (``[B, capacity]``):
 

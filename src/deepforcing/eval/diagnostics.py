@@ -1,4 +1,4 @@
-"""Attention diagnostics for any model (PAPER.md §2 Fig. 4 / Fig. 16 and App. D Fig. 13).
+"""Attention diagnostics for any model (arXiv 2512.05081 §4.2 Fig. 4, App. H Fig. 16 and App. D Fig. 13).
 
 * :class:`AttentionMassProbe` — at the first denoising step of chosen chunks, the softmax attention of the chunk's
   queries over the cached keys, averaged over queries, per layer and head, summed per source latent frame. Fig. 4

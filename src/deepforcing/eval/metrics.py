@@ -1,8 +1,8 @@
 """Weight-free long-horizon metrics: drift, flicker, motion, deceleration and roll-back over windows of a video.
 
-Deep Forcing (PAPER.md §5–6) claims that, far beyond the training horizon, its videos keep their fidelity (no colour
-drift, over-saturation or blur), keep moving (no stagnation) and do not roll back to earlier frames. VBench-Long
-measures this with learned models; the metrics here are classical proxies that need no weights (ECOSYSTEM.md §6.4):
+Deep Forcing (arXiv 2512.05081 §5) claims that, far beyond the training horizon, its videos keep their fidelity (no
+colour drift, over-saturation or blur), keep moving (no stagnation) and do not roll back to earlier frames.
+VBench-Long measures this with learned models; the metrics here are classical proxies that need no weights:
 
 - the video is cut into windows of ``window_frames`` pixel frames (default: Self Forcing's training horizon), the
   FIRST window is the reference, and each later window gives one point of a drift curve;

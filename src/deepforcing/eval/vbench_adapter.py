@@ -1,10 +1,10 @@
 """Optional VBench scores: the seven dimensions of the paper's Tab.1 and the aesthetic drift of its Fig.5.
 
-PAPER.md §6.1: Deep Forcing reports Dynamic Degree, Motion Smoothness, Overall Consistency, Imaging Quality,
+arXiv 2512.05081 §5.1: Deep Forcing reports Dynamic Degree, Motion Smoothness, Overall Consistency, Imaging Quality,
 Aesthetic Quality, Subject Consistency and Background Consistency (VBench-Long), and the drift
 |Aesthetic Quality(first 5 s) − Aesthetic Quality(last 5 s)|. VBench needs a CUDA GPU, its own pinned environment
-and learned weights (ECOSYSTEM.md §6.1), none of which this package depends on. This adapter only runs when they
-are all present; otherwise ``VBenchUnavailable`` says exactly what is missing.
+and learned weights (downloaded by VBench's ``vbench/utils.py::init_submodules``), none of which this package depends
+on. This adapter only runs when they are all present; otherwise ``VBenchUnavailable`` says exactly what is missing.
 
 Honest scope: the scores come from VBench's ``custom_input`` mode on the whole video (and on its first/last clips
 for the drift), NOT from VBench-Long's scene splitting and slow/fast fusion (``vbench2_beta_long``), so the numbers

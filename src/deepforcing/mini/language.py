@@ -1,8 +1,8 @@
 """The mini world's prompt language: a tiny grammar, its parser, a sampler and a fixed word vocabulary.
 
-The mini model (DESIGN.md, "The mini model") is trained on a procedural world whose ground truth is known, so that
-long-horizon drift can be measured. Prompts describe one such scene. Grammar (words are case-insensitive, commas
-and a final full stop are optional)::
+The mini model (see the package's mini-model docs, ``assets/mini/MODEL_CARD.md``) is trained on a procedural world
+whose ground truth is known, so that long-horizon drift can be measured. Prompts describe one such scene. Grammar
+(words are case-insensitive, commas and a final full stop are optional)::
 
     prompt     := objects [verb [adverb]] ["on" [article] background "background"] [camera]
     objects    := object (("and" | ",") object)*            -- 1 to 3 objects, each of a different colour

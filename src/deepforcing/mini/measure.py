@@ -1,4 +1,4 @@
-"""Ground-truth metrics of a *generated* mini-world video against its prompt (DESIGN.md, "The mini model").
+"""Ground-truth metrics of a *generated* mini-world video against its prompt.
 
 Because the world is procedural, a video's scene is known exactly, so long-horizon failure modes (objects
 vanishing or duplicating, colours drifting, motion slowing down or freezing, trajectories wandering off) are

@@ -1,6 +1,7 @@
 """Load a :class:`~deepforcing.models.wan_causal.CausalWanTransformer` from local files (never from the network).
 
-Accepted inputs (REFERENCE.md §C, ECOSYSTEM.md §1.5):
+Accepted inputs (the layouts of Wan2.1-T2V-1.3B, diffusers' ``WanTransformer3DModel`` and Self-Forcing's
+``self_forcing_dmd.pt``):
 
 * **original Wan layout** — a folder with a Wan ``config.json`` (``dim``, ``num_heads``, …) and
   ``diffusion_pytorch_model*.safetensors`` (single file or sharded with ``*.safetensors.index.json``); keys
@@ -49,7 +50,7 @@ _SHOW = 8  # keys listed in error messages
 
 # --------------------------------------------------------------------------- configs
 def wan_config_to_diffusers(cfg: Mapping[str, Any]) -> dict:
-    """Original Wan ``config.json`` fields (plus the class defaults, REFERENCE.md §A.1) → our constructor kwargs."""
+    """Original Wan ``config.json`` fields (plus ``CausalWanModel``'s class defaults) → our constructor kwargs."""
     if cfg.get("model_type", "t2v") != "t2v":
         raise ValueError(f"only text-to-video Wan models are supported, config has model_type={cfg['model_type']!r}")
     try:

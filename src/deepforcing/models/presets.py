@@ -1,7 +1,8 @@
 """Named model/rollout presets. Every value cites its source; unknown values are ``None`` with a note — never guessed.
 
-Sources: REFERENCE.md (reference-code study: §A model, §B pipeline, §D Deep Forcing release, §E related repos),
-PAPER.md (Deep Forcing paper + project page). ``dim 1536 …`` etc. is Wan2.1-T2V-1.3B's ``config.json`` (REFERENCE §A.1).
+Sources: the public code releases (Self Forcing ``guandeh17/Self-Forcing``, the Deep Forcing release, and related repos
+such as ``NVlabs/LongLive``) and the Deep Forcing paper (arXiv 2512.05081) with its project page.
+``dim 1536 …`` etc. is Wan2.1-T2V-1.3B's ``config.json`` plus the class defaults of ``CausalWanModel``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 __all__ = ["WAN21_T2V_1_3B", "ModelPreset", "PRESETS", "get_preset", "preset_names"]
 
-# Wan2.1-T2V-1.3B in CausalWanTransformer (diffusers) kwargs — REFERENCE §A.1 / ECOSYSTEM §1.2.
+# Wan2.1-T2V-1.3B (its ``config.json``) in CausalWanTransformer kwargs, named as in diffusers' WanTransformer3DModel.
 WAN21_T2V_1_3B: dict[str, Any] = {
     "patch_size": (1, 2, 2),
     "num_attention_heads": 12,
@@ -52,10 +53,10 @@ class ModelPreset:
     policy_sizes: dict[str, Any] = field(default_factory=dict)
     default_policy: str | None = None
     default_policy_sizes: dict[str, Any] = field(default_factory=dict)
-    latent_height: int = 60  # 480 px / VAE stride 8 (REFERENCE §A.1)
+    latent_height: int = 60  # 480 px / VAE stride 8 (Self Forcing renders 480 x 832)
     latent_width: int = 104  # 832 px / 8
-    num_train_timesteps: int = 1000  # FlowMatchScheduler table (REFERENCE §B.1)
-    context_noise: float = 0.0  # clean pass at t = 0 (REFERENCE §B.1; SF issue #87)
+    num_train_timesteps: int = 1000  # FlowMatchScheduler table (Self Forcing's pipeline/causal_inference.py)
+    context_noise: float = 0.0  # clean pass at t = 0 (context_noise 0 in Self Forcing's configs; SF issue #87)
     seed: int | None = None
     use_ema: bool = True
     lora_rank: int | None = None
@@ -76,24 +77,25 @@ PRESETS: dict[str, ModelPreset] = {
     "self-forcing": ModelPreset(
         name="self-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,  # num_frame_per_block 3 (REFERENCE §B.1, PAPER "Chunk (block) size")
-        window_frames=21,  # local_attn_size 21 in DF configs = training length (REFERENCE §D.1)
-        denoising_steps=(1000, 750, 500, 250),  # denoising_step_list (REFERENCE §B.1)
-        warp=True,  # warp_denoising_step: true (REFERENCE §B.1) -> t ≈ [1000, 937.5, 833.3, 625]
-        shift=5.0,  # FlowMatchScheduler(shift=5.0) / timestep_shift 5.0 (REFERENCE §B.1, §D.1)
-        policy="self-forcing",  # sink 0: FIFO window (REFERENCE §A.5; DF config sink0)
+        chunk_frames=3,  # num_frame_per_block 3 (Self Forcing configs; chunk-wise Self Forcing, arXiv 2512.05081 §5.1)
+        window_frames=21,  # local_attn_size 21 in DF's self_forcing_dmd_sink*.yaml = training length
+        denoising_steps=(1000, 750, 500, 250),  # denoising_step_list (Self Forcing's self_forcing_dmd.yaml)
+        warp=True,  # warp_denoising_step: true (self_forcing_dmd.yaml) -> t ≈ [1000, 937.5, 833.3, 625]
+        shift=5.0,  # FlowMatchScheduler(shift=5.0) / timestep_shift 5.0 (SF pipeline/causal_inference.py, DF configs)
+        policy="self-forcing",  # sink 0: FIFO window (SF wan/modules/causal_model.py; DF config sink0)
         default_policy="deep-forcing",  # the product default: the release's sizes were set for this 21-frame window
-        seed=1356145,  # Deep Forcing inference.py default (REFERENCE §D.1); Self Forcing's own default is 0
-        use_ema=True,  # --use_ema, generator_ema (REFERENCE §C, §D.1)
+        seed=1356145,  # Deep Forcing inference.py default; Self Forcing's own default is 0
+        use_ema=True,  # --use_ema -> generator_ema (inference.py; DF's scripts always pass it)
         notes=(
-            "checkpoint: gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt over Wan2.1-T2V-1.3B (REFERENCE §C)",
+            "checkpoint: gdhe17/Self-Forcing (Hugging Face) checkpoints/self_forcing_dmd.pt over Wan2.1-T2V-1.3B",
             "deep-forcing policy defaults (sink 10, budget 16, recent 4, reuse cap 7) are the cache engine's "
-            "make_policy('deep-forcing') defaults (REFERENCE §D.1, §D.3); deep-sink-only uses sink 14",
+            "make_policy('deep-forcing') defaults, as in the DF release (inference.py, causal_model.py); "
+            "deep-sink-only uses sink 14 (DS_inference.sh)",
         ),
     ),
     "causvid": ModelPreset(
         name="causvid",
-        model_config=WAN21_T2V_1_3B,  # CausVid is built on Wan2.1-T2V-1.3B (ECOSYSTEM.md peers table)
+        model_config=WAN21_T2V_1_3B,  # CausVid is built on Wan2.1-T2V-1.3B (tianweiy/CausVid)
         chunk_frames=None,
         window_frames=None,
         denoising_steps=None,
@@ -101,28 +103,29 @@ PRESETS: dict[str, ModelPreset] = {
         shift=None,
         policy="self-forcing",
         notes=(
-            "CausVid: Wan2.1-1.3B, DMD 3-4 step, KV cache within 5 s (ECOSYSTEM.md peers table)",
+            "CausVid: Wan2.1-1.3B, DMD 3-4 step, KV cache within 5 s (tianweiy/CausVid)",
             "UNKNOWN in our sources: chunk size, exact denoising step list, warp/shift, checkpoint layout — set them "
             "explicitly (preset.replace(...)) before use; nothing here is guessed",
         ),
     ),
     "longlive": ModelPreset(
         name="longlive",
-        model_config=WAN21_T2V_1_3B,  # LongLive 1.0 = Self-Forcing + LoRA on Wan2.1-1.3B (ECOSYSTEM.md)
-        chunk_frames=3,  # inherits Self Forcing's chunk-wise pipeline (ECOSYSTEM.md: "Self-Forcing + LoRA")
-        window_frames=12,  # local_attn_size 12 (REFERENCE §E LongLive 1.0)
+        model_config=WAN21_T2V_1_3B,  # LongLive 1.0 = Self-Forcing + LoRA on Wan2.1-1.3B (NVlabs/LongLive v1.0)
+        chunk_frames=3,  # inherits Self Forcing's chunk-wise pipeline (LongLive 1.0 is Self-Forcing + LoRA)
+        window_frames=12,  # local_attn_size 12 (NVlabs/LongLive v1.0)
         denoising_steps=(1000, 750, 500, 250),  # assumed from Self Forcing; not stated for LongLive in our sources
         warp=True,
         shift=5.0,
         policy="attention-sink",
-        policy_sizes={"sink": 3},  # sink_size 3, no sink RoPE adjustment (REFERENCE §E LongLive 1.0)
-        lora_rank=256,  # longlive_base.pt + LoRA rank 256, alpha 256 (REFERENCE §E)
+        policy_sizes={"sink": 3},  # sink_size 3, no sink RoPE adjustment (NVlabs/LongLive v1.0)
+        lora_rank=256,  # longlive_base.pt + LoRA rank 256, alpha 256 (LongLive v1.0)
         lora_alpha=256.0,
         notes=(
-            "weights: longlive_base.pt + LoRA (rank 256, α 256), merged at load (REFERENCE §E)",
+            "weights: longlive_base.pt + LoRA (rank 256, α 256), merged at load (NVlabs/LongLive v1.0)",
             "denoising steps / shift / chunk taken from Self Forcing, which LongLive 1.0 fine-tunes; LongLive's own "
             "values are not in our sources",
-            "prompt switching: KV re-cache of the last min(window, t) frames (REFERENCE §E), a pipeline feature",
+            "prompt switching: KV re-cache of the last min(window, t) frames (LongLive interactive_inference.py), "
+            "a pipeline feature",
         ),
     ),
     "causal-forcing": ModelPreset(
@@ -135,8 +138,8 @@ PRESETS: dict[str, ModelPreset] = {
         shift=None,
         policy="deep-forcing",
         notes=(
-            "Deep Forcing also works on Causal Forcing by setting sink_size (DF issue #3, REFERENCE §E); shown on the "
-            "project page without hyper-parameters (PAPER.md item 17)",
+            "Deep Forcing also works on Causal Forcing by setting sink_size (Deep Forcing GitHub issue #3); shown on "
+            "the project page (cvlab-kaist.github.io/DeepForcing) without hyper-parameters",
             "UNKNOWN in our sources: chunk size, window, steps, shift, checkpoint — set them explicitly before use",
         ),
     ),

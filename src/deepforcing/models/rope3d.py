@@ -1,6 +1,7 @@
 """Wan's 3D rotary position embedding with unbounded temporal positions.
 
-Wan splits each head's ``D`` real channels into three groups of interleaved pairs (REFERENCE.md §A.4): temporal
+Wan splits each head's ``D`` real channels into three groups of interleaved pairs (``rope_params`` in Self
+Forcing's ``wan/modules/causal_model.py``; diffusers' ``WanRotaryPosEmbed`` splits the same way): temporal
 ``D - 4 * (D // 6)`` dims (44 of 128, 12 of 32), then height and width ``2 * (D // 6)`` dims each. Group ``g`` rotates
 pair ``j`` by ``p * theta ** (-2j / dim_g)`` where ``p`` is the token's latent-frame index, row or column.
 

@@ -1,4 +1,4 @@
-"""Few-step flow-matching schedule of Self Forcing (REFERENCE.md §B.1–B.2, golden/README.md "Rollout protocol").
+"""Few-step flow-matching schedule of Self Forcing (``FlowMatchScheduler`` as ``pipeline/causal_inference.py`` uses it).
 
 The training table (float32, ``num_train_timesteps`` entries, ``extra_one_step``):
 
@@ -77,7 +77,8 @@ class FlowMatchSchedule:
         return out.to(noise.dtype)
 
     def x0_from_flow(self, x_t: torch.Tensor, flow: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
-        """``x0 = x_t - sigma * v`` computed in float64 and cast to ``flow.dtype`` (REFERENCE.md §B.2)."""
+        """``x0 = x_t - sigma * v`` computed in float64 and cast to ``flow.dtype`` (as Self Forcing's
+        ``WanDiffusionWrapper`` in ``utils/wan_wrapper.py`` does)."""
         sigma = self.sigma(torch.as_tensor(timestep, dtype=torch.float32).reshape(())).to(torch.float64)
         out = x_t.to(torch.float64) - sigma.to(x_t.device) * flow.to(torch.float64)
         return out.to(flow.dtype)

@@ -1,6 +1,7 @@
 """umT5 text encoder adapter (transformers ``UMT5EncoderModel`` + tokenizer) with a per-prompt embedding cache.
 
-Behaviour reproduced from Wan / Self-Forcing (REFERENCE.md §B.3, §C):
+Behaviour reproduced from Wan's own T5 encoder as Self-Forcing uses it (diffusers' ``WanPipeline`` encodes prompts
+the same way):
 
 * prompts are cleaned (HTML unescape, ftfy if installed, whitespace collapse), tokenised with padding and
   truncation to ``text_len`` (512) tokens, EOS appended by the tokenizer;

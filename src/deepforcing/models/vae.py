@@ -1,7 +1,7 @@
 """Wan2.1 VAE adapter: loading, latent normalisation, one-shot and streaming decode.
 
-Wraps diffusers' ``AutoencoderKLWan`` (a causal 3D-conv VAE, 4x temporal / 8x spatial). Facts used here
-(REFERENCE.md §B.3, ECOSYSTEM.md §1.3):
+Wraps diffusers' ``AutoencoderKLWan`` (a causal 3D-conv VAE, 4x temporal / 8x spatial). Facts used here (Self
+Forcing's ``wan/modules/vae.py`` and diffusers' ``AutoencoderKLWan``):
 
 * latents are normalised per channel: ``z_norm = (mu - mean) / std``; decoding uses ``z * std + mean``;
 * the decoder runs one latent frame at a time with a causal feature cache (``CACHE_T = 2`` frames per conv);
@@ -40,7 +40,7 @@ DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 @dataclass
 class WanVAEConfig:
-    """Architecture of a Wan2.1-style VAE. Defaults are the released Wan2.1 VAE (REFERENCE.md §B.3).
+    """Architecture of a Wan2.1-style VAE. Defaults are the released Wan2.1 VAE (``Wan2.1_VAE.pth``).
 
     Tiny test models pass e.g. ``base_dim=8, dim_mult=(1, 1, 1, 1), num_res_blocks=1``.
     ``temperal_downsample`` keeps diffusers' spelling; its length is ``len(dim_mult) - 1``.
@@ -337,7 +337,7 @@ class WanVAE(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    # ---- normalisation (REFERENCE.md §B.3) ----
+    # ---- normalisation (per-channel latent mean / std of the Wan2.1 VAE) ----
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.z_dim, 1, 1, 1)
         return (self.latents_mean.to(like.device, like.dtype).view(shape),

@@ -2,10 +2,10 @@
 
 The module tree, parameter names and weight layout are diffusers' own (so ``from_pretrained``, PEFT LoRA, quantizers
 and ``state_dict`` work as for any diffusers Wan model); only the forward loop is ours. It adds what the stock model
-lacks for Self Forcing–style streaming (REFERENCE.md §A):
+lacks for Self Forcing–style streaming (Self Forcing's ``CausalWanModel``, ``wan/modules/causal_model.py``):
 
 * **per-frame timesteps** ``[B, f]``: the time embedding and the 6 block modulation chunks (and the head's 2) are
-  computed per latent frame and broadcast over that frame's tokens (REFERENCE.md §A.2–A.3);
+  computed per latent frame and broadcast over that frame's tokens (as ``CausalWanAttentionBlock`` does);
 * **absolute temporal RoPE** at any frame index (no 1024-frame table), see :mod:`deepforcing.models.rope3d`;
 * **cached self-attention**: q/k RMSNorm across heads, 3D RoPE, then the layer's
   :meth:`deepforcing.cache.LayerCache.update`, whose policy decides what the chunk attends to;
@@ -43,7 +43,7 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class CrossKV:
-    """Cross-attention keys/values of one prompt, per layer ``[B, H, text_len, D]`` (REFERENCE.md §A.6)."""
+    """Cross-attention keys/values of one prompt, per layer ``[B, H, text_len, D]`` (as Self Forcing caches them)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]

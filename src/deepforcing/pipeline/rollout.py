@@ -1,6 +1,7 @@
 """The autoregressive rollout: chunks, the few-step schedule, the clean-context pass, prompt switches.
 
-Per chunk (REFERENCE.md §B.1, golden/README.md "Rollout protocol"):
+Per chunk (the rollout protocol of Self Forcing's ``pipeline/causal_inference.py``, which the Deep Forcing release
+uses unchanged):
 
 1. draw the chunk's noise ``x``;
 2. for each step ``t_j``: ``x0 = x - sigma_j * model(x, t_j)``; if not last, ``x = (1 - sigma_{j+1}) x0 + sigma_{j+1} eps``

@@ -13,8 +13,9 @@ therefore leaves ``<out>.partial.mp4`` holding every finished chunk, playable by
 complete video. The final file is the same fragmented MP4 (no second pass over the data).
 
 Frames are uint8 ``[T, H, W, 3]`` (numpy or torch) or float tensors ``[T, 3, H, W]`` in [-1, 1] (VAE output,
-converted as ``clamp((x + 1) / 2) * 255``, REFERENCE.md §B.3). H.264 4:2:0 needs even sizes: odd sizes are padded
-by repeating the last row/column (``odd_size="pad"``, default) or rejected (``odd_size="error"``).
+converted as ``clamp((x + 1) / 2) * 255``, as Self Forcing's ``inference.py`` does). H.264 4:2:0 needs even sizes:
+odd sizes are padded by repeating the last row/column (``odd_size="pad"``, default) or rejected
+(``odd_size="error"``).
 """
 
 from __future__ import annotations
