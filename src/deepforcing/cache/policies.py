@@ -15,8 +15,8 @@ name                 behaviour                                                  
 ``self-forcing``     FIFO window of ``window`` frames, no sink                                   Self Forcing
 ``attention-sink``   first ``sink`` frames kept at their original positions, FIFO tail           StreamingLLM; App. A
 ``rolling-sink``     sink re-placed right before the oldest tail frame at every roll             Rolling Forcing; A
-``deep-sink``        deep sink (≈ half the window), re-aligned as the released DS-only code      §3.2
-``deep-forcing``     Deep Sink + Participative Compression, released defaults                    §3.2-3.3
+``deep-sink``        deep sink (≈ half the window), re-aligned as the released DS-only code      §4.2
+``deep-forcing``     Deep Sink + Participative Compression, released defaults                    §4.2-4.3
 ``random-topc``      ``deep-forcing`` with N(0, 1) scores                                        App. D
 ``full``             never evict (memory grows; reference inside the training horizon)           —
 ===================  ==========================================================================  ==================
@@ -100,7 +100,7 @@ def sink_shift(placement: SinkPlacement, ctx: ChunkContext, keep: torch.Tensor, 
     """Frames to move the sink by after an eviction that keeps slots ``keep`` (rotation of its keys, Eq. 6).
 
     * ``fixed`` — never moved (StreamingLLM's attention sink);
-    * ``deep`` — Deep Sink's temporal re-alignment (arXiv 2512.05081 §3.2; the release's ``causal_model_DS.py`` and
+    * ``deep`` — Deep Sink's temporal re-alignment (arXiv 2512.05081 §4.2; the release's ``causal_model_DS.py`` and
       its DS+PC model): the sink's first frame is placed at ``f0 - tail - sink``, ``tail`` being the frames kept after
       the sink (the incoming chunk included). The first eviction moves it by ``first_shift`` (0 for Deep Sink alone,
       ``window - budget`` for Deep Forcing), later ones by the change of that target;
@@ -239,7 +239,7 @@ class FifoSelector(CachePolicy):
 
 @dataclass
 class TopCSelector(CachePolicy):
-    """Selector: Participative Compression (arXiv 2512.05081 §3.3). The augmented cache of ``T`` tokens is
+    """Selector: Participative Compression (arXiv 2512.05081 §4.3). The augmented cache of ``T`` tokens is
     compressed to ``budget`` frames: ``sink`` frames and the last ``recent`` frames (which include the new chunk) are
     kept; of the tokens in between, the Top-C (``C = budget - sink - recent`` frames' worth, chosen token by token,
     one selection shared by a layer's heads) with the highest :meth:`scores` stay, in temporal order (Eq. 9).
@@ -353,7 +353,7 @@ class AttentionSink(FifoSelector):
 
 @dataclass
 class DeepSink(FifoSelector):
-    """Deep Sink alone (arXiv 2512.05081 §3.2; release ``causal_model_DS.py``): a deep sink (about half the window)
+    """Deep Sink alone (arXiv 2512.05081 §4.2; release ``causal_model_DS.py``): a deep sink (about half the window)
     re-aligned at every roll. The release leaves a 3-frame gap between sink and tail; ``placement="adjacent"``
     closes it (a named improvement — the ``rolling-sink`` placement with a deep sink)."""
 
@@ -385,7 +385,7 @@ class RollingSink(FifoSelector):
 
 @dataclass
 class DeepForcing(TopCSelector):
-    """Deep Forcing (arXiv 2512.05081 §3): Deep Sink + Participative Compression, the release's defaults (sink 10,
+    """Deep Forcing (arXiv 2512.05081 §4): Deep Sink + Participative Compression, the release's defaults (sink 10,
     budget 16, recent 4, reuse cap 7). Scores are participation, Eq. 7: the recent queries' summed attention logits
     on each key. At the first compression the sink moves by ``window - budget`` (the release's first shift)."""
 

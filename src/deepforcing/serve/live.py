@@ -5,8 +5,8 @@ The video is the one ``deepforcing generate`` makes with the same prompt, policy
 streaming decoder); only the length is open-ended (up to ``max_seconds``) and the prompt can change while it runs
 (LongLive's KV re-cache, :meth:`~deepforcing.pipeline.rollout.VideoRollout.switch_prompt`).
 
-Telemetry per chunk (no peer shows it): the cache's frames by segment — the sink (Deep Sink, arXiv 2512.05081 §3.2),
-the compressed middle (Participative Compression's Top-C, §3.3; for FIFO policies the sliding window has no middle)
+Telemetry per chunk (no peer shows it): the cache's frames by segment — the sink (Deep Sink, arXiv 2512.05081 §4.2),
+the compressed middle (Participative Compression's Top-C, §4.3; for FIFO policies the sliding window has no middle)
 and the recent frames — and the attention mass of one layer's queries at the chunk's first denoising step on each
 segment (the measurement of the paper's Fig. 4, :class:`~deepforcing.eval.diagnostics.AttentionMassProbe`).
 """
