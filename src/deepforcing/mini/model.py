@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from deepforcing.models.loading import load_file
+from deepforcing.models.checkpoint_io import load_file
 from deepforcing.models.wan_causal import CausalWanTransformer
 
 from .codec import MiniAutoencoder, PixelCodec

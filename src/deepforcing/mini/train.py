@@ -179,7 +179,7 @@ class WeightAverage:
 def _load_matching(model: MiniModel, path: str, log) -> None:
     """Copy every weight of ``path`` (checkpoint.pt or a model file) whose name and shape match ``model``'s."""
     if path.endswith(".safetensors"):
-        from deepforcing.models.loading import load_file
+        from deepforcing.models.checkpoint_io import load_file
 
         state = load_file(path)
     else:

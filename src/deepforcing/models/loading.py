@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file as _load_file
 
+from .checkpoint_io import load_file, load_weights_folder, torch_load, unwrap_state_dict
 from .wan_causal import CausalWanTransformer
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-_WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 _SHOW = 8  # keys listed in error messages
 
 
@@ -142,58 +141,7 @@ def to_diffusers_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 # --------------------------------------------------------------------------- files
-def load_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A safetensors file as a state dict; a truncated or corrupt file raises ``ValueError`` naming it."""
-    try:
-        return _load_file(str(path))
-    except Exception as err:  # noqa: BLE001 — SafetensorError / OSError, re-raised with the file name
-        raise ValueError(f"{path}: cannot be read as safetensors (truncated or corrupt? {err})") from None
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 — re-raised with the file name
-        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({err})") from None
-
-
-def _pick_generator(obj: Any, path: Path, use_ema: bool) -> Mapping[str, torch.Tensor]:
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a dict of tensors or a Self-Forcing checkpoint, got {type(obj).__name__}")
-    if "generator_ema" in obj or "generator" in obj:
-        key = "generator_ema" if use_ema else "generator"
-        if key not in obj:
-            other = "generator" if use_ema else "generator_ema"
-            hint = f"use_ema={not use_ema}" if other in obj else "another checkpoint"
-            raise ValueError(f"{path}: has no {key!r} entry (found {sorted(obj)}); try {hint}")
-        obj = obj[key]
-    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries that are not tensors: {bad[:_SHOW]}")
-    return obj
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    for name in _WEIGHT_NAMES:
-        index = folder / f"{name}.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-            shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise FileNotFoundError(f"{index}: shard(s) {missing[:_SHOW]} are missing from {folder}")
-            return [folder / s for s in shards]
-        single = folder / f"{name}.safetensors"
-        if single.is_file():
-            return [single]
-    found = sorted(p.name for p in folder.glob("*.safetensors"))
-    if len(found) == 1:
-        return [folder / found[0]]
-    raise FileNotFoundError(
-        f"{folder}: no diffusion_pytorch_model*.safetensors weights found (files: {sorted(p.name for p in folder.iterdir())[:_SHOW]})"
-    )
+# file rules (safetensors, weights-only torch.load, sharded folders, Self Forcing checkpoints): .checkpoint_io
 
 
 def load_checkpoint_state_dict(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -213,12 +161,11 @@ def load_checkpoint_state_dict(path: str | Path, *, use_ema: bool = True) -> tup
             raise FileNotFoundError(f"{path}: model folder without config.json (expected Wan or diffusers layout)")
         config = read_model_config(path / "config.json")
         sd: dict[str, torch.Tensor] = {}
-        for file in _weight_files(path):
-            sd.update(load_file(str(file)))
+        sd.update(load_weights_folder(path))
     elif path.suffix == ".safetensors":
         sd = load_file(str(path))
     elif path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        sd = dict(_pick_generator(_torch_load(path), path, use_ema))
+        sd = unwrap_state_dict(torch_load(path), path, use_ema=use_ema)
     else:
         raise ValueError(f"{path}: unknown checkpoint type (use a folder, .safetensors, .pt or .pth)")
     return to_diffusers_keys(strip_wrapper_prefixes(sd)), config
@@ -301,7 +248,7 @@ def load_lora_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    obj: Any = load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
+    obj: Any = load_file(str(path)) if path.suffix == ".safetensors" else torch_load(path)
     if isinstance(obj, Mapping):
         for key in ("generator_lora", "lora", "generator_ema", "generator", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from .vae import load_safetensors_folder, load_state_dict_strict, load_torch_state_dict
+from .checkpoint_io import load_state_dict_strict, load_weights_folder, torch_load, unwrap_state_dict
 
 ORIGINAL_T5_FILENAME = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER_DIR = "google/umt5-xxl"
@@ -172,12 +172,12 @@ class UMT5TextEncoder:
 
         layout, weights, tok_dir = resolve_text_encoder_path(path)
         if layout == "original":
-            sd = load_torch_state_dict(weights)
+            sd = unwrap_state_dict(torch_load(weights), weights)
             config = umt5_config_from_wan_state_dict(sd, weights, max_distance)
             sd = wan_t5_to_hf_keys(sd)
         else:
             config = UMT5Config.from_pretrained(str(weights), local_files_only=True)
-            sd = load_safetensors_folder(weights)
+            sd = load_weights_folder(weights)
             if "encoder.embed_tokens.weight" not in sd and "shared.weight" in sd:
                 sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
             if "shared.weight" not in sd and "encoder.embed_tokens.weight" in sd:

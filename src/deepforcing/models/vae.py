@@ -25,6 +25,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .checkpoint_io import load_state_dict_strict, load_weights_folder, torch_load, unwrap_state_dict
+
 WAN21_LATENTS_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
@@ -162,66 +164,6 @@ def convert_original_vae_keys(state_dict: dict[str, torch.Tensor], model) -> dic
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _first(keys: Iterable[str], n: int = 5) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state_dict`` into ``module`` (built on the meta device or not); every key and shape must match.
-
-    Raises ``ValueError`` naming ``source`` and the first keys that did not match.
-    """
-    expected = module.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    if missing or unexpected:
-        msg = [f"{source}: checkpoint does not match the model."]
-        if missing:
-            msg.append(f"missing {len(missing)} keys: {_first(missing)}")
-        if unexpected:
-            msg.append(f"unexpected {len(unexpected)} keys: {_first(unexpected)}")
-        msg.append("Is this the right file for this model/config?")
-        raise ValueError(" ".join(msg))
-    bad = [k for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        k = sorted(bad)[0]
-        raise ValueError(
-            f"{source}: {len(bad)} tensors have the wrong shape, first {k}: checkpoint "
-            f"{tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}. Check the model config."
-        )
-    module.load_state_dict(state_dict, strict=True, assign=True)
-
-
-def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` with clear errors; unwraps a ``{"state_dict": ...}`` wrapper."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, ...
-        raise ValueError(f"{path}: cannot be read as a torch state dict ({type(e).__name__}: {e})") from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a flat dict of tensors (a state dict)")
-    return sd
-
-
-def load_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a diffusers/transformers weights folder (single file or sharded with an index)."""
-    from .loading import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors weights found")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        sd.update(load_file(str(f)))
-    return sd
-
-
 def _build_autoencoder(config: WanVAEConfig, meta: bool):
     from diffusers import AutoencoderKLWan
 
@@ -297,7 +239,7 @@ class WanVAE(torch.nn.Module):
         if layout == "original":
             config = config or WanVAEConfig()
             model = _build_autoencoder(config, meta=True)
-            sd = convert_original_vae_keys(load_torch_state_dict(p), model)
+            sd = convert_original_vae_keys(unwrap_state_dict(torch_load(p), p), model)
         else:
             cfg_file = p / "config.json"
             try:
@@ -308,7 +250,7 @@ class WanVAE(torch.nn.Module):
                 raise ValueError(f"{cfg_file}: config differs from the one passed in; pass config=None")
             config = file_cfg
             model = _build_autoencoder(config, meta=True)
-            sd = load_safetensors_folder(p)
+            sd = load_weights_folder(p)
         load_state_dict_strict(model, sd, p)
         return cls(model, config).to(device=device, dtype=dtype).eval()
 
