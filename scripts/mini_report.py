@@ -69,7 +69,11 @@ def main() -> None:
              f"Free rollouts from the prompt alone, {args.pairs} held-out prompt x seed pairs, sampler "
              f"{bundle.sampling.solver} {len(bundle.sampling.denoising_steps)} steps, guidance "
              f"{bundle.sampling.guidance}; mean ± half-width of the 95 % CI; {seconds:.0f} s on "
-             f"{torch.get_num_threads()} CPU thread(s).", "", format_free_rollout_table(bar), ""]
+             f"{torch.get_num_threads()} CPU thread(s).", "", format_free_rollout_table(bar), "",
+             "Persistence inside the window by object count (pairs): " + "; ".join(
+                 f"{name}: " + ", ".join(f"{k} obj {r['mean']:.2f} (n={r['n']})"
+                                         for k, r in bar[name]["inside_persistence_by_objects"].items())
+                 for name in policies), ""]
     results = {"free_rollouts": bar, "seconds": seconds, "step": step}
     if args.teacher_forced:
         torch.manual_seed(0)

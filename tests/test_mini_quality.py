@@ -23,7 +23,9 @@ def test_free_rollout_bar_reports_mean_and_interval_inside_and_beyond(tiny_mini)
     bar = free_rollout_bar(mini_bundle(tiny_mini), pairs=3, horizons=(2,), policies=("self-forcing",),
                            keep_videos=1)
     row = bar["self-forcing"]
-    assert set(row) == {"inside", "beyond_2x", "videos"}
+    assert set(row) == {"inside", "beyond_2x", "videos", "inside_persistence_by_objects"}
+    by_count = row["inside_persistence_by_objects"]  # the 3 held-out pairs split by their prompts' object count
+    assert sum(r["n"] for r in by_count.values()) == 3 and set(by_count) <= {1, 2, 3}
     for part in ("inside", "beyond_2x"):
         assert set(row[part]) == set(BAR_METRICS)
         r = row[part]["background_colour_error"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .language import sample_scene
+from .language import parse_prompt, sample_scene
 from .measure import MeasureConfig, track_objects
 from .world import render_clip
 
@@ -109,13 +109,16 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
         window = frames or policy.window
         length = int(round(max((window, *[h * window for h in horizons]))))
         scores: dict[str, list[dict]] = {"inside": [], **{f"beyond_{h:g}x": [] for h in horizons}}
+        by_objects: dict[int, list[float]] = {}
         videos = []
         for start in range(0, pairs, batch):
             part = held[start:start + batch]
             vids = rollout_videos(bundle, policy, [p for p, _ in part], [s for _, s in part], length)
             for (prompt, _), video in zip(part, vids):
                 tracks = track_objects(video, prompt, MeasureConfig())
-                scores["inside"].append(score_tracks(_slice_tracks(tracks, 0, window), prompt).__dict__)
+                inside = score_tracks(_slice_tracks(tracks, 0, window), prompt).__dict__
+                scores["inside"].append(inside)
+                by_objects.setdefault(len(parse_prompt(prompt).objects), []).append(inside["object_persistence"])
                 for h in horizons:
                     stop = int(round(h * window))
                     scores[f"beyond_{h:g}x"].append(score_tracks(_slice_tracks(tracks, window, stop), prompt).__dict__)
@@ -123,6 +126,7 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
                     videos.append(video)
         out[name] = {part: {k: mean_ci([row[k] for row in rows]) for k in BAR_METRICS} for part, rows in scores.items()}
         out[name]["videos"] = videos
+        out[name]["inside_persistence_by_objects"] = {k: mean_ci(v) for k, v in sorted(by_objects.items())}
     return out
 
 
@@ -134,7 +138,7 @@ def format_free_rollout_table(bar: dict) -> str:
     lines = ["| policy | frames | " + " | ".join(n for _, n in names) + " |", "|---|---|" + "---|" * len(names)]
     for policy, parts in bar.items():
         for part, row in parts.items():
-            if part == "videos":
+            if part in ("videos", "inside_persistence_by_objects"):
                 continue
             cells = []
             for key, _ in names:
