@@ -9,6 +9,7 @@ import torch
 from deepforcing.cli import main
 from deepforcing.models.bundle import wan_bundle
 from deepforcing.models.loading import load_causal_wan
+from deepforcing.models.presets import get_preset
 from deepforcing.pipeline.generate import VideoGenerator
 from tiny_layouts import TINY_VAE_CONFIG, write_tiny_umt5, write_tiny_wan_vae
 from tiny_transformer_layouts import TINY_WAN_CONFIG, original_wan_state_dict, write_original_folder, \
@@ -136,3 +137,24 @@ def test_attention_backend_is_switched_through_diffusers_dispatcher(diffusers_fo
     assert (a - b).abs().max().item() < 1e-4
     assert run(diffusers_folder, tmp_path / "x.mp4", "--attention-backend", "warp-drive") == 2
     assert "unknown attention backend 'warp-drive'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["causvid", "causal-forcing", "self-forcing"])
+def test_presets_load_the_weights_their_release_loads(diffusers_folder, tmp_path, preset):
+    """CausVid and chunk-wise Causal Forcing ship a 'generator' only (their inference scripts load it); Self Forcing
+    runs 'generator_ema'. A checkpoint with both, different: each preset must pick its own."""
+    ema, raw = original_wan_state_dict(CFG, seed=11), original_wan_state_dict(CFG, seed=12)
+    both = write_self_forcing_checkpoint(tmp_path / "both.pt", ema, generator=raw, fsdp=False)
+    only_raw = tmp_path / "raw.pt"
+    torch.save({"generator": {f"model.{k}": v for k, v in raw.items()}}, only_raw)
+    out_both, out_raw = tmp_path / "both.mp4", tmp_path / "raw.mp4"
+    extra = ("--preset", preset, "--frames", "6")
+    assert run(diffusers_folder, out_both, "--checkpoint", str(both), *extra) == 0
+    same_as_raw = decoded(out_both)
+    if preset == "self-forcing":
+        assert run(diffusers_folder, out_raw, "--checkpoint", str(only_raw), *extra) == 2  # no EMA in that file
+        return
+    assert run(diffusers_folder, out_raw, "--checkpoint", str(only_raw), *extra) == 0
+    assert all((x == y).all() for x, y in zip(same_as_raw, decoded(out_raw)))
+    meta = json.loads(out_raw.with_suffix(".json").read_text())
+    assert meta["sampling"]["denoising_steps"] == list(get_preset(preset).denoising_steps)

@@ -164,9 +164,17 @@ def test_presets_cite_sources_and_do_not_invent():
     assert sf.model_config["num_layers"] == 30 and sf.model_config["attention_head_dim"] == 128
     ll = get_preset("longlive")
     assert (ll.window_frames, ll.policy_sizes, ll.lora_rank, ll.lora_alpha) == (12, {"sink": 3}, 256, 256.0)
-    for name in ("causvid", "causal-forcing"):
-        p = PRESETS[name]
-        assert p.chunk_frames is None and p.denoising_steps is None
-        assert any("UNKNOWN" in n for n in p.notes)
+    cv = get_preset("causvid")  # 3 steps without warp at shift 8, the 'generator' weights (no EMA in its release)
+    assert (cv.chunk_frames, cv.window_frames, cv.denoising_steps, cv.warp, cv.shift, cv.use_ema) == (
+        3, 21, (1000, 757, 522), False, 8.0, False)
+    cf = get_preset("causal-forcing")  # Self Forcing's inference; the chunk-wise release loads 'generator'
+    assert (cf.chunk_frames, cf.window_frames, cf.denoising_steps, cf.shift, cf.use_ema) == (
+        3, 21, (1000, 750, 500, 250), 5.0, False)
+    for p in PRESETS.values():  # every value names the release file it came from (repo@commit:file)
+        for value in ("chunk_frames", "window_frames", "denoising_steps", "warp", "shift", "use_ema"):
+            source = p.sources[value]
+            assert "@" in source and ":" in source.split("@", 1)[1], (p.name, value, source)
+        assert all(getattr(p, k) is not None for k in ("chunk_frames", "window_frames", "denoising_steps", "warp",
+                                                       "shift"))
     with pytest.raises(ValueError, match="self-forcing"):
         get_preset("nope")

@@ -281,6 +281,8 @@ def _run_presets(args: argparse.Namespace) -> int:
               .rstrip() + ")")
         for note in preset.notes:
             print(f"    - {note}")
+        for value, source in preset.sources.items():
+            print(f"    source of {value}: {source}")
     return 0
 
 

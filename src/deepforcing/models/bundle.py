@@ -44,7 +44,7 @@ def wan_bundle(
     preset: str | None = None,
     dtype: str | None = None,
     device: str = "cpu",
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     lora: str | Path | None = None,
     resolution: tuple[int, int] | None = None,
     vae_config=None,
@@ -52,6 +52,7 @@ def wan_bundle(
     """Load transformer, text encoder and VAE for ``preset`` (default ``self-forcing``) from local paths.
 
     ``vae_config`` is only needed for a non-standard VAE in the original layout (``Wan2.1_VAE.pth`` carries no config).
+    ``use_ema`` (``None``: the preset's, as its release loads it) picks ``generator_ema`` or ``generator``.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -66,6 +67,7 @@ def wan_bundle(
         raise ValueError(f"preset {spec.name!r} leaves {', '.join(unknown)} unknown (see its notes); "
                          f"use a preset that defines them")
     torch_dtype = parse_dtype(dtype, device)
+    use_ema = spec.use_ema if use_ema is None else use_ema
     source = _transformer_source(model_dir)
     if checkpoint is not None:
         if not Path(checkpoint).is_file():

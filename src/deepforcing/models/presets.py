@@ -1,7 +1,8 @@
-"""Named model/rollout presets. Every value cites its source; unknown values are ``None`` with a note — never guessed.
+"""Named model/rollout presets. Every value cites the release file it was read from (``ModelPreset.sources``:
+repository@commit:file:line); a value no release states would be ``None`` with a note — never guessed.
 
-Sources: the public code releases (Self Forcing ``guandeh17/Self-Forcing``, the Deep Forcing release, and related repos
-such as ``NVlabs/LongLive``) and the Deep Forcing paper (arXiv 2512.05081) with its project page.
+Sources: the public code releases of Self Forcing, the Deep Forcing release (commit ea9961a), CausVid, LongLive 1.0 and
+Causal Forcing, and the Deep Forcing paper (arXiv 2512.05081) with its project page.
 ``dim 1536 …`` etc. is Wan2.1-T2V-1.3B's ``config.json`` plus the class defaults of ``CausalWanModel``.
 """
 
@@ -38,8 +39,9 @@ class ModelPreset:
     :func:`deepforcing.cache.make_policy`; ``default_policy`` (+ ``default_policy_sizes``) is what ``deepforcing
     generate`` uses when the user names no policy (``None``: the release's policy);
     ``denoising_steps`` are nominal steps, warped through the shift-``shift`` table when ``warp`` is true
-    (:class:`deepforcing.models.schedule.FlowMatchSchedule`). ``notes`` says where each value comes from and what is
-    unknown.
+    (:class:`deepforcing.models.schedule.FlowMatchSchedule`). ``use_ema`` picks ``generator_ema`` (else
+    ``generator``) of a training checkpoint, as the release's inference script does. ``sources`` names the release
+    file each value was read from; ``notes`` says what differs from the release and what is unknown.
     """
 
     name: str
@@ -62,6 +64,7 @@ class ModelPreset:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     notes: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
     def product_policy(self) -> dict[str, Any]:
         """Name, window and sizes of the policy ``generate`` uses by default for this preset."""
@@ -73,75 +76,126 @@ class ModelPreset:
         return dataclasses.replace(self, **changes)
 
 
+_SF = "guandeh17/Self-Forcing@33593df"  # Self Forcing release
+_DF = "cvlab-kaist/DeepForcing@ea9961a"  # Deep Forcing release ("code release")
+_CV = "tianweiy/CausVid@ca21150"
+_LL = "NVlabs/LongLive@2462895"  # the last LongLive 1.0 (Wan2.1-T2V-1.3B) commit
+_CF = "thu-ml/Causal-Forcing@1fc7bbc"
+
 PRESETS: dict[str, ModelPreset] = {
     "self-forcing": ModelPreset(
         name="self-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,  # num_frame_per_block 3 (Self Forcing configs; chunk-wise Self Forcing, arXiv 2512.05081 §5.1)
-        window_frames=21,  # local_attn_size 21 in DF's self_forcing_dmd_sink*.yaml = training length
-        denoising_steps=(1000, 750, 500, 250),  # denoising_step_list (Self Forcing's self_forcing_dmd.yaml)
-        warp=True,  # warp_denoising_step: true (self_forcing_dmd.yaml) -> t ≈ [1000, 937.5, 833.3, 625]
-        shift=5.0,  # FlowMatchScheduler(shift=5.0) / timestep_shift 5.0 (SF pipeline/causal_inference.py, DF configs)
-        policy="self-forcing",  # sink 0: FIFO window (SF wan/modules/causal_model.py; DF config sink0)
+        chunk_frames=3,
+        window_frames=21,
+        denoising_steps=(1000, 750, 500, 250),
+        warp=True,  # -> t = [1000, 937.5, 833.3, 625]
+        shift=5.0,
+        policy="self-forcing",
         default_policy="deep-forcing",  # the product default: the release's sizes were set for this 21-frame window
         seed=1356145,  # Deep Forcing inference.py default; Self Forcing's own default is 0
-        use_ema=True,  # --use_ema -> generator_ema (inference.py; DF's scripts always pass it)
+        use_ema=True,
         notes=(
             "checkpoint: gdhe17/Self-Forcing (Hugging Face) checkpoints/self_forcing_dmd.pt over Wan2.1-T2V-1.3B",
-            "deep-forcing policy defaults (sink 10, budget 16, recent 4, reuse cap 7) are the cache engine's "
-            "make_policy('deep-forcing') defaults, as in the DF release (inference.py, causal_model.py); "
-            "deep-sink-only uses sink 14 (DS_inference.sh)",
+            "deep-forcing defaults sink 10, budget 16, recent 4, reuse cap 7 are the release's; deep-sink alone "
+            "uses sink 14",
         ),
+        sources={
+            "chunk_frames": f"{_SF}:configs/self_forcing_dmd.yaml:48 (num_frame_per_block)",
+            "window_frames": f"{_DF}:configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml:47 (local_attn_size; "
+                             f"SF's global cache holds the same 21 frames)",
+            "denoising_steps": f"{_SF}:configs/self_forcing_dmd.yaml:7-11",
+            "warp": f"{_SF}:configs/self_forcing_dmd.yaml:12 (warp_denoising_step)",
+            "shift": f"{_SF}:configs/self_forcing_dmd.yaml:15 (timestep_shift)",
+            "policy": f"{_SF}:utils/wan_wrapper.py:122 (sink_size 0)",
+            "deep-forcing sizes": f"{_DF}:inference.py:38, configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml:48",
+            "use_ema": f"{_SF}:inference.py:69-71 (--use_ema -> generator_ema, as its README runs it)",
+            "context_noise": f"{_SF}:configs/default_config.yaml:10",
+        },
     ),
     "causvid": ModelPreset(
         name="causvid",
-        model_config=WAN21_T2V_1_3B,  # CausVid is built on Wan2.1-T2V-1.3B (tianweiy/CausVid)
-        chunk_frames=None,
-        window_frames=None,
-        denoising_steps=None,
-        warp=None,
-        shift=None,
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=3,
+        window_frames=21,
+        denoising_steps=(1000, 757, 522),
+        warp=False,
+        shift=8.0,
         policy="self-forcing",
+        use_ema=False,
         notes=(
-            "CausVid: Wan2.1-1.3B, DMD 3-4 step, KV cache within 5 s (tianweiy/CausVid)",
-            "UNKNOWN in our sources: chunk size, exact denoising step list, warp/shift, checkpoint layout — set them "
-            "explicitly (preset.replace(...)) before use; nothing here is guessed",
+            "checkpoint: tianweiy/CausVid (Hugging Face) autoregressive_checkpoint/model.pt, key 'generator' (no EMA)",
+            "inside its 21 frames the release's fixed cache equals the self-forcing window; beyond them it restarts "
+            "the cache per 21-frame rollout with 3 context latents — not reproduced: longer videos here roll the "
+            "window (or use --policy deep-forcing)",
         ),
+        sources={
+            "chunk_frames": f"{_CV}:configs/wan_causal_dmd.yaml:52",
+            "window_frames": f"{_CV}:causvid/models/wan/causal_inference.py:48-58 (fixed 21-frame KV cache)",
+            "denoising_steps": f"{_CV}:configs/wan_causal_dmd.yaml:14-18 ([1000, 757, 522, 0], trailing 0 dropped "
+                               f"in causal_inference.py:23-27)",
+            "warp": f"{_CV}:configs/wan_causal_dmd.yaml:53",
+            "shift": f"{_CV}:causvid/models/wan/wan_wrapper.py:104-107, configs/wan_causal_dmd.yaml:20",
+            "use_ema": f"{_CV}:minimal_inference/autoregressive_inference.py:25-30 (loads 'generator')",
+            "context_noise": f"{_CV}:causvid/models/wan/causal_inference.py:188-197 (clean pass at t = 0)",
+        },
     ),
     "longlive": ModelPreset(
         name="longlive",
-        model_config=WAN21_T2V_1_3B,  # LongLive 1.0 = Self-Forcing + LoRA on Wan2.1-1.3B (NVlabs/LongLive v1.0)
-        chunk_frames=3,  # inherits Self Forcing's chunk-wise pipeline (LongLive 1.0 is Self-Forcing + LoRA)
-        window_frames=12,  # local_attn_size 12 (NVlabs/LongLive v1.0)
-        denoising_steps=(1000, 750, 500, 250),  # assumed from Self Forcing; not stated for LongLive in our sources
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=3,
+        window_frames=12,
+        denoising_steps=(1000, 750, 500, 250),
         warp=True,
         shift=5.0,
         policy="attention-sink",
-        policy_sizes={"sink": 3},  # sink_size 3, no sink RoPE adjustment (NVlabs/LongLive v1.0)
-        lora_rank=256,  # longlive_base.pt + LoRA rank 256, alpha 256 (LongLive v1.0)
+        policy_sizes={"sink": 3},
+        use_ema=False,
+        lora_rank=256,
         lora_alpha=256.0,
         notes=(
-            "weights: longlive_base.pt + LoRA (rank 256, α 256), merged at load (NVlabs/LongLive v1.0)",
-            "denoising steps / shift / chunk taken from Self Forcing, which LongLive 1.0 fine-tunes; LongLive's own "
-            "values are not in our sources",
-            "prompt switching: KV re-cache of the last min(window, t) frames (LongLive interactive_inference.py), "
-            "a pipeline feature",
+            "weights: Efficient-Large-Model/LongLive longlive_base.pt + lora.pt (PEFT, rank 256, alpha 256 on the 10 "
+            "linears of each block); the release keeps the LoRA unmerged, we merge it (W0 + B A, scale 1)",
+            "prompt switch: the last min(12, t) frames re-encoded under the new prompt at t = 0, the 3 sink frames "
+            "keep the first prompt (global_sink) — the pipeline's re-cache with the sink kept",
         ),
+        sources={
+            "chunk_frames": f"{_LL}:configs/longlive_inference.yaml:7",
+            "window_frames": f"{_LL}:configs/longlive_inference.yaml:10 (local_attn_size)",
+            "denoising_steps": f"{_LL}:configs/longlive_inference.yaml:1-5",
+            "warp": f"{_LL}:configs/longlive_inference.yaml:6",
+            "shift": f"{_LL}:configs/longlive_inference.yaml:11",
+            "policy": f"{_LL}:configs/longlive_inference.yaml:12 (sink_size 3), wan/modules/causal_model.py:321-333",
+            "lora": f"{_LL}:configs/longlive_inference.yaml:30-36, utils/lora_utils.py:31-48",
+            "use_ema": f"{_LL}:inference.py:73-95 (use_ema false by default -> 'generator')",
+            "prompt switch": f"{_LL}:pipeline/interactive_causal_inference.py:34-96",
+        },
     ),
     "causal-forcing": ModelPreset(
         name="causal-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=None,
-        window_frames=None,
-        denoising_steps=None,
-        warp=None,
-        shift=None,
-        policy="deep-forcing",
+        chunk_frames=3,
+        window_frames=21,
+        denoising_steps=(1000, 750, 500, 250),
+        warp=True,
+        shift=5.0,
+        policy="self-forcing",
+        default_policy="deep-forcing",  # Deep Forcing runs on it by setting the sink (project page, its issue #3)
+        use_ema=False,
         notes=(
-            "Deep Forcing also works on Causal Forcing by setting sink_size (Deep Forcing GitHub issue #3); shown on "
-            "the project page (cvlab-kaist.github.io/DeepForcing) without hyper-parameters",
-            "UNKNOWN in our sources: chunk size, window, steps, shift, checkpoint — set them explicitly before use",
+            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) chunkwise/causal_forcing.pt, key 'generator' (its "
+            "README runs it without --use_ema); inference is Self Forcing's, only the training differs",
+            "the frame-wise and Causal Forcing++ 1/2-step models (chunk 1, a 4-step first chunk) are not presets yet",
         ),
+        sources={
+            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:42",
+            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
+            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:7-11",
+            "warp": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:12",
+            "shift": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:15",
+            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
+            "use_ema": f"{_CF}:inference.py:69-82, README.md:36-42",
+        },
     ),
 }
 
