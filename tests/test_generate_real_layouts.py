@@ -158,3 +158,21 @@ def test_presets_load_the_weights_their_release_loads(diffusers_folder, tmp_path
     assert all((x == y).all() for x, y in zip(same_as_raw, decoded(out_raw)))
     meta = json.loads(out_raw.with_suffix(".json").read_text())
     assert meta["sampling"]["denoising_steps"] == list(get_preset(preset).denoising_steps)
+
+
+def test_rolling_forcing_preset_runs_its_own_loop(diffusers_folder, tmp_path, capsys):
+    """Its release layout (generator_ema with FSDP segments), its window loop, and a clear error for a policy that
+    has no meaning with its cache."""
+    ckpt = write_self_forcing_checkpoint(tmp_path / "rf.pt", original_wan_state_dict(CFG, seed=3))  # fsdp=True
+    out = tmp_path / "rf.mp4"
+    base = ["generate", "a red cat runs on the green grass", "--model", str(diffusers_folder), "--resolution",
+            "32x48", "--checkpoint", str(ckpt), "--preset", "rolling-forcing", "--quiet"]
+    assert main([*base, "--frames", "18", "-o", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["sampling"]["solver"] == "rolling-forcing" and meta["policy"]["policy"] == "rolling-sink"
+    assert meta["chunks"] == {"planned": 6, "written": 6} and len(decoded(out)) == 1 + 4 * 17
+    capsys.readouterr()
+    assert main([*base, "--frames", "18", "--policy", "deep-forcing", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "use --policy rolling-sink --sink 3" in capsys.readouterr().err
+    assert main([*base, "--frames", "9", "-o", str(tmp_path / "y.mp4")]) == 2  # fewer chunks than its window
+    assert "needs at least 5 chunks" in capsys.readouterr().err

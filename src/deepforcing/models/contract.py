@@ -53,8 +53,8 @@ class SamplingConfig:
             raise ValueError(f"chunk_frames must be positive, got {self.chunk_frames}")
         if not self.guidance >= 1.0:
             raise ValueError(f"guidance must be >= 1 (1 = off), got {self.guidance}")
-        if self.solver not in ("self-forcing", "euler"):
-            raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing' or 'euler'")
+        if self.solver not in ("self-forcing", "euler", "rolling-forcing"):
+            raise ValueError(f"unknown solver {self.solver!r}; use 'self-forcing', 'euler' or 'rolling-forcing'")
         if self.solver == "euler":
             if self.warp:
                 raise ValueError("the euler solver takes its timesteps as given; set warp=False")

@@ -63,6 +63,7 @@ class ModelPreset:
     use_ema: bool = True
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    solver: str = "self-forcing"  # the rollout loop: Self Forcing's chunk by chunk, or Rolling Forcing's windows
     notes: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
@@ -81,6 +82,7 @@ _DF = "cvlab-kaist/DeepForcing@ea9961a"  # Deep Forcing release ("code release")
 _CV = "tianweiy/CausVid@ca21150"
 _LL = "NVlabs/LongLive@2462895"  # the last LongLive 1.0 (Wan2.1-T2V-1.3B) commit
 _CF = "thu-ml/Causal-Forcing@1fc7bbc"
+_RF = "TencentARC/RollingForcing@a1477d0"
 
 PRESETS: dict[str, ModelPreset] = {
     "self-forcing": ModelPreset(
@@ -169,6 +171,35 @@ PRESETS: dict[str, ModelPreset] = {
             "lora": f"{_LL}:configs/longlive_inference.yaml:30-36, utils/lora_utils.py:31-48",
             "use_ema": f"{_LL}:inference.py:73-95 (use_ema false by default -> 'generator')",
             "prompt switch": f"{_LL}:pipeline/interactive_causal_inference.py:34-96",
+        },
+    ),
+    "rolling-forcing": ModelPreset(
+        name="rolling-forcing",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=3,
+        window_frames=21,
+        denoising_steps=(1000, 800, 600, 400, 200),
+        warp=True,  # -> t = [1000, 952.4, 882.4, 769.2, 555.6]: the window's five noise levels
+        shift=5.0,
+        policy="rolling-sink",
+        policy_sizes={"sink": 3},
+        solver="rolling-forcing",
+        use_ema=True,
+        notes=(
+            "checkpoint: TencentARC/RollingForcing (Hugging Face) checkpoints/rolling_forcing_dmd.pt, generator_ema "
+            "(FSDP segments stripped)",
+            "inference: 5 chunks denoised jointly at staggered levels, one-chunk anchor re-placed before the working "
+            "chunks, attention capped at 21 frames (pipeline.rolling); needs at least 5 chunks; no prompt timelines",
+        ),
+        sources={
+            "chunk_frames": f"{_RF}:configs/rolling_forcing_dmd.yaml:45",
+            "window_frames": f"{_RF}:wan/modules/causal_model.py:76 (max attention 21 frames)",
+            "denoising_steps": f"{_RF}:configs/rolling_forcing_dmd.yaml:7-12",
+            "warp": f"{_RF}:configs/rolling_forcing_dmd.yaml:13",
+            "shift": f"{_RF}:configs/rolling_forcing_dmd.yaml:16",
+            "policy": f"{_RF}:wan/modules/causal_model.py:211 (one-block anchor), 276-281 (re-placed)",
+            "solver": f"{_RF}:pipeline/rolling_forcing_inference.py:168-295",
+            "use_ema": f"{_RF}:inference.py:66-82 (README runs --use_ema)",
         },
     ),
     "causal-forcing": ModelPreset(

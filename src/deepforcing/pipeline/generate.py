@@ -71,7 +71,10 @@ class GenerationResult:
 
 def cache_summary(cache: KVCache) -> dict:
     """What the policy did over the video, from layer 0: events per kind (append / roll / compress), the sink's
-    total shift, the cache length at the end, and the host time spent in policy decisions."""
+    total shift, the cache length at the end, and the host time spent in policy decisions. (Rolling Forcing's own
+    cache reports its length in tokens only.)"""
+    if not isinstance(cache, KVCache):
+        return {"cache": type(cache).__name__, "tokens_at_end": cache.length}
     return {"events": dict(cache.event_counts), "sink_shift_frames": cache.sink_shift_frames,
             "frames_at_end": cache.length / cache.geometry.tokens_per_frame,
             "policy_seconds": round(cache.policy_seconds, 4)}
@@ -182,12 +185,30 @@ class VideoGenerator:
         """A fresh rollout of one video (its own KV cache), after the memory check; ``max_frames`` latent frames
         at most when known (the cache is then no larger than the video)."""
         self.check_memory(policy, max_frames)
+        if self.bundle.sampling.solver == "rolling-forcing":
+            return self._rolling_rollout(prompt, policy, seed, max_frames)
         return VideoRollout(
             model=self.bundle.transformer, policy=policy, context=self.context(prompt),
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
             device=self.device, record_events=record_events, max_frames=max_frames,
             uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
         )
+
+    def _rolling_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None):
+        """Rolling Forcing's own loop and cache (``pipeline.rolling``): its sink is one chunk, re-placed before the
+        working chunks, i.e. the ``rolling-sink`` policy at sink = one chunk; the video length must be known."""
+        from .rolling import RollingForcingRollout
+
+        chunk = self.bundle.sampling.chunk_frames
+        if policy.name != "rolling-sink" or policy.sink_frames != chunk:
+            raise ValueError(f"Rolling Forcing's sampler has its own cache (a one-chunk anchor re-placed before the "
+                             f"working chunks): use --policy rolling-sink --sink {chunk}, not {policy.name}")
+        if max_frames is None:
+            raise ValueError("Rolling Forcing needs the video length up front (its last windows ramp down)")
+        return RollingForcingRollout(model=self.bundle.transformer, context=self.context(prompt),
+                                     latent_shape=self.bundle.latent_shape, num_chunks=-(-max_frames // chunk),
+                                     sampling=self.bundle.sampling, attention_frames=policy.window, seeds=[seed],
+                                     device=self.device)
 
     def check_memory(self, policy: CachePolicy, max_frames: int | None) -> int:
         """Refuse a cache that cannot fit in the free memory of the device (estimate before allocating)."""
