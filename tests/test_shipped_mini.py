@@ -16,11 +16,11 @@ from deepforcing.mini.quality import rollout_videos
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MINI_WEIGHTS.exists(), reason="shipped mini weights not installed")
 
-# Measured on the shipped v2 model (4 seeds of the default prompt, 21 frames, its stored sampler): persistence
-# 0.167 (per seed 0, 0, 0.52, 0.14), object colour error 0.064. The first model gave 0.155 and 0.150: the colour bound
-# rejects it, the persistence bound rejects a model that loses every object. Raise both as the model improves.
-MIN_PERSISTENCE = 0.08
-MAX_COLOUR_ERROR = 0.10
+# Measured on the shipped v3 model (4 seeds of the default prompt, 21 frames, its stored sampler): persistence
+# 0.393 (per seed 0.05, 0.24, 1.0, 0.29), object colour error 0.043. v2 gave 0.167 / 0.064 and the first model
+# 0.155 / 0.150: the persistence bound rejects both. Raise the bounds as the model improves.
+MIN_PERSISTENCE = 0.25
+MAX_COLOUR_ERROR = 0.08
 
 
 def test_shipped_model_keeps_the_default_prompts_objects():
