@@ -24,6 +24,7 @@ Ctrl-C; running again continues from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -354,12 +355,13 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
         with averaged():
             model.save(cfg.output, metadata=meta)
 
-    class averaged:  # the averaged weights in the model for the duration of a block (no-op without EMA)
-        def __enter__(self):
-            if ema is not None:
-                ema.swap(model)
-
-        def __exit__(self, *exc):
+    @contextlib.contextmanager
+    def averaged():  # the averaged weights in the model for the duration of a block (no-op without EMA)
+        if ema is not None:
+            ema.swap(model)
+        try:
+            yield
+        finally:
             if ema is not None:
                 ema.swap(model)
 

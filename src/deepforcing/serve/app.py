@@ -162,13 +162,9 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
             session.producer = None
 
     def release(session: _Session) -> None:
-        """Free the rollout (cache) and the session's video file."""
-        stop_session(session)
-        with session.lock:
-            if session.writer is not None:
-                session.writer.abort()
-            session.live, session.writer = None, None
-            shutil.rmtree(session.video_path.parent, ignore_errors=True)
+        """Free the rollout (cache) and the session's folder."""
+        release_live(session)
+        shutil.rmtree(session.video_path.parent, ignore_errors=True)
 
     def generate_one(session: _Session):
         with session.lock:

@@ -82,8 +82,7 @@ class LiveSession:
         self.prompt = options.prompt.strip() or bundle.default_prompt
         if not self.prompt:
             raise ValueError("a prompt is required for this model")
-        self.policy = generator.resolve_policy(options.policy, **options.sizes())
-        self.policy.validate(bundle.sampling.chunk_frames)
+        self.policy = generator.resolve_policy(options.policy, **options.sizes())  # validated by its cache below
         self.max_frames = bundle.latent_frames_for_seconds(options.max_seconds)
         self.rollout = generator.open_rollout(self.prompt, self.policy, seed=options.seed, max_frames=self.max_frames)
         self.decoder = bundle.codec.streaming_decoder()
