@@ -78,3 +78,28 @@ def test_training_ships_the_averaged_weights_and_resumes(tmp_path):
     model = train(fresh, log=lambda *_: None)
     latest = MiniModel.load(tmp_path / "m.safetensors").state_dict()
     assert torch.equal(model.state_dict()[name], latest[name])
+
+
+def test_self_generated_context_replaces_the_picked_clips_with_the_models_regeneration():
+    from deepforcing.mini.train import self_generated_context
+
+    torch.manual_seed(0)
+    model = MiniModel(TINY_MINI).train()
+    c, s = TINY_MINI.channels, TINY_MINI.latent_size
+    clean = torch.randn(8, c, 6, s, s)
+    ids = model.text_encoder.token_ids(["a red circle"] * 8)
+    off = TrainConfig(self_context=0.0, model=TINY_MINI)
+    assert torch.equal(self_generated_context(model, off, clean, ids, torch.Generator().manual_seed(1)), clean)
+    half = TrainConfig(self_context=0.5, model=TINY_MINI)
+    out = self_generated_context(model, half, clean, ids, torch.Generator().manual_seed(1))
+    changed = (out != clean).flatten(1).any(dim=1)
+    assert 0 < changed.sum() < 8  # some clips re-generated, the others left exactly true
+    assert model.training  # the no-gradient re-generation restores training mode
+    # from a vanishing noise level the re-generation is the truth itself (to the step's precision)
+    tiny = TrainConfig(self_context=1.0, self_context_sigma=(1e-4, 1e-4), model=TINY_MINI)
+    near = self_generated_context(model, tiny, clean, ids, torch.Generator().manual_seed(1))
+    assert (near != clean).any() and torch.allclose(near, clean, atol=1e-2)
+    # from pure noise it is the model's own sample, far from the truth
+    full = TrainConfig(self_context=1.0, self_context_sigma=(1.0, 1.0), model=TINY_MINI)
+    far = self_generated_context(model, full, clean, ids, torch.Generator().manual_seed(1))
+    assert (far - clean).pow(2).mean() > 0.1

@@ -190,6 +190,9 @@ OTHER_COMMANDS = [
     (["eval", "OUT/missing.mp4"], "video file not found"),
     (["plan", "--chunks", "0"], "--chunks must be positive"),
     (["train-mini", "--euler-steps", "1000,x"], "--euler-steps must be comma-separated numbers"),
+    (["train-mini", "--self-context-sigma", "0.5"], "--self-context-sigma must be LO,HI"),
+    (["train-mini", "--self-context-sigma", "0.9,0.3"], "0 < LO <= HI <= 1"),
+    (["train-mini", "--self-context", "1.5"], "0 <= --self-context <= 1"),
 ]
 
 

@@ -152,6 +152,11 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
                    help="loss weight of the latent cells that carry an object (default 1: plain MSE)")
     p.add_argument("--init-from", default=None,
                    help="start from the matching weights of this checkpoint.pt or model file (fine-tuning)")
+    p.add_argument("--self-context", type=float, default=d.self_context,
+                   help="fraction of clips whose context is the model's own re-generation of it, so the next chunk "
+                   "learns to repair the model's errors instead of copying them (default 0: true context)")
+    p.add_argument("--self-context-sigma", default=",".join(f"{v:g}" for v in d.self_context_sigma),
+                   help="LO,HI noise levels the context is re-generated from (default %(default)s)")
     p.add_argument("--rollout-probe-every", type=int, default=0,
                    help="score free rollouts from the prompt every N steps (0: off)")
     p.add_argument("--euler-steps", default="",
@@ -172,6 +177,13 @@ def _run_train_mini(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--euler-steps must be comma-separated numbers, got {args.euler_steps!r}") from None
     sampling = {"denoising_steps": euler, "warp": False, "solver": "euler"} if euler else None
+    try:
+        lo, hi = (float(v) for v in args.self_context_sigma.split(","))
+    except ValueError:
+        raise ValueError(f"--self-context-sigma must be LO,HI, got {args.self_context_sigma!r}") from None
+    if not 0 < lo <= hi <= 1 or not 0 <= args.self_context <= 1:
+        raise ValueError(f"need 0 <= --self-context <= 1 and 0 < LO <= HI <= 1, got {args.self_context} and "
+                         f"{args.self_context_sigma!r}")
     model = MiniConfig(codec=args.codec, patch=args.patch, dim=args.dim, ffn_dim=2 * args.dim, layers=args.layers)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
@@ -179,7 +191,7 @@ def _run_train_mini(args: argparse.Namespace) -> int:
                       first_chunk_weight=args.first_chunk_weight, text_dropout=args.text_dropout,
                       rollout_probe_every=args.rollout_probe_every, ema_decay=args.ema,
                       first_chunk_batch=args.first_chunk_batch, object_weight=args.object_weight,
-                      init_from=args.init_from,
+                      init_from=args.init_from, self_context=args.self_context, self_context_sigma=(lo, hi),
                       probe_sampling=sampling, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")

@@ -39,7 +39,8 @@ from .language import sample_scene, tokenize_spec
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
 from .world import object_cells, render_batch_with_states
 
-__all__ = ["TrainConfig", "train", "teacher_forcing_forward", "context_probe"]
+__all__ = ["TrainConfig", "train", "teacher_forcing_forward", "first_chunk_forward", "context_probe",
+           "self_generated_context"]
 
 
 @dataclass
@@ -71,6 +72,9 @@ class TrainConfig:
     first_chunk_batch: int = 0  # extra one-chunk clips per step, generated from the prompt alone (chunk 0's task)
     object_weight: float = 1.0  # loss weight of the latent cells that carry an object (background cells: 1)
     init_from: str | None = None  # start from this checkpoint.pt / model file's matching weights (fine-tuning)
+    self_context: float = 0.0  # fraction of long clips whose context is the model's own re-generation of it
+    self_context_sigma: tuple[float, float] = (0.3, 0.9)  # noise levels the context is re-generated from
+    self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
     model: MiniConfig = field(default_factory=MiniConfig)
 
     def frames_at(self, step: int) -> int:
@@ -219,6 +223,40 @@ def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | Non
         latents = codec.encode(latents)
     weights = 1.0 + (cfg.object_weight - 1.0) * object_cells(states, cfg.model.frame_size, latents.shape[-1])
     return latents.to(device), ids.to(device), weights.to(device)
+
+
+@torch.no_grad()
+def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids: torch.Tensor,
+                           gen: torch.Generator) -> torch.Tensor:
+    """The clean half of a teacher-forcing batch with, for ``self_context`` of the clips, every chunk replaced by
+    the model's own re-generation of it: noised to a per-chunk level drawn from ``self_context_sigma`` and
+    integrated back to 0 in ``self_context_steps`` Euler steps, each chunk given the true chunks before it.
+
+    Why: at inference a chunk's context is the model's own output, never the truth (the exposure that Self
+    Forcing, arXiv 2506.08009, trains on with self-rollout). Re-generated context keeps the true layout (so the
+    true next chunk stays the right target) but carries the model's own kind of error — faded, doubled or
+    blurred objects — so the loss teaches the next chunk to repair it instead of copying it forward.
+    """
+    b, _, frames, _, _ = clean.shape
+    pick = torch.rand(b, generator=gen) < cfg.self_context
+    if not pick.any():
+        return clean
+    lo, hi = cfg.self_context_sigma
+    start = lo + (hi - lo) * torch.rand(b, frames // cfg.chunk_frames, generator=gen)
+    start = start.repeat_interleave(cfg.chunk_frames, dim=1)  # [B, T]
+    x = (1 - start[:, None, :, None, None]) * clean + start[:, None, :, None, None] * torch.randn(
+        clean.shape, generator=gen)
+    was_training = model.training
+    model.eval()
+    steps = cfg.self_context_steps
+    for k in range(steps):
+        sigma, after = start * (1 - k / steps), start * (1 - (k + 1) / steps)
+        flow = teacher_forcing_forward(model, clean, x, sigma, token_ids, cfg.chunk_frames)
+        x = x + (after - sigma)[:, None, :, None, None] * flow  # dx/dsigma = noise - x0 = the predicted flow
+    model.train(was_training)
+    if isinstance(model.codec, torch.nn.Module):
+        model.codec.eval()
+    return torch.where(pick[:, None, None, None, None], x, clean)
 
 
 def _drop_text(cfg: TrainConfig, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -391,7 +429,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 noise = torch.randn(clean.shape, generator=gen)
                 s = sigma[:, None, :, None, None]
                 noisy = (1 - s) * clean + s * noise
-                flow = teacher_forcing_forward(model, clean, noisy, sigma, ids, cfg.chunk_frames)
+                context = self_generated_context(model, cfg, clean, ids, gen) if cfg.self_context > 0 else clean
+                flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames)
                 error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
                 per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
                 loss = loss + (per_frame * _chunk_weights(cfg, frames)).mean()
