@@ -103,3 +103,24 @@ def test_self_generated_context_replaces_the_picked_clips_with_the_models_regene
     full = TrainConfig(self_context=1.0, self_context_sigma=(1.0, 1.0), model=TINY_MINI)
     far = self_generated_context(model, full, clean, ids, torch.Generator().manual_seed(1))
     assert (far - clean).pow(2).mean() > 0.1
+
+
+def test_a_deeper_model_initialised_from_a_shallower_one_starts_as_it(tmp_path):
+    import dataclasses
+
+    from deepforcing.mini.train import _load_matching
+
+    torch.manual_seed(0)
+    shallow = MiniModel(TINY_MINI).eval()
+    path = tmp_path / "shallow.safetensors"
+    shallow.save(path)
+    deep = MiniModel(dataclasses.replace(TINY_MINI, layers=TINY_MINI.layers + 2)).eval()
+    _load_matching(deep, str(path), log=lambda *_: None)
+    c, s = TINY_MINI.channels, TINY_MINI.latent_size
+    noisy, sigma = torch.randn(2, c, 3, s, s), torch.tensor([0.9, 0.4])
+    ids = shallow.text_encoder.token_ids(["a red circle", "a blue square"])
+    with torch.no_grad():
+        assert torch.allclose(first_chunk_forward(deep, noisy, sigma, ids),
+                              first_chunk_forward(shallow, noisy, sigma, ids), atol=1e-5)
+    assert deep.transformer.blocks[-1].ffn.net[2].weight.abs().sum() == 0  # the new blocks start as the identity
+    assert shallow.transformer.blocks[-1].ffn.net[2].weight.abs().sum() > 0

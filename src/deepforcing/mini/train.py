@@ -196,6 +196,25 @@ def _load_matching(model: MiniModel, path: str, log) -> None:
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(taken, strict=False)
     log(f"initialised {len(taken)}/{len(own)} tensors from {path}")
+    grown = _start_new_blocks_as_identity(model, taken)
+    if grown:
+        log(f"blocks {grown} are new: their output projections start at zero, so the grown model starts as the old one")
+
+
+def _start_new_blocks_as_identity(model: MiniModel, taken: dict) -> list[int]:
+    """Zero the residual outputs (self-attention, cross-attention, FFN) of transformer blocks that ``taken`` has no
+    weight for: a deeper model initialised from a shallower one then computes exactly what the shallower one did,
+    and training grows the new blocks from there (zero-initialised residual branches)."""
+    new = []
+    for i, block in enumerate(model.transformer.blocks):
+        if any(k.startswith(f"transformer.blocks.{i}.") for k in taken):
+            continue
+        with torch.no_grad():
+            for layer in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        new.append(i)
+    return new
 
 
 def training_scene(rng: np.random.Generator):
