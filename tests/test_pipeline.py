@@ -237,3 +237,37 @@ def test_cli_policy_and_sizes_reach_the_rollout(tiny_mini, tmp_path, argv, expec
                  *argv]) == 0
     policy = json.loads(out.with_suffix(".json").read_text())["policy"]
     assert {k: policy.get(k) for k in expected} == expected, policy
+
+
+def _switched_rollout(generator, recache):
+    import dataclasses
+
+    bundle = generator.bundle
+    gen = VideoGenerator(dataclasses.replace(bundle, sampling=dataclasses.replace(bundle.sampling, recache=recache)))
+    policy = gen.resolve_policy("attention-sink", sink=3, window=12)  # LongLive's cache: 3-frame sink, 12 frames
+    rollout = gen.open_rollout("a red circle", policy, seed=0, max_frames=30)
+    for _ in range(6):  # 18 frames: past the 12-frame window
+        rollout.step()
+    before = [layer.store.keys[:, :, : layer.store.length].clone() for layer in rollout.cache.layers]
+    rollout.switch_prompt(gen.context("a blue square on a dark background"), keep_sink=True)
+    return rollout, before
+
+
+def test_joint_recache_is_one_pass_over_the_kept_frames_with_the_sink_untouched(generator):
+    """LongLive's prompt switch (``recache='joint'``): the frames after the sink are re-encoded in one clean pass in
+    which every frame sees all of them; ``chunkwise`` re-encodes them chunk by chunk, causally."""
+    tpf = TINY.tokens_per_frame
+    joint, before = _switched_rollout(generator, "joint")
+    chunkwise, _ = _switched_rollout(generator, "chunkwise")
+    for r in (joint, chunkwise):
+        assert r.cache.length == 12 * tpf  # the old 3-frame sink + the 9 re-cached frames
+        for layer, old in zip(r.cache.layers, before):
+            assert torch.equal(layer.store.keys[:, :, : 3 * tpf], old[:, :, : 3 * tpf])  # sink keeps the old prompt
+    first = slice(3 * tpf, 6 * tpf)  # the first re-cached chunk
+    j0, c0 = joint.cache.layers[0].store.keys, chunkwise.cache.layers[0].store.keys
+    # layer 0's keys come before any attention: the same in both modes
+    assert torch.allclose(j0[:, :, : 12 * tpf], c0[:, :, : 12 * tpf], atol=1e-6)
+    # deeper, the first re-cached chunk saw the later frames only in the joint pass
+    j1, c1 = joint.cache.layers[1].store.keys, chunkwise.cache.layers[1].store.keys
+    assert not torch.allclose(j1[:, :, first], c1[:, :, first], atol=1e-4)
+    assert not torch.equal(joint.step().latents, chunkwise.step().latents)

@@ -88,7 +88,8 @@ def wan_bundle(
         latent_hw = (height // vae.spatial_scale, width // vae.spatial_scale)
     sampling = SamplingConfig(denoising_steps=tuple(spec.denoising_steps), warp=bool(spec.warp),
                               shift=float(spec.shift), chunk_frames=int(spec.chunk_frames),
-                              context_noise=int(spec.context_noise), solver=spec.solver)
+                              context_noise=int(spec.context_noise), solver=spec.solver,
+                              recache=spec.recache)
     policy = spec.product_policy()  # the preset's default (self-forcing: deep-forcing; LongLive: its own sink)
     return ModelBundle(
         name=f"{spec.name} ({model_dir.name})",

@@ -36,6 +36,10 @@ class SamplingConfig:
         guidance: classifier-free guidance scale (1 = off, as for every Self Forcing release, whose DMD student
             has guidance distilled in). Above 1 each call runs the prompt and the empty prompt together (one batch,
             each with its own KV cache) and uses ``v_uncond + g (v_cond - v_uncond)``.
+        recache: how a prompt switch recomputes the recent window's K/V under the new prompt: ``"chunkwise"``
+            (chunk by chunk, each chunk seeing the sink, the chunks re-cached before it and itself, as they were
+            generated) or ``"joint"`` (LongLive 1.0's ``_recache_after_switch``: the frames in one clean pass in
+            which every frame attends the sink and all re-cached frames, no causal mask inside the pass).
     """
 
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
@@ -45,8 +49,11 @@ class SamplingConfig:
     context_noise: int = 0
     solver: str = "self-forcing"
     guidance: float = 1.0
+    recache: str = "chunkwise"
 
     def __post_init__(self) -> None:
+        if self.recache not in ("chunkwise", "joint"):
+            raise ValueError(f"unknown recache {self.recache!r}; use 'chunkwise' or 'joint'")
         if not self.denoising_steps:
             raise ValueError("at least one denoising step is needed")
         if self.chunk_frames <= 0:

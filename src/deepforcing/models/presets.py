@@ -64,6 +64,7 @@ class ModelPreset:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     solver: str = "self-forcing"  # the rollout loop: Self Forcing's chunk by chunk, or Rolling Forcing's windows
+    recache: str = "chunkwise"  # prompt switch: re-cache chunk by chunk, or in one joint pass (LongLive)
     notes: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
@@ -155,11 +156,14 @@ PRESETS: dict[str, ModelPreset] = {
         use_ema=False,
         lora_rank=256,
         lora_alpha=256.0,
+        recache="joint",
         notes=(
             "weights: Efficient-Large-Model/LongLive longlive_base.pt + lora.pt (PEFT, rank 256, alpha 256 on the 10 "
             "linears of each block); the release keeps the LoRA unmerged, we merge it (W0 + B A, scale 1)",
-            "prompt switch: the last min(12, t) frames re-encoded under the new prompt at t = 0, the 3 sink frames "
-            "keep the first prompt (global_sink) — the pipeline's re-cache with the sink kept",
+            "prompt switch: the last min(12, t) frames re-encoded under the new prompt at t = 0 in one pass with no "
+            "causal mask inside it (the cache branch of its attention ignores the block mask it builds); the 3 sink "
+            "frames keep the first prompt (global_sink) and the pass's first 3 frames are dropped, so 9 frames are "
+            "re-cached, each attending the old sink and all 9 — recache='joint'",
         ),
         sources={
             "chunk_frames": f"{_LL}:configs/longlive_inference.yaml:7",
@@ -171,6 +175,9 @@ PRESETS: dict[str, ModelPreset] = {
             "lora": f"{_LL}:configs/longlive_inference.yaml:30-36, utils/lora_utils.py:31-48",
             "use_ema": f"{_LL}:inference.py:73-95 (use_ema false by default -> 'generator')",
             "prompt switch": f"{_LL}:pipeline/interactive_causal_inference.py:34-96",
+            "recache": f"{_LL}:pipeline/interactive_causal_inference.py:53-91 (one generator call over the frames), "
+                       "wan/modules/causal_model.py:230-345 (kv-cache branch: sink-protected writes, plain attention "
+                       "over sink + window)",
         },
     ),
     "rolling-forcing": ModelPreset(

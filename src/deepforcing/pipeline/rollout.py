@@ -231,5 +231,9 @@ class VideoRollout:
             count = min(len(self._recent), window // chunk)
         resume = self.next_frame - count * chunk
         self.cache.restart(resume_frame=resume, keep_sink=keep_sink)
-        for k, latents in enumerate(self._recent[len(self._recent) - count:]):
+        recent = self._recent[len(self._recent) - count:]
+        if self.sampling.recache == "joint":  # one pass, every frame sees all re-cached frames (LongLive)
+            self._call(torch.cat(recent, dim=2), self.sampling.context_noise, resume, clean=True)
+            return
+        for k, latents in enumerate(recent):
             self._call(latents, self.sampling.context_noise, resume + k * chunk, clean=True)
