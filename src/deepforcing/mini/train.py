@@ -256,6 +256,8 @@ def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tens
     true next chunk stays the right target) but carries the model's own kind of error — faded, doubled or
     blurred objects — so the loss teaches the next chunk to repair it instead of copying it forward.
     """
+    if cfg.self_context <= 0:  # off: no random draws either, so runs without it keep their random stream
+        return clean
     b, _, frames, _, _ = clean.shape
     pick = torch.rand(b, generator=gen) < cfg.self_context
     if not pick.any():
@@ -448,7 +450,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 noise = torch.randn(clean.shape, generator=gen)
                 s = sigma[:, None, :, None, None]
                 noisy = (1 - s) * clean + s * noise
-                context = self_generated_context(model, cfg, clean, ids, gen) if cfg.self_context > 0 else clean
+                context = self_generated_context(model, cfg, clean, ids, gen)
                 flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames)
                 error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
                 per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
