@@ -124,3 +124,28 @@ def test_a_deeper_model_initialised_from_a_shallower_one_starts_as_it(tmp_path):
                               first_chunk_forward(shallow, noisy, sigma, ids), atol=1e-5)
     assert deep.transformer.blocks[-1].ffn.net[2].weight.abs().sum() == 0  # the new blocks start as the identity
     assert shallow.transformer.blocks[-1].ffn.net[2].weight.abs().sum() > 0
+
+
+def test_contextual_text_encoder_starts_as_the_bag_of_embeddings_and_then_mixes_words():
+    """``text_layers`` adds self-attention over the prompt's words: zero-initialised residual outputs, so a model
+    grown from a bag-of-embeddings file starts identical; once trained, a word's row depends on its neighbours;
+    padding rows stay zero and the empty (unconditional) prompt stays all zero, not NaN."""
+    from deepforcing.mini.model import MiniTextEncoder
+
+    prompts = ["a red circle and a blue square", "a green circle and a blue square", ""]
+    torch.manual_seed(0)
+    bag = MiniTextEncoder(TINY_MINI.text_dim, TINY_MINI.text_len)
+    torch.manual_seed(0)
+    contextual = MiniTextEncoder(TINY_MINI.text_dim, TINY_MINI.text_len, layers=2)
+    assert torch.equal(bag(prompts), contextual(prompts))
+    with torch.no_grad():  # as after training: the residual outputs are no longer zero
+        for layer in contextual.layers:
+            layer.linear2.weight.normal_(std=0.5)
+            layer.self_attn.out_proj.weight.normal_(std=0.5)
+    ids = contextual.token_ids(prompts)
+    out = contextual(prompts)
+    assert torch.isfinite(out).all() and out[2].abs().max() == 0 and out[0][ids[0] == 0].abs().max() == 0
+    # "blue square" (object 2) is the same words at the same places in both prompts: only context can change it
+    blue = slice(4, 8)
+    assert torch.equal(bag(prompts)[0, blue], bag(prompts)[1, blue])
+    assert not torch.allclose(out[0, blue], out[1, blue])

@@ -88,6 +88,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                        help="Self Forcing-style .pt or safetensors DiT weights (real models)")
     model.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing)")
     model.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
+    model.add_argument("--no-restart", action="store_true",
+                       help="presets whose release restarts the rollout every window (causvid): roll one cache with "
+                            "--policy instead")
     model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                        help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -140,6 +143,9 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=int, default=m.patch, help=f"latent cells per token side (default {m.patch})")
     p.add_argument("--dim", type=int, default=m.dim, help=f"transformer width (default {m.dim}; FFN = 2 x dim)")
     p.add_argument("--layers", type=int, default=m.layers, help=f"transformer blocks (default {m.layers})")
+    p.add_argument("--text-layers", type=int, default=m.text_layers,
+                   help=f"transformer layers of the text encoder over the prompt's words (default {m.text_layers}: "
+                        "independent word embeddings)")
     p.add_argument("--first-chunk-weight", type=float, default=d.first_chunk_weight,
                    help="loss weight of chunk 0, generated from the prompt alone (default 1)")
     p.add_argument("--text-dropout", type=float, default=d.text_dropout,
@@ -184,7 +190,8 @@ def _run_train_mini(args: argparse.Namespace) -> int:
     if not 0 < lo <= hi <= 1 or not 0 <= args.self_context <= 1:
         raise ValueError(f"need 0 <= --self-context <= 1 and 0 < LO <= HI <= 1, got {args.self_context} and "
                          f"{args.self_context_sigma!r}")
-    model = MiniConfig(codec=args.codec, patch=args.patch, dim=args.dim, ffn_dim=2 * args.dim, layers=args.layers)
+    model = MiniConfig(codec=args.codec, patch=args.patch, dim=args.dim, ffn_dim=2 * args.dim, layers=args.layers,
+                       text_layers=args.text_layers)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
                       curriculum=curriculum, codec_weights=args.codec_weights,

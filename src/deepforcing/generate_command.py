@@ -11,6 +11,7 @@ Ctrl-C: the finished chunks stay in ``<out>.partial.mp4`` with a sidecar.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ DEFAULT_SECONDS = 60.0
 MAX_SECONDS = 24 * 3600.0
 """Longest video one request may ask for (a day); longer lengths are refused before anything is allocated."""
 MAX_LATENT_FRAMES = 10_000_000
-MINI_ONLY_IGNORED = ("checkpoint", "preset", "resolution", "dtype")
+MINI_ONLY_IGNORED = ("checkpoint", "preset", "resolution", "dtype", "no_restart")
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -103,8 +104,11 @@ def _build_generator(args: argparse.Namespace, device: str) -> VideoGenerator:
         except ValueError:
             raise ValueError(f"--resolution must look like 480x832, got {args.resolution!r}") from None
         resolution = (height, width)
-    return VideoGenerator(wan_bundle(model, checkpoint=args.checkpoint, preset=args.preset, dtype=args.dtype,
-                                     device=device, resolution=resolution), device=device)
+    bundle = wan_bundle(model, checkpoint=args.checkpoint, preset=args.preset, dtype=args.dtype, device=device,
+                        resolution=resolution)
+    if getattr(args, "no_restart", False):
+        bundle.sampling = dataclasses.replace(bundle.sampling, restart_overlap=0)
+    return VideoGenerator(bundle, device=device)
 
 
 def _is_mini(args: argparse.Namespace) -> bool:

@@ -36,6 +36,10 @@ class PixelCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.clamp(-1, 1)
 
+    def encode_chunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 3, H, W]`` -> the same (the layout of ``decode_chunk``'s input)."""
+        return pixels
+
     def streaming_decoder(self) -> "PixelCodec":
         return self
 
@@ -109,6 +113,11 @@ class MiniAutoencoder(nn.Module):
         b, c, t, h, w = pixels.shape
         z = self.encode_frames(pixels.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
         return z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def encode_chunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 3, H, W]`` in [-1, 1] -> ``[B, T, C, h, w]`` (the layout of ``decode_chunk``'s input)."""
+        return self.encode(pixels.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 * Transformer: :class:`~deepforcing.models.wan_causal.CausalWanTransformer` (the class that runs the real 1.3B
   checkpoints), here on pixels: ``in_channels = 3``, a spatial patch of ``patch`` pixels, Wan's 3D RoPE.
 * Text: :class:`MiniTextEncoder`, a learned embedding of the world's word vocabulary
-  (:data:`deepforcing.mini.language.VOCAB`) plus a learned position embedding; padding rows are zero, as the
-  real UMT5 adapter zeroes padded positions.
+  (:data:`deepforcing.mini.language.VOCAB`) plus a learned position embedding, optionally followed by a few
+  transformer layers (``text_layers``, contextual like UMT5); padding rows are zero, as the real UMT5 adapter
+  zeroes padded positions.
 * "VAE": ``codec = "autoencoder"`` — :class:`~deepforcing.mini.codec.MiniAutoencoder`, a small learned per-frame
   autoencoder (32x32 RGB -> 8x8 x ``latent_channels``, normalised latents), in the role of Wan's VAE (the pipeline
   decodes each chunk through its streaming decoder); ``codec = "pixels"`` — the identity on pixels (the first
@@ -37,6 +38,10 @@ DEFAULT_MINI_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "mini" /
 class MiniConfig:
     """Sizes of the mini model. ``frame_size`` pixels square; ``patch`` latent cells per token side.
 
+    ``text_layers``: self-attention layers of the text encoder, so that each word's embedding can carry the words it
+    belongs with (a colour its shape), as UMT5's contextual embeddings do for Wan; 0 keeps the word embeddings
+    independent.
+
     ``codec``: ``"pixels"`` (latents are the pixels) or ``"autoencoder"`` (learned, ``latent_channels`` channels at a
     quarter of the frame size, ``codec_width`` convolution channels).
     """
@@ -50,6 +55,7 @@ class MiniConfig:
     text_dim: int = 64
     text_len: int = 16
     freq_dim: int = 64
+    text_layers: int = 0  # transformer layers over the word embeddings (0: a bag of embeddings, the v1-v3 models)
     codec: str = "pixels"
     latent_channels: int = 8
     codec_width: int = 64
@@ -81,9 +87,15 @@ class MiniConfig:
 
 
 class MiniTextEncoder(torch.nn.Module):
-    """Prompt → ``[B, text_len, text_dim]`` from learned word and position embeddings (padding rows are zero)."""
+    """Prompt → ``[B, text_len, text_dim]``: learned word + position embeddings, then ``layers`` pre-norm
+    transformer layers over the prompt's words (padding is masked out of attention and its rows are zero, as the
+    real UMT5 adapter zeroes padded positions).
 
-    def __init__(self, text_dim: int, text_len: int) -> None:
+    The layers start as the identity (zero output projections of attention and feed-forward, the adaLN-zero idea of
+    :meth:`MiniModel.init_wan_style`), so an encoder grown from a bag-of-embeddings model starts as that model.
+    """
+
+    def __init__(self, text_dim: int, text_len: int, layers: int = 0, heads: int = 4) -> None:
         super().__init__()
         self.text_len = text_len
         self.words = torch.nn.Embedding(len(VOCAB) + 1, text_dim, padding_idx=0)
@@ -91,6 +103,16 @@ class MiniTextEncoder(torch.nn.Module):
         torch.nn.init.normal_(self.words.weight, std=1.0)
         with torch.no_grad():
             self.words.weight[0].zero_()
+        self.layers = torch.nn.ModuleList(
+            torch.nn.TransformerEncoderLayer(text_dim, heads, 4 * text_dim, dropout=0.0, activation="gelu",
+                                             batch_first=True, norm_first=True)
+            for _ in range(layers)
+        )
+        with torch.no_grad():
+            for layer in self.layers:
+                for out in (layer.self_attn.out_proj, layer.linear2):
+                    out.weight.zero_()
+                    out.bias.zero_()
 
     def token_ids(self, prompts: list[str]) -> torch.Tensor:
         """Token ids per prompt; the empty prompt is all padding (the unconditional input of guidance)."""
@@ -98,8 +120,15 @@ class MiniTextEncoder(torch.nn.Module):
         return torch.tensor(ids, dtype=torch.long, device=self.positions.device)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids > 0).unsqueeze(-1)
-        return (self.words(ids) + self.positions[: ids.shape[1]]) * mask
+        keep = ids > 0
+        x = (self.words(ids) + self.positions[: ids.shape[1]]) * keep.unsqueeze(-1)
+        if self.layers:
+            # an all-padding prompt (the unconditional input) would mask every key: let it attend its zero rows
+            ignore = ~keep & keep.any(dim=1, keepdim=True)
+            for layer in self.layers:
+                x = layer(x, src_key_padding_mask=ignore)
+            x = torch.where(keep.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x
 
     def forward(self, prompts: list[str]) -> torch.Tensor:
         return self.embed_ids(self.token_ids(prompts))
@@ -124,7 +153,7 @@ class MiniModel(torch.nn.Module):
             num_layers=config.layers,
             text_len=config.text_len,
         )
-        self.text_encoder = MiniTextEncoder(config.text_dim, config.text_len)
+        self.text_encoder = MiniTextEncoder(config.text_dim, config.text_len, config.text_layers)
         self.codec = PixelCodec() if config.codec == "pixels" else MiniAutoencoder(config.latent_channels,
                                                                                      config.codec_width)
 

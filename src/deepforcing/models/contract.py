@@ -40,6 +40,9 @@ class SamplingConfig:
             (chunk by chunk, each chunk seeing the sink, the chunks re-cached before it and itself, as they were
             generated) or ``"joint"`` (LongLive 1.0's ``_recache_after_switch``: the frames in one clean pass in
             which every frame attends the sink and all re-cached frames, no causal mask inside the pass).
+        restart_overlap: 0 (the cache policy rolls one rollout as long as the video) or CausVid's long videos
+            (``pipeline.restart``): the rollout restarts every policy window with a fresh cache and RoPE, from this
+            many latent frames of the previous one (3 in its release; a multiple of ``chunk_frames``).
     """
 
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
@@ -50,8 +53,12 @@ class SamplingConfig:
     solver: str = "self-forcing"
     guidance: float = 1.0
     recache: str = "chunkwise"
+    restart_overlap: int = 0
 
     def __post_init__(self) -> None:
+        if self.restart_overlap < 0 or self.restart_overlap % self.chunk_frames:
+            raise ValueError(f"restart_overlap must be 0 or a positive multiple of chunk_frames "
+                             f"({self.chunk_frames}), got {self.restart_overlap}")
         if self.recache not in ("chunkwise", "joint"):
             raise ValueError(f"unknown recache {self.recache!r}; use 'chunkwise' or 'joint'")
         if not self.denoising_steps:

@@ -65,6 +65,7 @@ class ModelPreset:
     lora_alpha: float | None = None
     solver: str = "self-forcing"  # the rollout loop: Self Forcing's chunk by chunk, or Rolling Forcing's windows
     recache: str = "chunkwise"  # prompt switch: re-cache chunk by chunk, or in one joint pass (LongLive)
+    restart_overlap: int = 0  # CausVid: restart the rollout every window from this many frames (pipeline.restart)
     notes: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
@@ -126,11 +127,12 @@ PRESETS: dict[str, ModelPreset] = {
         shift=8.0,
         policy="self-forcing",
         use_ema=False,
+        restart_overlap=3,
         notes=(
             "checkpoint: tianweiy/CausVid (Hugging Face) autoregressive_checkpoint/model.pt, key 'generator' (no EMA)",
-            "inside its 21 frames the release's fixed cache equals the self-forcing window; beyond them it restarts "
-            "the cache per 21-frame rollout with 3 context latents — not reproduced: longer videos here roll the "
-            "window (or use --policy deep-forcing)",
+            "long videos as its release makes them: a fresh cache (RoPE from 0) every 21 frames, started from the "
+            "previous rollout's pixel frame -9 re-encoded by the VAE + its last 2 latents at t = 0; its last 9 pixel "
+            "frames are dropped (the prefix re-makes them). --no-restart rolls one cache with --policy instead",
         ),
         sources={
             "chunk_frames": f"{_CV}:configs/wan_causal_dmd.yaml:52",
@@ -141,6 +143,8 @@ PRESETS: dict[str, ModelPreset] = {
             "shift": f"{_CV}:causvid/models/wan/wan_wrapper.py:104-107, configs/wan_causal_dmd.yaml:20",
             "use_ema": f"{_CV}:minimal_inference/autoregressive_inference.py:25-30 (loads 'generator')",
             "context_noise": f"{_CV}:causvid/models/wan/causal_inference.py:188-197 (clean pass at t = 0)",
+            "restart_overlap": f"{_CV}:minimal_inference/longvideo_autoregressive_inference.py:16-17,61-83 "
+                               f"(num_overlap_frames 3); causal_inference.py:128-156 (prefix blocks at t = 0)",
         },
     ),
     "longlive": ModelPreset(

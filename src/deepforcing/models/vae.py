@@ -311,6 +311,10 @@ class WanVAE(torch.nn.Module):
         mu = self.model.encode(x).latent_dist.mean
         return self.normalize(mu).permute(0, 2, 1, 3, 4)
 
+    def encode_chunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The layout of :meth:`StreamingDecoder.decode_chunk` reversed (that of :meth:`encode`)."""
+        return self.encode(pixels)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """One-shot decode with diffusers' own ``decode``. Normalised ``[B, F, z, h, w]`` -> ``[B, T, 3, H, W]``."""

@@ -164,10 +164,12 @@ class VideoGenerator:
         decoder = self.bundle.codec.streaming_decoder()
         decoder.reset()
         current = active[0]
-        for i in range(total):
+        i = 0
+        while rollout.next_frame < total * self.bundle.sampling.chunk_frames:  # a restart's prefix adds no frames
             t0 = time.perf_counter()
-            if active[i] != current:
-                current = active[i]
+            at = min(rollout.next_frame // self.bundle.sampling.chunk_frames, total - 1)
+            if active[at] != current:
+                current = active[at]
                 rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch)
             res = rollout.step()
             if not torch.isfinite(res.latents).all():
@@ -175,10 +177,16 @@ class VideoGenerator:
                 raise NonFiniteOutputError(
                     f"the model produced NaN/Inf latents in chunk {i} ({bad:.0%} of values): the weights are broken or "
                     f"the dtype too narrow for them (try --dtype float32); the finished chunks were kept")
-            with torch.no_grad():
-                frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
+            if res.frames is not None:  # a rollout that decodes its own chunks (CausVid's restarts)
+                frames = res.frames
+            else:
+                with torch.no_grad():
+                    frames = decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))
+            if frames.shape[1] == 0:  # all of it held back (a restart's tail): the next chunk re-makes it
+                continue
             yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
                               time.perf_counter() - t0, rollout.cache)
+            i += 1
 
     def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
                      record_events: bool = False) -> VideoRollout:
@@ -187,6 +195,9 @@ class VideoGenerator:
         self.check_memory(policy, max_frames)
         if self.bundle.sampling.solver == "rolling-forcing":
             return self._rolling_rollout(prompt, policy, seed, max_frames)
+        window = self.bundle.default_policy.get("window")
+        if self.bundle.sampling.restart_overlap and (max_frames is None or window is None or max_frames > window):
+            return self._restarting_rollout(prompt, policy, seed, max_frames, record_events)
         return VideoRollout(
             model=self.bundle.transformer, policy=policy, context=self.context(prompt),
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
@@ -209,6 +220,26 @@ class VideoGenerator:
                                      latent_shape=self.bundle.latent_shape, num_chunks=-(-max_frames // chunk),
                                      sampling=self.bundle.sampling, attention_frames=policy.window, seeds=[seed],
                                      device=self.device)
+
+    def _restarting_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None,
+                            record_events: bool):
+        """CausVid's long videos (``pipeline.restart``): one fresh window-long rollout after another, so no cache
+        policy ever evicts; another policy than the preset's is refused rather than silently not applied (a video
+        no longer than the window is one plain rollout, where every policy is full attention)."""
+        from .restart import RestartingRollout
+
+        default = self.bundle.default_policy
+        if policy.name != default["name"] or policy.window != default.get("window", policy.window):
+            raise ValueError(f"this model restarts its rollout every {default.get('window')} frames as its release "
+                             f"does (restart_overlap {self.bundle.sampling.restart_overlap}), so no cache policy "
+                             f"acts; drop --policy/--window, or pass --no-restart to roll one cache with "
+                             f"{policy.name}")
+        return RestartingRollout(
+            model=self.bundle.transformer, policy=policy, context=self.context(prompt),
+            latent_shape=self.bundle.latent_shape, codec=self.bundle.codec, temporal_scale=self.bundle.temporal_scale,
+            sampling=self.bundle.sampling, seeds=[seed], device=self.device, record_events=record_events,
+            max_frames=max_frames, uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
+        )
 
     def check_memory(self, policy: CachePolicy, max_frames: int | None) -> int:
         """Refuse a cache that cannot fit in the free memory of the device (estimate before allocating)."""
@@ -270,7 +301,7 @@ class VideoGenerator:
 
             bar = tqdm(total=total, unit="chunk", desc=output.name, dynamic_ncols=True)
         scale = self.bundle.display_scale
-        latents, chunk_seconds, pixel_frames, cache = [], [], 0, None
+        latents, chunk_seconds, pixel_frames, cache, latent_frames = [], [], 0, None, 0
         started = time.perf_counter()
         interrupted = False
         failure: BaseException | None = None
@@ -288,7 +319,10 @@ class VideoGenerator:
                 pixel_frames += out.frames.shape[1]
                 chunk_seconds.append(out.seconds)
                 cache = out.cache
+                latent_frames = max(latent_frames, out.start_frame + out.latents.shape[2])
                 if save_latents_to is not None:
+                    while latents and sum(x.shape[1] for x in latents) > out.start_frame:  # a restart re-makes them
+                        latents.pop()
                     latents.append(out.latents[0].cpu())
                 if on_chunk is not None:
                     on_chunk(out)
@@ -309,7 +343,7 @@ class VideoGenerator:
                 bar.close()
         elapsed = time.perf_counter() - started
         result = GenerationResult(path, None,
-                                  len(chunk_seconds) * self.bundle.sampling.chunk_frames, pixel_frames, elapsed,
+                                  latent_frames, pixel_frames, elapsed,
                                   chunk_seconds, policy_obj.describe(), interrupted,
                                   None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure),
                                   cache_summary(cache) if cache is not None else None)

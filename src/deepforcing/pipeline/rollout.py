@@ -86,12 +86,14 @@ class GaussianNoise:
 
 @dataclass
 class ChunkResult:
-    """One finished chunk: its clean latents ``[B, C, f, h, w]`` and where it sits in the video."""
+    """One finished chunk: its clean latents ``[B, C, f, h, w]`` and where it sits in the video; ``frames``
+    ``[B, T, 3, H, W]`` when the rollout decodes its own chunks (:mod:`deepforcing.pipeline.restart`)."""
 
     index: int
     start_frame: int
     latents: torch.Tensor
     prompt_index: int = 0
+    frames: torch.Tensor | None = None
 
 
 @dataclass

@@ -122,7 +122,8 @@ class LiveSession:
         res = self.rollout.step()
         if not torch.isfinite(res.latents).all():
             raise NonFiniteOutputError(f"the model produced NaN/Inf latents in chunk {res.index}")
-        pixels = self.decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4))[0]
+        pixels = (res.frames if res.frames is not None  # a rollout that decodes its own chunks (restarts)
+                  else self.decoder.decode_chunk(res.latents.permute(0, 2, 1, 3, 4)))[0]
         frames = to_uint8_frames(pixels)
         now = time.perf_counter()
         chunk = LiveChunk(res.index, res.start_frame, self.prompt, frames, now - t0,
