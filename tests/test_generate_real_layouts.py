@@ -178,3 +178,31 @@ def test_rolling_forcing_preset_runs_its_own_loop(diffusers_folder, tmp_path, ca
     assert "use --policy rolling-sink --sink 3" in capsys.readouterr().err
     assert main([*base, "--frames", "9", "-o", str(tmp_path / "y.mp4")]) == 2  # fewer chunks than its window
     assert "needs at least 5 chunks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, later", [("causal-forcing++-2step", [1000.0, 833.3333]),
+                                           ("causal-forcing++-1step", [1000.0]),
+                                           ("causal-forcing-framewise", [1000.0, 937.5, 833.3333, 625.0])])
+def test_causal_forcing_framewise_presets_step_frame_by_frame_with_a_4_step_first_frame(diffusers_folder, tmp_path,
+                                                                                        preset, later):
+    """One latent frame per step; Causal Forcing++ denoises frame 0 with its 4-step list and every later frame with
+    its 1 or 2 steps (both warped through the shift-5 table), then the clean pass at t = 0."""
+    ckpt = write_self_forcing_checkpoint(tmp_path / "cf.pt", original_wan_state_dict(CFG, seed=4))  # generator_ema
+    gen = VideoGenerator(wan_bundle(diffusers_folder, checkpoint=ckpt, preset=preset, resolution=(32, 48)))
+    assert gen.bundle.sampling.chunk_frames == 1
+    rollout = gen.open_rollout("a red cat", gen.resolve_policy(None), max_frames=3)
+    calls = []
+    inner = rollout._call
+    rollout._call = lambda x, t, start, clean: calls.append((start, round(float(t), 4), clean, x.shape[2])) or \
+        inner(x, t, start, clean)
+    for _ in range(3):
+        rollout.step()
+    first = [1000.0, 937.5, 833.3333, 625.0]
+    expected = [(0, t, False, 1) for t in first] + [(0, 0.0, True, 1)]
+    for f in (1, 2):
+        expected += [(f, t, False, 1) for t in later] + [(f, 0.0, True, 1)]
+    assert calls == expected
+    out = tmp_path / f"{preset}.mp4"
+    assert main(["generate", "a red cat", "--model", str(diffusers_folder), "--checkpoint", str(ckpt), "--preset",
+                 preset, "--resolution", "32x48", "--frames", "4", "-o", str(out), "--quiet"]) == 0
+    assert len(decoded(out)) == 1 + 4 * 3  # frame 0 decodes to 1 pixel frame, each later latent to 4

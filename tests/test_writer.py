@@ -66,6 +66,21 @@ def test_three_chunks_roundtrip(tmp_path):
         assert float(s.average_rate or s.guessed_rate) == pytest.approx(16, rel=0.01)
 
 
+@pytest.mark.parametrize("sizes", [[1, 12, 12], [1, 4, 4, 4], [12, 1, 12]])
+def test_one_frame_chunks_next_to_long_ones_keep_every_frame(tmp_path, sizes):
+    """Frame-wise models write a 1-frame first chunk (latent 0 decodes to one pixel frame). With B-frames, a
+    fragment's decode timestamps would start before its first presentation time and overlap the fragment before
+    a B-frame-free one, and the reader dropped those frames (11 of 13 read back): every fragment is I/P only."""
+    out = tmp_path / "framewise.mp4"
+    starts = np.cumsum([0, *sizes])
+    with Mp4StreamWriter(out, fps=16) as w:
+        for start, n in zip(starts, sizes):
+            w.write(smooth_frames(int(start), n))
+    got, pts = read_video(out)
+    assert len(got) == sum(sizes) and pts == sorted(set(pts))
+    assert np.all(np.abs(got[..., 0].mean(axis=(1, 2)) - (20 + 6 * np.arange(sum(sizes)))) < 2)
+
+
 def test_killed_run_leaves_playable_partial_file(tmp_path):
     out = tmp_path / "killed.mp4"
     script = textwrap.dedent(f"""

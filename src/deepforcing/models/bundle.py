@@ -89,7 +89,8 @@ def wan_bundle(
     sampling = SamplingConfig(denoising_steps=tuple(spec.denoising_steps), warp=bool(spec.warp),
                               shift=float(spec.shift), chunk_frames=int(spec.chunk_frames),
                               context_noise=int(spec.context_noise), solver=spec.solver,
-                              recache=spec.recache, restart_overlap=spec.restart_overlap)
+                              recache=spec.recache, restart_overlap=spec.restart_overlap,
+                              first_chunk_steps=spec.first_chunk_steps)
     policy = spec.product_policy()  # the preset's default (self-forcing: deep-forcing; LongLive: its own sink)
     return ModelBundle(
         name=f"{spec.name} ({model_dir.name})",

@@ -40,6 +40,9 @@ class SamplingConfig:
             (chunk by chunk, each chunk seeing the sink, the chunks re-cached before it and itself, as they were
             generated) or ``"joint"`` (LongLive 1.0's ``_recache_after_switch``: the frames in one clean pass in
             which every frame attends the sink and all re-cached frames, no causal mask inside the pass).
+        first_chunk_steps: nominal steps of chunk 0 only, warped like ``denoising_steps`` (``None``: the same as
+            every chunk). Causal Forcing++'s 1- and 2-step frame-wise models denoise their first frame in 4 steps
+            (its ``denoising_step_list_first_chunk``), since that frame has no context to lean on.
         restart_overlap: 0 (the cache policy rolls one rollout as long as the video) or CausVid's long videos
             (``pipeline.restart``): the rollout restarts every policy window with a fresh cache and RoPE, from this
             many latent frames of the previous one (3 in its release; a multiple of ``chunk_frames``).
@@ -54,8 +57,11 @@ class SamplingConfig:
     guidance: float = 1.0
     recache: str = "chunkwise"
     restart_overlap: int = 0
+    first_chunk_steps: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.first_chunk_steps is not None and not self.first_chunk_steps:
+            raise ValueError("first_chunk_steps must be None (the same steps) or at least one step")
         if self.restart_overlap < 0 or self.restart_overlap % self.chunk_frames:
             raise ValueError(f"restart_overlap must be 0 or a positive multiple of chunk_frames "
                              f"({self.chunk_frames}), got {self.restart_overlap}")
@@ -72,14 +78,16 @@ class SamplingConfig:
         if self.solver == "euler":
             if self.warp:
                 raise ValueError("the euler solver takes its timesteps as given; set warp=False")
-            steps = list(self.denoising_steps)
-            if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
-                raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
+            for steps in (list(self.denoising_steps), list(self.first_chunk_steps or [1])):
+                if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
+                    raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
 
-    def timesteps(self, schedule: FlowMatchSchedule) -> torch.Tensor:
+    def timesteps(self, schedule: FlowMatchSchedule, chunk: int | None = None) -> torch.Tensor:
+        """The timesteps of every chunk, or of chunk ``chunk`` (chunk 0 may have its own)."""
+        steps = self.first_chunk_steps if chunk == 0 and self.first_chunk_steps else self.denoising_steps
         if self.warp:
-            return schedule.warp(self.denoising_steps)
-        return torch.tensor(self.denoising_steps, dtype=torch.float32)
+            return schedule.warp(steps)
+        return torch.tensor(steps, dtype=torch.float32)
 
 
 @dataclass

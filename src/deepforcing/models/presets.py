@@ -66,6 +66,7 @@ class ModelPreset:
     solver: str = "self-forcing"  # the rollout loop: Self Forcing's chunk by chunk, or Rolling Forcing's windows
     recache: str = "chunkwise"  # prompt switch: re-cache chunk by chunk, or in one joint pass (LongLive)
     restart_overlap: int = 0  # CausVid: restart the rollout every window from this many frames (pipeline.restart)
+    first_chunk_steps: tuple[int, ...] | None = None  # chunk 0's own nominal steps (Causal Forcing++ 1/2-step)
     notes: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
@@ -227,7 +228,8 @@ PRESETS: dict[str, ModelPreset] = {
         notes=(
             "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) chunkwise/causal_forcing.pt, key 'generator' (its "
             "README runs it without --use_ema); inference is Self Forcing's, only the training differs",
-            "the frame-wise and Causal Forcing++ 1/2-step models (chunk 1, a 4-step first chunk) are not presets yet",
+            "its frame-wise models are the presets causal-forcing-framewise (4 steps) and causal-forcing++-2step / "
+            "-1step (a 4-step first frame)",
         ),
         sources={
             "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:42",
@@ -237,6 +239,82 @@ PRESETS: dict[str, ModelPreset] = {
             "shift": f"{_CF}:configs/causal_forcing_dmd_chunkwise.yaml:15",
             "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
             "use_ema": f"{_CF}:inference.py:69-82, README.md:36-42",
+        },
+    ),
+    "causal-forcing-framewise": ModelPreset(
+        name="causal-forcing-framewise",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=1,
+        window_frames=21,
+        denoising_steps=(1000, 750, 500, 250),
+        warp=True,
+        shift=5.0,
+        policy="self-forcing",
+        use_ema=True,
+        notes=(
+            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) framewise/causal_forcing.pt, 'generator_ema' (its "
+            "README runs it with --use_ema); one latent frame per autoregressive step, Self Forcing's loop",
+        ),
+        sources={
+            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:47 (num_frame_per_block 1)",
+            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
+            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:7-11",
+            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:12",
+            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:15,50",
+            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
+            "use_ema": f"{_CF}:README.md:141-146 (--use_ema), inference.py:69-82",
+        },
+    ),
+    "causal-forcing++-2step": ModelPreset(
+        name="causal-forcing++-2step",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=1,
+        window_frames=21,
+        denoising_steps=(1000, 500),  # warped -> 1000, 833.3
+        first_chunk_steps=(1000, 750, 500, 250),
+        warp=True,
+        shift=5.0,
+        policy="self-forcing",
+        use_ema=True,
+        notes=(
+            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) causal-forcing++/framewise-2step.pt, 'generator_ema'; "
+            "frame 0 is denoised in 4 steps (denoising_step_list_first_chunk), every later frame in 2",
+        ),
+        sources={
+            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:50",
+            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
+            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:7-9",
+            "first_chunk_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:10-14, "
+                                 f"pipeline/causal_inference.py:34-44,222-229",
+            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:15 (both lists warped)",
+            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:18,53",
+            "use_ema": f"{_CF}:README.md:124-129 (--use_ema)",
+        },
+    ),
+    "causal-forcing++-1step": ModelPreset(
+        name="causal-forcing++-1step",
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=1,
+        window_frames=21,
+        denoising_steps=(1000,),
+        first_chunk_steps=(1000, 750, 500, 250),
+        warp=True,
+        shift=5.0,
+        policy="self-forcing",
+        use_ema=True,
+        notes=(
+            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) causal-forcing++/framewise-1step.pt, 'generator_ema'; "
+            "frame 0 is denoised in 4 steps, every later frame in 1",
+        ),
+        sources={
+            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:49",
+            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
+            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:7-8",
+            "first_chunk_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:9-13, "
+                                 f"pipeline/causal_inference.py:34-44,222-229",
+            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:14 (both lists warped)",
+            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:17,52",
+            "use_ema": f"{_CF}:README.md:132-137 (--use_ema)",
         },
     ),
 }

@@ -139,8 +139,7 @@ class VideoRollout:
         )
         self.schedule = FlowMatchSchedule(shift=self.sampling.shift)
         self.steps = self.sampling.timesteps(self.schedule)
-        # Euler: sigma_j = t_j / T, then a last step to 0 (computed once per video, not per chunk)
-        self.euler_sigmas = (self.steps / self.schedule.num_train_timesteps).tolist() + [0.0]
+        self.first_steps = self.sampling.timesteps(self.schedule, chunk=0)  # = steps unless chunk 0 has its own
         if self.noise is None:
             self.noise = GaussianNoise(self.seeds, device=self.device, dtype=self.dtype)
         self.next_chunk = 0
@@ -177,27 +176,28 @@ class VideoRollout:
         c, h, w = self.latent_shape
         shape = (self.batch, c, self.sampling.chunk_frames, h, w)
         x = self.noise.initial(i, shape)
-        x0 = self._euler(x, f0) if self.sampling.solver == "euler" else self._renoise_steps(x, i, f0, shape)
+        steps = self.first_steps if i == 0 else self.steps
+        x0 = self._euler(x, f0, steps) if self.sampling.solver == "euler" else self._renoise_steps(x, i, f0, shape, steps)
         self._call(x0, self.sampling.context_noise, f0, clean=True)
         self._remember(x0)
         self.next_chunk += 1
         return ChunkResult(i, f0, x0, self.prompt_index)
 
-    def _renoise_steps(self, x: torch.Tensor, i: int, f0: int, shape: tuple) -> torch.Tensor:
+    def _renoise_steps(self, x: torch.Tensor, i: int, f0: int, shape: tuple, steps: torch.Tensor) -> torch.Tensor:
         """Self Forcing's few-step sampler: predict x0, re-noise it to the next timestep with fresh noise."""
-        last = len(self.steps) - 1
+        last = len(steps) - 1
         x0 = x
-        for j, t in enumerate(self.steps.tolist()):
+        for j, t in enumerate(steps.tolist()):
             flow = self._call(x, t, f0, clean=False)
             x0 = self.schedule.x0_from_flow(x, flow, t)
             if j < last:
-                x = self.schedule.add_noise(x0, self.noise.renoise(i, j, shape), self.steps[j + 1])
+                x = self.schedule.add_noise(x0, self.noise.renoise(i, j, shape), steps[j + 1])
         return x0
 
-    def _euler(self, x: torch.Tensor, f0: int) -> torch.Tensor:
+    def _euler(self, x: torch.Tensor, f0: int, steps: torch.Tensor) -> torch.Tensor:
         """Euler steps of the flow ODE ``dx/dsigma = v`` through ``sigma_j = t_j / T`` and on to ``sigma = 0``."""
-        sigmas = self.euler_sigmas
-        for j, t in enumerate(self.steps.tolist()):
+        sigmas = (steps / self.schedule.num_train_timesteps).tolist() + [0.0]
+        for j, t in enumerate(steps.tolist()):
             flow = self._call(x, t, f0, clean=False)
             x = (x.to(torch.float64) + (sigmas[j + 1] - sigmas[j]) * flow.to(torch.float64)).to(x.dtype)
         return x

@@ -7,7 +7,9 @@ a *fragmented* MP4: one init segment (``ftyp`` + ``moov``) followed by one ``moo
 Each chunk is encoded by a fresh x264 encoder into a self-contained fragment that starts with an IDR frame, so
 nothing of a chunk stays buffered inside the encoder or the muxer once :meth:`Mp4StreamWriter.write` returns:
 the fragment is appended, flushed and fsync'ed. (ffmpeg's mp4 muxer alone holds the newest fragment back until
-the next packet arrives; encoding each chunk as its own finished segment avoids that.) A run killed at any point
+the next packet arrives; encoding each chunk as its own finished segment avoids that.) Fragments carry I and P frames only (no
+B-frames): decode timestamps then equal presentation times, so fragments of any length follow one another without
+overlap (a 1-frame fragment before B-frame ones lost frames on reading). A run killed at any point
 therefore leaves ``<out>.partial.mp4`` holding every finished chunk, playable by ffmpeg/VLC/browsers.
 :meth:`close` renames the partial file atomically to ``<out>`` (``os.replace``), so ``<out>`` only ever exists as a
 complete video. The final file is the same fragmented MP4 (no second pass over the data).
@@ -150,7 +152,7 @@ class Mp4StreamWriter:
             stream = container.add_stream("libx264", rate=self.fps)
             stream.width, stream.height, stream.pix_fmt = arr.shape[2], arr.shape[1], "yuv420p"
             stream.time_base = Fraction(1, self.fps)
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            stream.options = {"crf": str(self.crf), "preset": self.preset, "bf": "0"}
             for i, img in enumerate(arr):
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
                 frame.pts = self.frames_written + i
