@@ -64,7 +64,9 @@ def test_presets_command_lists_values_and_their_sources(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "self-forcing: chunk 3, window 21, steps (1000, 750, 500, 250), warp True, shift 5.0" in out
-    assert "causvid: chunk 3, window 21, steps (1000, 757, 522), warp False, shift 8.0" in out
+    assert ("causvid: chunk 3, window 21, steps (1000, 757, 522), restarts every window from 3 frames, warp False, "
+            "shift 8.0") in out
+    assert "causal-forcing++-1step: chunk 1, window 21, steps (1000,), first chunk steps (1000, 750, 500, 250)" in out
     assert "source of denoising_steps: tianweiy/CausVid@ca21150:configs/wan_causal_dmd.yaml" in out
     # the product default lives on the preset, next to the release's own policy
     assert "shift 5.0, default policy deep-forcing (release: self-forcing)" in out

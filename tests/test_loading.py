@@ -165,13 +165,18 @@ def test_presets_cite_sources_and_do_not_invent():
     ll = get_preset("longlive")
     assert (ll.window_frames, ll.policy_sizes, ll.lora_rank, ll.lora_alpha) == (12, {"sink": 3}, 256, 256.0)
     cv = get_preset("causvid")  # 3 steps without warp at shift 8, the 'generator' weights (no EMA in its release)
-    assert (cv.chunk_frames, cv.window_frames, cv.denoising_steps, cv.warp, cv.shift, cv.use_ema) == (
-        3, 21, (1000, 757, 522), False, 8.0, False)
+    assert (cv.chunk_frames, cv.window_frames, cv.denoising_steps, cv.warp, cv.shift, cv.use_ema, cv.restart_overlap) == (
+        3, 21, (1000, 757, 522), False, 8.0, False, 3)
+    cf2 = get_preset("causal-forcing++-2step")  # frame-wise, 2 steps after a 4-step first frame, its EMA weights
+    assert (cf2.chunk_frames, cf2.denoising_steps, cf2.first_chunk_steps, cf2.use_ema) == (
+        1, (1000, 500), (1000, 750, 500, 250), True)
     cf = get_preset("causal-forcing")  # Self Forcing's inference; the chunk-wise release loads 'generator'
     assert (cf.chunk_frames, cf.window_frames, cf.denoising_steps, cf.shift, cf.use_ema) == (
         3, 21, (1000, 750, 500, 250), 5.0, False)
     for p in PRESETS.values():  # every value names the release file it came from (repo@commit:file)
-        for value in ("chunk_frames", "window_frames", "denoising_steps", "warp", "shift", "use_ema"):
+        named = ["chunk_frames", "window_frames", "denoising_steps", "warp", "shift", "use_ema", "policy"]
+        named += ["first_chunk_steps"] * bool(p.first_chunk_steps) + ["restart_overlap"] * bool(p.restart_overlap)
+        for value in named:
             source = p.sources[value]
             assert "@" in source and ":" in source.split("@", 1)[1], (p.name, value, source)
         assert all(getattr(p, k) is not None for k in ("chunk_frames", "window_frames", "denoising_steps", "warp",

@@ -294,8 +294,11 @@ def _run_presets(args: argparse.Namespace) -> int:
         steps = unknown(preset.denoising_steps)
         default = preset.product_policy()
         sizes = {k: v for k, v in default.items() if k not in ("name", "window")}
+        extra = f", first chunk steps {preset.first_chunk_steps}" if preset.first_chunk_steps else ""
+        if preset.restart_overlap:
+            extra += f", restarts every window from {preset.restart_overlap} frames"
         print(f"{preset.name}: chunk {unknown(preset.chunk_frames)}, window {unknown(preset.window_frames)}, "
-              f"steps {steps}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, default policy "
+              f"steps {steps}{extra}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, default policy "
               f"{default['name']} {sizes or ''}".rstrip() + f" (release: {preset.policy} {preset.policy_sizes or ''}"
               .rstrip() + ")")
         for note in preset.notes:

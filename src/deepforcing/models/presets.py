@@ -142,6 +142,8 @@ PRESETS: dict[str, ModelPreset] = {
                                f"in causal_inference.py:23-27)",
             "warp": f"{_CV}:configs/wan_causal_dmd.yaml:53",
             "shift": f"{_CV}:causvid/models/wan/wan_wrapper.py:104-107, configs/wan_causal_dmd.yaml:20",
+            "policy": f"{_CV}:causvid/models/wan/causal_model.py:140-143 (writes at its absolute place, attends to "
+                      f"everything before: no sink, no roll; equal to self-forcing inside 21 frames)",
             "use_ema": f"{_CV}:minimal_inference/autoregressive_inference.py:25-30 (loads 'generator')",
             "context_noise": f"{_CV}:causvid/models/wan/causal_inference.py:188-197 (clean pass at t = 0)",
             "restart_overlap": f"{_CV}:minimal_inference/longvideo_autoregressive_inference.py:16-17,61-83 "
@@ -288,6 +290,7 @@ PRESETS: dict[str, ModelPreset] = {
                                  f"pipeline/causal_inference.py:34-44,222-229",
             "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:15 (both lists warped)",
             "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:18,53",
+            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
             "use_ema": f"{_CF}:README.md:124-129 (--use_ema)",
         },
     ),
@@ -314,6 +317,7 @@ PRESETS: dict[str, ModelPreset] = {
                                  f"pipeline/causal_inference.py:34-44,222-229",
             "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:14 (both lists warped)",
             "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:17,52",
+            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
             "use_ema": f"{_CF}:README.md:132-137 (--use_ema)",
         },
     ),
