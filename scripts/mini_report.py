@@ -4,7 +4,8 @@
 
 Writes ``quality.md`` / ``quality.json`` (mean ± 95 % CI per policy, inside the 21-frame horizon and beyond it) and
 ``strip.png`` (true world clip above each generated video, same prompt and seed). ``--teacher-forced`` adds the
-secondary diagnostic: the next chunk after true context frames (it never decides whether a model is good).
+secondary diagnostic: the next chunk after true context frames (it never decides whether a model is good);
+``--from-truth`` the chunk-0 diagnostic: true first chunks noised to several levels and denoised from the prompt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from deepforcing.mini.bundle import mini_bundle
 from deepforcing.mini.language import parse_prompt
 from deepforcing.mini.model import MiniModel
 from deepforcing.mini.quality import (format_free_rollout_table, format_quality_table, free_rollout_bar,
-                                      held_out_pairs, quality_bar)
+                                      from_truth_bar, held_out_pairs, quality_bar)
 from deepforcing.mini.world import render_clip, to_uint8
 
 
@@ -48,6 +49,8 @@ def main() -> None:
     p.add_argument("--out", default="results/mini_quality")
     p.add_argument("--strip", type=int, default=6, help="videos in the frame strip")
     p.add_argument("--teacher-forced", action="store_true", help="also the next-chunk diagnostic after true context")
+    p.add_argument("--from-truth", action="store_true",
+                   help="also the chunk-0 diagnostic: true first chunks noised to 0.5-1.0 and denoised from the prompt")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +86,13 @@ def main() -> None:
         untrained.unlink()
         results["teacher_forced"] = tf
         lines += ["## Diagnostic: next chunk after 12 true context frames", "", format_quality_table(tf), ""]
+    if args.from_truth:
+        ft = from_truth_bar(MiniModel.load(args.model), pairs=max(args.pairs, 64))
+        results["from_truth"] = {str(k): v for k, v in ft.items()}
+        lines += ["## Diagnostic: true first chunks noised to sigma, denoised from the prompt (8 Euler steps)", "",
+                  "| sigma | persistence | count accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['object_persistence']:.3f} | {v['count_accuracy']:.3f} |" for k, v in ft.items()]
+        lines.append("")
     (out / "quality.md").write_text("\n".join(lines))
     (out / "quality.json").write_text(json.dumps(results, indent=1, default=float))
     print("\n".join(lines))

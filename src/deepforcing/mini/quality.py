@@ -9,6 +9,11 @@ interval over the pairs, inside the training horizon (frames ``[0, window)``) an
 and the noise seed is ``HELD_OUT_NOISE_SEED + k``; training never draws these scenes
 (:func:`is_held_out`), and its noise comes from its own generator, not from these seeds.
 
+**Diagnostic — where chunk 0 loses its objects** (:func:`from_truth_bar`): held-out true first chunks, encoded,
+noised to a level ``sigma`` and integrated back to 0 by the model's flow from the prompt alone (no context). At
+``sigma = 1`` this is a free first chunk; at low ``sigma`` the layout is given. The level where persistence falls
+is where the model fails to keep the objects it is shown (the denoiser, not the sampler, the codec or the context).
+
 **Secondary diagnostic — next chunk after true context** (:func:`quality_bar`, teacher-forced; it hides exposure to
 the model's own outputs, so it never decides whether a model is good): render a true clip; write its first
 ``context_chunks`` chunks into the KV cache through the model's clean pass (t = 0), exactly as a rollout writes its
@@ -36,7 +41,7 @@ from .measure import MeasureConfig, track_objects
 from .world import render_clip
 
 __all__ = ["PredictionScores", "predict_next_chunk", "quality_bar", "free_rollout_bar", "held_out_pairs", "rollout_videos",
-           "is_held_out", "format_free_rollout_table", "BAR_METRICS"]
+           "is_held_out", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar"]
 
 HELD_OUT_SCENE_SEED = 900_000
 HELD_OUT_NOISE_SEED = 777_000
@@ -127,6 +132,41 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
         out[name] = {part: {k: mean_ci([row[k] for row in rows]) for k in BAR_METRICS} for part, rows in scores.items()}
         out[name]["videos"] = videos
         out[name]["inside_persistence_by_objects"] = {k: mean_ci(v) for k, v in sorted(by_objects.items())}
+    return out
+
+
+@torch.no_grad()
+def from_truth_bar(model, sigmas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 1.0), *, pairs: int = 64, steps: int = 8,
+                   shift: float = 3.0, chunk_frames: int = 3, seed: int = 0) -> dict:
+    """Persistence and count accuracy of held-out true first chunks noised to each ``sigma`` and integrated back to
+    0 in ``steps`` Euler steps of ``model``'s flow (a :class:`~deepforcing.mini.model.MiniModel`), prompt only.
+
+    The steps follow the shifted schedule ``shift s / (1 + (shift - 1) s)`` of ``s`` uniform in ``(0, 1]``, scaled
+    to start at ``sigma``; ``{"truth": ...}`` scores the encoded-decoded clips themselves."""
+    from .measure import score_tracks
+    from .train import first_chunk_forward  # the training module's no-context forward (chunk 0's situation)
+
+    held = held_out_pairs(pairs)
+    size = model.config.frame_size
+    clips = torch.stack([render_clip(p, seed=s, num_frames=chunk_frames, size=size).frames for p, s in held])
+    ids = model.text_encoder.token_ids([p for p, _ in held])
+    clean = model.codec.encode(clips.permute(0, 2, 1, 3, 4))
+    gen = torch.Generator().manual_seed(seed)
+
+    def scores(latents: torch.Tensor) -> dict[str, float]:
+        videos = model.codec.decode(latents).permute(0, 2, 1, 3, 4)
+        rows = [score_tracks(track_objects(v, p, MeasureConfig()), p) for v, (p, _) in zip(videos, held)]
+        return {"object_persistence": float(np.mean([r.object_persistence for r in rows])),
+                "count_accuracy": float(np.mean([r.count_accuracy for r in rows]))}
+
+    out: dict = {"truth": scores(clean)}
+    ramp = np.linspace(1.0, 1.0 / steps, steps)
+    for sigma in sigmas:
+        levels = [sigma * shift * u / (1 + (shift - 1) * u) for u in ramp] + [0.0]
+        x = (1 - sigma) * clean + sigma * torch.randn(clean.shape, generator=gen)
+        for a, b in zip(levels, levels[1:]):
+            x = x + (b - a) * first_chunk_forward(model, x, torch.full((x.shape[0],), a), ids)
+        out[sigma] = scores(x)
     return out
 
 
