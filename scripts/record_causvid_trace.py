@@ -1,0 +1,166 @@
+"""Record a parity trace of CausVid's released inference on a tiny random model (CPU, float32).
+
+    python scripts/record_causvid_trace.py --causvid PATH/TO/CausVid --out tests/data/causvid_trace
+
+``PATH`` is a checkout of ``tianweiy/CausVid`` (commit ca21150); its code is imported from there and run unchanged
+except for what a CPU run needs, each patched from the outside at run time (nothing of the release is copied here):
+
+1. attention: its ``attention`` / ``flash_attention`` calls go to exact float32 scaled-dot-product attention (the
+   release runs FlashAttention in bf16);
+2. CUDA at import time (``torch.cuda.current_device()`` as a default argument of its T5 module) and the
+   ``device="cuda"`` of its re-noising timestep vector are answered on the CPU;
+3. the cache constants: ``frame_seq_length`` (1560) is set to the tiny latent's tokens per frame and the caches are
+   allocated at the tiny model's layers / heads / head size and 21 frames (its 32760 = 21 x 1560 tokens);
+4. the package ``__init__`` files of ``causvid.models`` and ``causvid.models.wan.wan_base`` are not run (they import
+   the SDXL, image-to-video and evaluation code, and torchvision, none of which this path calls): the packages are
+   registered by their folders and the needed modules imported directly;
+5. its Gaussian draws (``torch.randn_like`` between steps) come from a seeded generator and are recorded, and the
+   text encoder and VAE are stand-ins (a fixed random text embedding; latents are compared, never pixels).
+
+Two rollouts of 21 latent frames are recorded the way ``minimal_inference/longvideo_autoregressive_inference.py``
+chains them: the second is given 3 ``start_latents`` (here a fixed random tensor in place of the VAE re-encode).
+Output: ``diffusion_pytorch_model.safetensors`` + ``config.json`` (the original Wan folder layout), ``trace.safetensors`` (context, noise, every
+re-noise draw in order, start latents, both rollouts' latents) and ``trace.json`` (steps, shift, geometry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
+          "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
+          "cross_attn_norm": True, "eps": 1e-6}
+LATENT_HW = (4, 6)  # -> 2 x 3 = 6 tokens per latent frame
+FRAMES, CHUNK, STEPS, SHIFT = 21, 3, (1000, 757, 522, 0), 8.0  # configs/wan_causal_dmd.yaml
+
+
+def _sdpa(q, k, v, *args, **kwargs):
+    """``[B, L, H, D]`` attention in float32 (the release's flash / SDPA paths take the same layout)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                         v.transpose(1, 2).float())
+    return out.transpose(1, 2).contiguous().type_as(q)
+
+
+class _TorchOnCpu(types.ModuleType):
+    """``torch`` as the release's pipeline module sees it: CUDA devices answered on the CPU, draws recorded."""
+
+    def __init__(self, draws: list, generator: torch.Generator) -> None:
+        super().__init__("torch")
+        self._draws, self._generator = draws, generator
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def ones(self, *args, device=None, **kwargs):
+        return torch.ones(*args, **kwargs)
+
+    def randn_like(self, x, *args, **kwargs):
+        draw = torch.randn(x.shape, generator=self._generator, dtype=x.dtype)
+        self._draws.append(draw.clone())
+        return draw
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--causvid", required=True, help="checkout of tianweiy/CausVid (commit ca21150)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    sys.path.insert(0, str(Path(args.causvid).resolve()))
+    torch.cuda.current_device = lambda: 0  # its T5 module evaluates this at import time
+    root = Path(args.causvid).resolve() / "causvid"
+    for name, folder in (("causvid.models", root / "models"), ("causvid.models.wan.wan_base", root / "models/wan/wan_base")):
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]
+        sys.modules[name] = package
+    sys.modules["causvid.models"].get_diffusion_wrapper = sys.modules["causvid.models"].get_text_encoder_wrapper = \
+        sys.modules["causvid.models"].get_vae_wrapper = lambda **kw: None  # the pipeline's factories (unused here)
+    import causvid.models.wan.causal_inference as inference_module
+    import causvid.models.wan.causal_model as causal_model
+    import causvid.models.wan.wan_base.modules.model as base_model
+    from causvid.models.wan.flow_match import FlowMatchScheduler
+    from causvid.models.wan.wan_wrapper import CausalWanDiffusionWrapper
+
+    causal_model.attention = _sdpa
+    base_model.flash_attention = _sdpa
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    model = causal_model.CausalWanModel(**CONFIG).eval()
+    with torch.no_grad():  # random weights at a scale where every path matters (zero-init gates would hide them)
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.1)
+    h, w = LATENT_HW
+    tokens = (h // 2) * (w // 2)
+
+    wrapper = CausalWanDiffusionWrapper.__new__(CausalWanDiffusionWrapper)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.model = model
+    wrapper.uniform_timestep = False
+    wrapper.scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0, extra_one_step=True)
+    wrapper.scheduler.set_timesteps(1000, training=True)
+    wrapper.seq_len = FRAMES * tokens
+    wrapper.post_init()
+
+    context = torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g)
+    pipe = inference_module.InferencePipeline.__new__(inference_module.InferencePipeline)
+    torch.nn.Module.__init__(pipe)
+    pipe.generator = wrapper
+    pipe.text_encoder = lambda text_prompts: {"prompt_embeds": context}
+    pipe.vae = types.SimpleNamespace(decode_to_pixel=lambda latents: torch.zeros(1, 1, 3, 8, 8))
+    pipe.denoising_step_list = torch.tensor(STEPS[:-1], dtype=torch.long)  # its __init__ drops the final 0
+    pipe.scheduler = wrapper.get_scheduler()
+    pipe.num_transformer_blocks = CONFIG["num_layers"]
+    pipe.frame_seq_length = tokens
+    pipe.kv_cache1 = None
+    pipe.num_frame_per_block = CHUNK
+    model.num_frame_per_block = CHUNK
+    heads, head_dim = CONFIG["num_heads"], CONFIG["dim"] // CONFIG["num_heads"]
+
+    def init_kv(batch_size, dtype, device):
+        pipe.kv_cache1 = [{"k": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
+                           "v": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype)}
+                          for _ in range(CONFIG["num_layers"])]
+
+    def init_cross(batch_size, dtype, device):
+        pipe.crossattn_cache = [{"k": None, "v": None, "is_init": False} for _ in range(CONFIG["num_layers"])]
+
+    pipe._initialize_kv_cache = init_kv
+    pipe._initialize_crossattn_cache = init_cross
+    draws: list[torch.Tensor] = []
+    inference_module.torch = _TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
+
+    c = CONFIG["in_dim"]
+    noise1 = torch.randn(1, FRAMES, c, h, w, generator=g)
+    noise2 = torch.randn(1, FRAMES, c, h, w, generator=g)
+    start = torch.randn(1, CHUNK, c, h, w, generator=g)
+    with torch.no_grad():
+        _, first = pipe.inference(noise=noise1, text_prompts=["tiny"], return_latents=True)
+        draws_first = len(draws)
+        _, second = pipe.inference(noise=noise2, text_prompts=["tiny"], return_latents=True, start_latents=start)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
+              str(out / "diffusion_pytorch_model.safetensors"))  # the original Wan folder layout
+    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **CONFIG}, indent=1))
+    save_file({"context": context, "noise_first": noise1, "noise_second": noise2, "start_latents": start,
+               "renoise": torch.stack(draws), "latents_first": first.contiguous(),
+               "latents_second": second.contiguous()}, str(out / "trace.safetensors"))
+    (out / "trace.json").write_text(json.dumps({
+        "release": "tianweiy/CausVid@ca21150", "frames": FRAMES, "chunk_frames": CHUNK,
+        "denoising_step_list": list(STEPS), "shift": SHIFT, "latent_hw": list(LATENT_HW),
+        "tokens_per_frame": tokens, "renoise_draws_first_rollout": draws_first, "renoise_draws": len(draws),
+        "torch": torch.__version__}, indent=1))
+    print(f"recorded {len(draws)} re-noise draws; latents {tuple(first.shape)} + {tuple(second.shape)} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
