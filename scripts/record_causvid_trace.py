@@ -32,40 +32,15 @@ import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
+
+from release_trace_tools import TorchOnCpu, fill_random, register_package_folder, sdpa_float32
 
 CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
           "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
           "cross_attn_norm": True, "eps": 1e-6}
 LATENT_HW = (4, 6)  # -> 2 x 3 = 6 tokens per latent frame
 FRAMES, CHUNK, STEPS, SHIFT = 21, 3, (1000, 757, 522, 0), 8.0  # configs/wan_causal_dmd.yaml
-
-
-def _sdpa(q, k, v, *args, **kwargs):
-    """``[B, L, H, D]`` attention in float32 (the release's flash / SDPA paths take the same layout)."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                                         v.transpose(1, 2).float())
-    return out.transpose(1, 2).contiguous().type_as(q)
-
-
-class _TorchOnCpu(types.ModuleType):
-    """``torch`` as the release's pipeline module sees it: CUDA devices answered on the CPU, draws recorded."""
-
-    def __init__(self, draws: list, generator: torch.Generator) -> None:
-        super().__init__("torch")
-        self._draws, self._generator = draws, generator
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def ones(self, *args, device=None, **kwargs):
-        return torch.ones(*args, **kwargs)
-
-    def randn_like(self, x, *args, **kwargs):
-        draw = torch.randn(x.shape, generator=self._generator, dtype=x.dtype)
-        self._draws.append(draw.clone())
-        return draw
 
 
 def main() -> None:
@@ -77,10 +52,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(args.causvid).resolve()))
     torch.cuda.current_device = lambda: 0  # its T5 module evaluates this at import time
     root = Path(args.causvid).resolve() / "causvid"
-    for name, folder in (("causvid.models", root / "models"), ("causvid.models.wan.wan_base", root / "models/wan/wan_base")):
-        package = types.ModuleType(name)
-        package.__path__ = [str(folder)]
-        sys.modules[name] = package
+    register_package_folder("causvid.models", root / "models")
+    register_package_folder("causvid.models.wan.wan_base", root / "models/wan/wan_base")
     sys.modules["causvid.models"].get_diffusion_wrapper = sys.modules["causvid.models"].get_text_encoder_wrapper = \
         sys.modules["causvid.models"].get_vae_wrapper = lambda **kw: None  # the pipeline's factories (unused here)
     import causvid.models.wan.causal_inference as inference_module
@@ -89,15 +62,12 @@ def main() -> None:
     from causvid.models.wan.flow_match import FlowMatchScheduler
     from causvid.models.wan.wan_wrapper import CausalWanDiffusionWrapper
 
-    causal_model.attention = _sdpa
-    base_model.flash_attention = _sdpa
+    causal_model.attention = sdpa_float32
+    base_model.flash_attention = sdpa_float32
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     model = causal_model.CausalWanModel(**CONFIG).eval()
-    with torch.no_grad():  # random weights at a scale where every path matters (zero-init gates would hide them)
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.1)
+    fill_random(model, g)
     h, w = LATENT_HW
     tokens = (h // 2) * (w // 2)
 
@@ -136,7 +106,7 @@ def main() -> None:
     pipe._initialize_kv_cache = init_kv
     pipe._initialize_crossattn_cache = init_cross
     draws: list[torch.Tensor] = []
-    inference_module.torch = _TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
+    inference_module.torch = TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
 
     c = CONFIG["in_dim"]
     noise1 = torch.randn(1, FRAMES, c, h, w, generator=g)
