@@ -1,0 +1,125 @@
+"""Record a parity trace of Causal Forcing++'s frame-wise released inference on a tiny random model (CPU, float32).
+
+    python scripts/record_causal_forcing_trace.py --causal-forcing PATH/TO/Causal-Forcing --out tests/data/causal_forcing_trace
+
+``PATH`` is a checkout of ``thu-ml/Causal-Forcing`` (commit 1fc7bbc); ``pipeline/causal_inference.py`` runs unchanged
+except for what a CPU run needs, patched from the outside (``release_trace_tools``):
+
+1. attention: its ``attention`` / ``flash_attention`` helpers go to exact float32 scaled-dot-product attention; the
+   ``wan`` package ``__init__`` is not run and ``torch.cuda.current_device()`` (``demo_utils/memory.py``, at import)
+   answers 0;
+2. the constants of Wan2.1-1.3B: ``frame_seq_length`` (1560) is the tiny latent's tokens per frame, each attention
+   layer's ``max_attention_size`` (its global 32760 = 21 x 1560) is 21 tiny frames, and the caches are allocated at
+   the tiny model's layers / heads / head size;
+3. its Gaussian draws (``torch.randn_like``) come from a seeded generator and are recorded; the text encoder is a
+   fixed random embedding.
+
+Settings: ``configs/causal_forcing_dmd_framewise_2step.yaml`` and ``_1step.yaml`` (one frame per block; 2 or 1 warped
+steps at shift 5, the first frame with the 4-step ``denoising_step_list_first_chunk``), context_noise 0, 21 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from release_trace_tools import TorchOnCpu, fill_random, register_package_folder, sdpa_float32
+
+CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
+          "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
+          "cross_attn_norm": True, "eps": 1e-6}
+LATENT_HW = (4, 6)  # -> 6 tokens per latent frame
+FRAMES, SHIFT, FIRST = 21, 5.0, (1000, 750, 500, 250)
+VARIANTS = {"2step": (1000, 500), "1step": (1000,)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--causal-forcing", required=True, help="checkout of thu-ml/Causal-Forcing (1fc7bbc)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    root = Path(args.causal_forcing).resolve()
+    sys.path.insert(0, str(root))
+    torch.cuda.current_device = lambda: 0
+    register_package_folder("wan", root / "wan")
+    import pipeline.causal_inference as inference_module
+    import wan.modules.causal_model as causal_model
+    import wan.modules.model as base_model
+    from utils.scheduler import FlowMatchScheduler
+    from utils.wan_wrapper import WanDiffusionWrapper
+
+    causal_model.attention = sdpa_float32
+    base_model.flash_attention = sdpa_float32
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    model = causal_model.CausalWanModel(**CONFIG).eval()
+    fill_random(model, g)
+    h, w = LATENT_HW
+    tokens = (h // 2) * (w // 2)
+    for block in model.blocks:
+        block.self_attn.max_attention_size = FRAMES * tokens
+    heads, head_dim = CONFIG["num_heads"], CONFIG["dim"] // CONFIG["num_heads"]
+    wrapper = WanDiffusionWrapper.__new__(WanDiffusionWrapper)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.model = model
+    wrapper.uniform_timestep = False
+    wrapper.scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0, extra_one_step=True)
+    wrapper.scheduler.set_timesteps(1000, training=True)
+    wrapper.seq_len = FRAMES * tokens
+    wrapper.post_init()
+    context = torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g)
+    vae = types.SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: torch.zeros(1, 1, 3, 8, 8))
+    noise = torch.randn(1, FRAMES, CONFIG["in_dim"], h, w, generator=g)
+    record = {"context": context, "noise": noise}
+    meta = {"release": "thu-ml/Causal-Forcing@1fc7bbc", "frames": FRAMES, "chunk_frames": 1, "shift": SHIFT,
+            "warp": True, "first_chunk_steps": list(FIRST), "latent_hw": list(LATENT_HW), "tokens_per_frame": tokens,
+            "variants": {}, "torch": torch.__version__}
+    for name, steps in VARIANTS.items():
+        cfg = types.SimpleNamespace(denoising_step_list=list(steps), denoising_step_list_first_chunk=list(FIRST),
+                                    warp_denoising_step=True, num_frame_per_block=1, context_noise=0,
+                                    independent_first_frame=False, model_kwargs=types.SimpleNamespace(timestep_shift=SHIFT))
+        pipe = inference_module.CausalInferencePipeline(cfg, "cpu", generator=wrapper, vae=vae,
+                                                        text_encoder=lambda text_prompts: {"prompt_embeds": context})
+        pipe.num_transformer_blocks = CONFIG["num_layers"]
+        pipe.frame_seq_length = tokens
+
+        def init_kv(batch_size, dtype, device, pipe=pipe):
+            pipe.kv_cache1 = [{"k": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
+                               "v": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
+                               "global_end_index": torch.tensor([0], dtype=torch.long),
+                               "local_end_index": torch.tensor([0], dtype=torch.long)}
+                              for _ in range(CONFIG["num_layers"])]
+
+        def init_cross(batch_size, dtype, device, pipe=pipe):
+            pipe.crossattn_cache = [{"k": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
+                                     "v": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
+                                     "is_init": False} for _ in range(CONFIG["num_layers"])]
+
+        pipe._initialize_kv_cache = init_kv
+        pipe._initialize_crossattn_cache = init_cross
+        draws: list[torch.Tensor] = []
+        inference_module.torch = TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
+        with torch.no_grad():
+            _, latents = pipe.inference(noise=noise, text_prompts=["tiny"], return_latents=True)
+        record[f"latents_{name}"] = latents.contiguous()
+        record[f"renoise_{name}"] = torch.stack(draws)
+        meta["variants"][name] = {"denoising_step_list": list(steps), "renoise_draws": len(draws)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
+              str(out / "diffusion_pytorch_model.safetensors"))  # the original Wan folder layout
+    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **CONFIG}, indent=1))
+    save_file(record, str(out / "trace.safetensors"))
+    (out / "trace.json").write_text(json.dumps(meta, indent=1))
+    print(f"recorded {', '.join(f'{k}: {v} draws' for k, v in ((n, m['renoise_draws']) for n, m in meta['variants'].items()))} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
