@@ -1,4 +1,4 @@
-"""Record a parity trace of Causal Forcing++'s frame-wise released inference on a tiny random model (CPU, float32).
+"""Record a parity trace of Causal Forcing's released inference (frame-wise ++ and chunk-wise) on a tiny random model (CPU, float32).
 
     python scripts/record_causal_forcing_trace.py --causal-forcing PATH/TO/Causal-Forcing --out tests/data/causal_forcing_trace
 
@@ -15,7 +15,8 @@ except for what a CPU run needs, patched from the outside (``release_trace_tools
    fixed random embedding.
 
 Settings: ``configs/causal_forcing_dmd_framewise_2step.yaml`` and ``_1step.yaml`` (one frame per block; 2 or 1 warped
-steps at shift 5, the first frame with the 4-step ``denoising_step_list_first_chunk``), context_noise 0, 21 frames.
+steps at shift 5, the first frame with the 4-step ``denoising_step_list_first_chunk``) and
+``causal_forcing_dmd_chunkwise.yaml`` (blocks of 3, 4 steps), context_noise 0, 21 frames each.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim":
           "cross_attn_norm": True, "eps": 1e-6}
 LATENT_HW = (4, 6)  # -> 6 tokens per latent frame
 FRAMES, SHIFT, FIRST = 21, 5.0, (1000, 750, 500, 250)
-VARIANTS = {"2step": (1000, 500), "1step": (1000,)}
+VARIANTS = {  # name: (denoising_step_list, denoising_step_list_first_chunk, num_frame_per_block)
+    "2step": ((1000, 500), FIRST, 1),  # configs/causal_forcing_dmd_framewise_2step.yaml
+    "1step": ((1000,), FIRST, 1),  # configs/causal_forcing_dmd_framewise_1step.yaml
+    "chunkwise": ((1000, 750, 500, 250), None, 3),  # configs/causal_forcing_dmd_chunkwise.yaml
+}
 
 
 def main() -> None:
@@ -79,11 +84,12 @@ def main() -> None:
     noise = torch.randn(1, FRAMES, CONFIG["in_dim"], h, w, generator=g)
     record = {"context": context, "noise": noise}
     meta = {"release": "thu-ml/Causal-Forcing@1fc7bbc", "frames": FRAMES, "chunk_frames": 1, "shift": SHIFT,
-            "warp": True, "first_chunk_steps": list(FIRST), "latent_hw": list(LATENT_HW), "tokens_per_frame": tokens,
+            "warp": True, "latent_hw": list(LATENT_HW), "tokens_per_frame": tokens,
             "variants": {}, "torch": torch.__version__}
-    for name, steps in VARIANTS.items():
-        cfg = types.SimpleNamespace(denoising_step_list=list(steps), denoising_step_list_first_chunk=list(FIRST),
-                                    warp_denoising_step=True, num_frame_per_block=1, context_noise=0,
+    for name, (steps, first, chunk) in VARIANTS.items():
+        cfg = types.SimpleNamespace(denoising_step_list=list(steps), warp_denoising_step=True,
+                                    denoising_step_list_first_chunk=list(first) if first else None,
+                                    num_frame_per_block=chunk, context_noise=0,
                                     independent_first_frame=False, model_kwargs=types.SimpleNamespace(timestep_shift=SHIFT))
         pipe = inference_module.CausalInferencePipeline(cfg, "cpu", generator=wrapper, vae=vae,
                                                         text_encoder=lambda text_prompts: {"prompt_embeds": context})
@@ -110,7 +116,8 @@ def main() -> None:
             _, latents = pipe.inference(noise=noise, text_prompts=["tiny"], return_latents=True)
         record[f"latents_{name}"] = latents.contiguous()
         record[f"renoise_{name}"] = torch.stack(draws)
-        meta["variants"][name] = {"denoising_step_list": list(steps), "renoise_draws": len(draws)}
+        meta["variants"][name] = {"denoising_step_list": list(steps), "first_chunk_steps": list(first or []),
+                                  "chunk_frames": chunk, "renoise_draws": len(draws)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
