@@ -81,6 +81,7 @@ def test_causvid_long_video_from_the_cli(folder, tmp_path, capsys):
     assert frames == 1 + 4 * 38  # 72 from the first rollout + 81 from the second
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["sampling"]["restart_overlap"] == 3 and meta["latent_frames"] == 39
+    assert meta["chunks"] == {"planned": 13, "written": 13}  # the prefix chunk re-makes frames 18-20
 
     capsys.readouterr()
     assert main([*base, "--policy", "deep-forcing", "-o", str(tmp_path / "df.mp4")]) == 2

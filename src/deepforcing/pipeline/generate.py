@@ -378,7 +378,9 @@ class VideoGenerator:
             "sampling": self.bundle.sampling.__dict__,
             "latent_shape": list(self.bundle.latent_shape),
             "fps": self.bundle.fps,
-            "chunks": {"planned": planned_chunks, "written": len(result.chunk_seconds)},
+            # chunks of the video's timeline (a restart's prefix chunks re-make frames: they are not counted)
+            "chunks": {"planned": planned_chunks,
+                       "written": -(-result.latent_frames // self.bundle.sampling.chunk_frames)},
             "latent_frames": result.latent_frames,
             "pixel_frames": result.pixel_frames,
             "timings": {
