@@ -77,3 +77,46 @@ def test_guided_generation_through_the_generator_and_missing_negative(tiny_mini,
             VideoRollout(model=b.transformer, policy=make_policy("self-forcing"),
                          context=b.transformer.encode_context(b.encode_text([PROMPT])),
                          latent_shape=b.latent_shape, sampling=guided.sampling, seeds=[0])
+
+
+class _CallSpy:
+    """The model, recording each call's ``clean`` flag."""
+
+    def __init__(self, model, calls: list) -> None:
+        self.model, self.calls = model, calls
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs.get("clean"))
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_first_chunk_steps_and_guidance_act_on_chunk_0_only(tiny_mini):
+    """``first_chunk_steps`` / ``first_chunk_guidance``: chunk 0 is sampled exactly as a fully guided rollout with
+    those steps samples it (its unconditional branch on a throwaway cache), later chunks as the plain sampler does
+    (one batch in the cache, no guidance); only chunk 0's calls grow."""
+    b = mini_bundle(tiny_mini)
+    empty = b.transformer.encode_context(b.encode_text([""]))
+    first = (1000, 800, 600, 400)
+    plain_cfg = SamplingConfig(denoising_steps=(1000, 500), warp=False, solver="euler")
+    guided_cfg = dataclasses.replace(plain_cfg, denoising_steps=first, guidance=2.5)
+    mixed_cfg = dataclasses.replace(plain_cfg, first_chunk_steps=first, first_chunk_guidance=2.5)
+    plain, _ = _latents(b, plain_cfg, frames=6, uncond=empty)
+    guided, _ = _latents(b, guided_cfg, frames=3, uncond=empty)
+    mixed, r = _latents(b, mixed_cfg, frames=6, uncond=empty)
+    torch.testing.assert_close(mixed[:, :, :3], guided, atol=1e-5, rtol=0)  # chunk 0 = the guided 4-step chunk
+    assert (mixed[:, :, :3] - plain[:, :, :3]).abs().max() > 1e-3
+    assert r.cache.layers[0].store.keys.shape[0] == 1 and r._side_cache is None  # chunk 1 on: one unguided batch
+    calls = []
+    with torch.no_grad():
+        ctx = b.transformer.encode_context(b.encode_text([PROMPT]))
+        r = VideoRollout(model=b.transformer, policy=make_policy("self-forcing"), context=ctx, uncond_context=empty,
+                         latent_shape=b.latent_shape, sampling=mixed_cfg, seeds=[3])
+        r.model = _CallSpy(r.model, calls)
+        r.step()
+        r.step()
+    assert calls == [False] * 8 + [True] + [False] * 2 + [True]  # chunk 0: 4 steps x (prompt, empty) + clean pass
+    with pytest.raises(ValueError, match="first_chunk_guidance must be >= 1"):
+        SamplingConfig(first_chunk_guidance=0.5)

@@ -79,7 +79,7 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
     chunk = bundle.sampling.chunk_frames
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
-        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.guidance > 1 else None
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
         rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
                                sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames)
         decoder = bundle.codec.streaming_decoder()
@@ -209,7 +209,7 @@ def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_c
     chunk = bundle.sampling.chunk_frames
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text([prompt]))
-        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.guidance > 1 else None
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
         rollout = VideoRollout(model=bundle.transformer, policy=make_policy("full"), context=ctx,
                                latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed],
                                uncond_context=uncond)

@@ -43,6 +43,9 @@ class SamplingConfig:
         first_chunk_steps: nominal steps of chunk 0 only, warped like ``denoising_steps`` (``None``: the same as
             every chunk). Causal Forcing++'s 1- and 2-step frame-wise models denoise their first frame in 4 steps
             (its ``denoising_step_list_first_chunk``), since that frame has no context to lean on.
+        first_chunk_guidance: guidance scale of chunk 0 only (``None``: ``guidance``). Chunk 0 is made from the
+            prompt alone and once per video, so a guided first chunk costs one chunk's extra calls, not the video's
+            (the unconditional branch of that chunk runs on a throwaway cache; later chunks are unguided).
         restart_overlap: 0 (the cache policy rolls one rollout as long as the video) or CausVid's long videos
             (``pipeline.restart``): the rollout restarts every policy window with a fresh cache and RoPE, from this
             many latent frames of the previous one (3 in its release; a multiple of ``chunk_frames``).
@@ -58,8 +61,11 @@ class SamplingConfig:
     recache: str = "chunkwise"
     restart_overlap: int = 0
     first_chunk_steps: tuple[float, ...] | None = None
+    first_chunk_guidance: float | None = None
 
     def __post_init__(self) -> None:
+        if self.first_chunk_guidance is not None and not self.first_chunk_guidance >= 1.0:
+            raise ValueError(f"first_chunk_guidance must be >= 1 (1 = off), got {self.first_chunk_guidance}")
         if self.first_chunk_steps is not None and not self.first_chunk_steps:
             raise ValueError("first_chunk_steps must be None (the same steps) or at least one step")
         if self.restart_overlap < 0 or self.restart_overlap % self.chunk_frames:
@@ -81,6 +87,11 @@ class SamplingConfig:
             for steps in (list(self.denoising_steps), list(self.first_chunk_steps or [1])):
                 if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
                     raise ValueError(f"euler timesteps must decrease strictly and stay above 0, got {steps}")
+
+    @property
+    def needs_unconditional(self) -> bool:
+        """Whether any chunk is guided, so the rollout needs the empty prompt's context."""
+        return self.guidance > 1.0 or (self.first_chunk_guidance or 1.0) > 1.0
 
     def timesteps(self, schedule: FlowMatchSchedule, chunk: int | None = None) -> torch.Tensor:
         """The timesteps of every chunk, or of chunk ``chunk`` (chunk 0 may have its own)."""

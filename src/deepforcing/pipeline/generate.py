@@ -202,7 +202,7 @@ class VideoGenerator:
             model=self.bundle.transformer, policy=policy, context=self.context(prompt),
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
             device=self.device, record_events=record_events, max_frames=max_frames,
-            uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
+            uncond_context=self.context("") if self.bundle.sampling.needs_unconditional else None,
         )
 
     def _rolling_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None):
@@ -238,7 +238,7 @@ class VideoGenerator:
             model=self.bundle.transformer, policy=policy, context=self.context(prompt),
             latent_shape=self.bundle.latent_shape, codec=self.bundle.codec, temporal_scale=self.bundle.temporal_scale,
             sampling=self.bundle.sampling, seeds=[seed], device=self.device, record_events=record_events,
-            max_frames=max_frames, uncond_context=self.context("") if self.bundle.sampling.guidance > 1 else None,
+            max_frames=max_frames, uncond_context=self.context("") if self.bundle.sampling.needs_unconditional else None,
         )
 
     def check_memory(self, policy: CachePolicy, max_frames: int | None) -> int:

@@ -123,16 +123,20 @@ class VideoRollout:
     device: torch.device | str = "cpu"
     record_events: bool = False
     max_frames: int | None = None  # the video's length when known: the cache is then no larger than the video
-    uncond_context: object = None  # the empty prompt's context, needed when sampling.guidance > 1
+    uncond_context: object = None  # the empty prompt's context, needed when a chunk is guided
 
     def __post_init__(self) -> None:
         c, h, w = self.latent_shape
         self.batch = len(self.seeds)
-        self.guided = self.sampling.guidance > 1.0
+        self.guided = self.sampling.guidance > 1.0  # every chunk: prompt and empty prompt in one batch
+        if self.sampling.needs_unconditional and self.uncond_context is None:
+            raise ValueError("classifier-free guidance needs the empty prompt's context (uncond_context)")
         if self.guided:
-            if self.uncond_context is None:
-                raise ValueError("classifier-free guidance needs the empty prompt's context (uncond_context)")
             self.context = self._with_unconditional(self.context)
+        first = self.sampling.first_chunk_guidance
+        self.first_guidance = self.sampling.guidance if first is None else first
+        self._scale = self.sampling.guidance  # of the chunk being generated
+        self._side_cache = None  # chunk 0's unconditional branch when only chunk 0 is guided
         self.cache = self.model.make_cache(
             self.policy, height=h, width=w, chunk_frames=self.sampling.chunk_frames,
             batch=self.batch * (2 if self.guided else 1), record_events=self.record_events, max_frames=self.max_frames,
@@ -158,16 +162,24 @@ class VideoRollout:
         values = [torch.cat([v, uv.expand(v.shape[0], *uv.shape[1:])]) for v, uv in zip(context.values, u.values)]
         return type(context)(keys, values)
 
+    def _unconditional(self, batch: int):
+        """The empty prompt's cross-attention state for ``batch`` videos."""
+        u = self.uncond_context
+        return type(u)([k.expand(batch, *k.shape[1:]) for k in u.keys], [v.expand(batch, *v.shape[1:]) for v in u.values])
+
     def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
         f = x.shape[2]
         if self.guided:
             x = torch.cat([x, x])
         timesteps = torch.full((x.shape[0], f), float(t), device=x.device, dtype=torch.float32)
         flow = self.model(x, timesteps, self.context, self.cache, start, clean=clean)
-        if not self.guided:
-            return flow
-        cond, uncond = flow.chunk(2)
-        return uncond + self.sampling.guidance * (cond - uncond)
+        if self.guided:
+            cond, uncond = flow.chunk(2)
+            return uncond + self._scale * (cond - uncond)
+        if self._side_cache is not None and not clean:  # a guided chunk 0 of an otherwise unguided rollout
+            uncond = self.model(x, timesteps, self._unconditional(x.shape[0]), self._side_cache, start, clean=False)
+            return uncond + self._scale * (flow - uncond)
+        return flow
 
     @torch.no_grad()
     def step(self) -> ChunkResult:
@@ -177,7 +189,12 @@ class VideoRollout:
         shape = (self.batch, c, self.sampling.chunk_frames, h, w)
         x = self.noise.initial(i, shape)
         steps = self.first_steps if i == 0 else self.steps
+        self._scale = self.first_guidance if i == 0 else self.sampling.guidance
+        if i == 0 and not self.guided and self.first_guidance > 1.0:
+            self._side_cache = self.model.make_cache(self.policy, height=h, width=w, batch=self.batch,
+                                                     chunk_frames=self.sampling.chunk_frames, max_frames=self.max_frames)
         x0 = self._euler(x, f0, steps) if self.sampling.solver == "euler" else self._renoise_steps(x, i, f0, shape, steps)
+        self._side_cache = None
         self._call(x0, self.sampling.context_noise, f0, clean=True)
         self._remember(x0)
         self.next_chunk += 1
