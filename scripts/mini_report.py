@@ -68,10 +68,14 @@ def main() -> None:
         bar[name].pop("videos")
     strip_image(videos, held_out_pairs(args.pairs)[: args.strip], 24, out / "strip.png")
     step = meta.get("training", {}).get("step")
+    sampling = bundle.sampling
+    first_chunk = (f" (first chunk: {len(sampling.first_chunk_steps or sampling.denoising_steps)} steps, guidance "
+                   f"{sampling.first_chunk_guidance or sampling.guidance})"
+                   if sampling.first_chunk_steps or sampling.first_chunk_guidance else "")
     lines = [f"# Mini model quality bar (step {step})", "",
              f"Free rollouts from the prompt alone, {args.pairs} held-out prompt x seed pairs, sampler "
              f"{bundle.sampling.solver} {len(bundle.sampling.denoising_steps)} steps, guidance "
-             f"{bundle.sampling.guidance}; mean ± half-width of the 95 % CI; {seconds:.0f} s on "
+             f"{bundle.sampling.guidance}{first_chunk}; mean ± half-width of the 95 % CI; {seconds:.0f} s on "
              f"{torch.get_num_threads()} CPU thread(s).", "", format_free_rollout_table(bar), "",
              "Persistence inside the window by object count (pairs): " + "; ".join(
                  f"{name}: " + ", ".join(f"{k} obj {r['mean']:.2f} (n={r['n']})"
