@@ -39,6 +39,10 @@ def test_causvid_preset_restarts_every_window_from_three_latents(generator):
     bundle = generator.bundle
     assert bundle.sampling.restart_overlap == 3 and bundle.default_policy["window"] == 21
     policy = generator.resolve_policy(None)
+    with pytest.raises(ValueError, match="--no-restart"):  # the API refuses a policy that would not act
+        generator.open_rollout(PROMPT, generator.resolve_policy("deep-forcing"), max_frames=39)
+    within = generator.open_rollout(PROMPT, generator.resolve_policy("deep-forcing"), max_frames=21)
+    assert not isinstance(within, RestartingRollout)  # one window: a plain rollout, where every policy is full
     rollout = generator.open_rollout(PROMPT, policy, max_frames=39)
     assert isinstance(rollout, RestartingRollout)
     seen = []
@@ -71,7 +75,7 @@ def test_causvid_preset_restarts_every_window_from_three_latents(generator):
     assert sum(r.frames.shape[1] for r in [prefix, *rest]) == 81  # nothing re-makes the last tail
 
 
-def test_causvid_long_video_from_the_cli(folder, tmp_path, capsys):
+def test_causvid_long_video_from_the_cli(folder, tmp_path, capsys, monkeypatch):
     base = ["generate", PROMPT, "--model", str(folder), "--preset", "causvid", "--resolution", "32x48", "--quiet",
             "--frames", "39"]
     out = tmp_path / "cv.mp4"
@@ -86,6 +90,15 @@ def test_causvid_long_video_from_the_cli(folder, tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--policy", "deep-forcing", "-o", str(tmp_path / "df.mp4")]) == 2
     assert "--no-restart" in capsys.readouterr().err
+    import deepforcing.models.bundle as bundle_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the request was refused")
+
+    monkeypatch.setattr(bundle_module, "wan_bundle", no_loading)  # --frames is known: refused before any load
+    assert main([*base, "--policy", "deep-forcing", "-o", str(tmp_path / "df.mp4")]) == 2
+    assert "restarts its rollout every 21 frames" in capsys.readouterr().err
+    monkeypatch.undo()
     rolled = tmp_path / "rolled.mp4"
     assert main([*base, "--policy", "deep-forcing", "--no-restart", "-o", str(rolled)]) == 0
     meta = json.loads(rolled.with_suffix(".json").read_text())

@@ -164,6 +164,22 @@ def _prompts_of(job) -> list[str]:
     return [job] if isinstance(job, str) else [e.prompt for e in job]
 
 
+def _check_restart_policy(args: argparse.Namespace) -> None:
+    """A preset that restarts its rollout (CausVid) with another policy and a length known to exceed its window:
+    refused now, before the weights load (lengths in seconds are checked by the generator, which knows the VAE)."""
+    from deepforcing.models.presets import get_preset
+    from deepforcing.pipeline.generate import restart_policy_error
+
+    preset = get_preset(args.preset or "self-forcing")
+    if not preset.restart_overlap or getattr(args, "no_restart", False) or args.frames is None \
+            or args.frames <= preset.window_frames:
+        return
+    default = preset.product_policy()
+    window = getattr(args, "window", None)
+    if (args.policy or default["name"]) != default["name"] or (window is not None and window != default["window"]):
+        raise ValueError(restart_policy_error(default["window"], preset.restart_overlap, args.policy or default["name"]))
+
+
 def _check_length(args: argparse.Namespace, jobs) -> None:
     if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= MAX_SECONDS):
         raise ValueError(f"--seconds must be positive and at most {MAX_SECONDS:g} (a day), got {args.seconds}")
@@ -238,6 +254,8 @@ def run_generate(args: argparse.Namespace) -> int:
     mini = _is_mini(args)
     _check_model_options(args, mini, jobs)
     _check_length(args, jobs)
+    if not mini:
+        _check_restart_policy(args)
     if mini:  # the policy and its sizes need no weights: refuse impossible ones now
         from deepforcing.cache import make_policy
 

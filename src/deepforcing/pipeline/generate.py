@@ -230,10 +230,8 @@ class VideoGenerator:
 
         default = self.bundle.default_policy
         if policy.name != default["name"] or policy.window != default.get("window", policy.window):
-            raise ValueError(f"this model restarts its rollout every {default.get('window')} frames as its release "
-                             f"does (restart_overlap {self.bundle.sampling.restart_overlap}), so no cache policy "
-                             f"acts; drop --policy/--window, or pass --no-restart to roll one cache with "
-                             f"{policy.name}")
+            raise ValueError(restart_policy_error(default.get("window"), self.bundle.sampling.restart_overlap,
+                                                  policy.name))
         return RestartingRollout(
             model=self.bundle.transformer, policy=policy, context=self.context(prompt),
             latent_shape=self.bundle.latent_shape, codec=self.bundle.codec, temporal_scale=self.bundle.temporal_scale,
@@ -393,6 +391,12 @@ class VideoGenerator:
             "device": str(self.device),
             "versions": _versions(),
         }
+
+
+def restart_policy_error(window: int | None, overlap: int, policy: str) -> str:
+    """Why a restarting model (CausVid's long videos) refuses another cache policy than its own."""
+    return (f"this model restarts its rollout every {window} frames as its release does (restart_overlap {overlap}), "
+            f"so no cache policy acts; drop --policy/--window, or pass --no-restart to roll one cache with {policy}")
 
 
 def _looks_timed(text: str) -> bool:
