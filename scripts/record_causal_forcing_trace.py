@@ -22,20 +22,16 @@ steps at shift 5, the first frame with the 4-step ``denoising_step_list_first_ch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from release_trace_tools import TorchOnCpu, fill_random, register_package_folder, sdpa_float32
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
+                                 fill_random, register_package_folder, save_trace, sdpa_float32,
+                                 self_attention_caches, tiny_wrapper)
 
-CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
-          "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
-          "cross_attn_norm": True, "eps": 1e-6}
-LATENT_HW = (4, 6)  # -> 6 tokens per latent frame
 FRAMES, SHIFT, FIRST = 21, 5.0, (1000, 750, 500, 250)
 VARIANTS = {  # name: (denoising_step_list, denoising_step_list_first_chunk, num_frame_per_block)
     "2step": ((1000, 500), FIRST, 1),  # configs/causal_forcing_dmd_framewise_2step.yaml
@@ -64,28 +60,18 @@ def main() -> None:
     base_model.flash_attention = sdpa_float32
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    model = causal_model.CausalWanModel(**CONFIG).eval()
+    model = causal_model.CausalWanModel(**TINY_CONFIG).eval()
     fill_random(model, g)
-    h, w = LATENT_HW
-    tokens = (h // 2) * (w // 2)
     for block in model.blocks:
-        block.self_attn.max_attention_size = FRAMES * tokens
-    heads, head_dim = CONFIG["num_heads"], CONFIG["dim"] // CONFIG["num_heads"]
-    wrapper = WanDiffusionWrapper.__new__(WanDiffusionWrapper)
-    torch.nn.Module.__init__(wrapper)
-    wrapper.model = model
-    wrapper.uniform_timestep = False
-    wrapper.scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0, extra_one_step=True)
-    wrapper.scheduler.set_timesteps(1000, training=True)
-    wrapper.seq_len = FRAMES * tokens
-    wrapper.post_init()
-    context = torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g)
+        block.self_attn.max_attention_size = FRAMES * TINY_TOKENS
+    wrapper = tiny_wrapper(WanDiffusionWrapper, model, FlowMatchScheduler, SHIFT, FRAMES * TINY_TOKENS)
+    context = torch.randn(1, TINY_CONFIG["text_len"], TINY_CONFIG["text_dim"], generator=g)
     vae = types.SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: torch.zeros(1, 1, 3, 8, 8))
-    noise = torch.randn(1, FRAMES, CONFIG["in_dim"], h, w, generator=g)
+    noise = torch.randn(1, FRAMES, TINY_CONFIG["in_dim"], *TINY_LATENT_HW, generator=g)
     record = {"context": context, "noise": noise}
     meta = {"release": "thu-ml/Causal-Forcing@1fc7bbc", "frames": FRAMES, "chunk_frames": 1, "shift": SHIFT,
-            "warp": True, "latent_hw": list(LATENT_HW), "tokens_per_frame": tokens,
-            "variants": {}, "torch": torch.__version__}
+            "warp": True, "latent_hw": list(TINY_LATENT_HW), "tokens_per_frame": TINY_TOKENS,
+            "variants": {}}
     for name, (steps, first, chunk) in VARIANTS.items():
         cfg = types.SimpleNamespace(denoising_step_list=list(steps), warp_denoising_step=True,
                                     denoising_step_list_first_chunk=list(first) if first else None,
@@ -93,23 +79,12 @@ def main() -> None:
                                     independent_first_frame=False, model_kwargs=types.SimpleNamespace(timestep_shift=SHIFT))
         pipe = inference_module.CausalInferencePipeline(cfg, "cpu", generator=wrapper, vae=vae,
                                                         text_encoder=lambda text_prompts: {"prompt_embeds": context})
-        pipe.num_transformer_blocks = CONFIG["num_layers"]
-        pipe.frame_seq_length = tokens
-
-        def init_kv(batch_size, dtype, device, pipe=pipe):
-            pipe.kv_cache1 = [{"k": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
-                               "v": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
-                               "global_end_index": torch.tensor([0], dtype=torch.long),
-                               "local_end_index": torch.tensor([0], dtype=torch.long)}
-                              for _ in range(CONFIG["num_layers"])]
-
-        def init_cross(batch_size, dtype, device, pipe=pipe):
-            pipe.crossattn_cache = [{"k": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
-                                     "v": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
-                                     "is_init": False} for _ in range(CONFIG["num_layers"])]
-
-        pipe._initialize_kv_cache = init_kv
-        pipe._initialize_crossattn_cache = init_cross
+        pipe.num_transformer_blocks = TINY_CONFIG["num_layers"]
+        pipe.frame_seq_length = TINY_TOKENS
+        pipe._initialize_kv_cache = lambda batch_size, dtype, device, pipe=pipe: setattr(
+            pipe, "kv_cache1", self_attention_caches(batch_size, FRAMES, dtype))
+        pipe._initialize_crossattn_cache = lambda batch_size, dtype, device, pipe=pipe: setattr(
+            pipe, "crossattn_cache", cross_attention_caches(batch_size, dtype))
         draws: list[torch.Tensor] = []
         inference_module.torch = TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
         with torch.no_grad():
@@ -118,13 +93,7 @@ def main() -> None:
         record[f"renoise_{name}"] = torch.stack(draws)
         meta["variants"][name] = {"denoising_step_list": list(steps), "first_chunk_steps": list(first or []),
                                   "chunk_frames": chunk, "renoise_draws": len(draws)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
-              str(out / "diffusion_pytorch_model.safetensors"))  # the original Wan folder layout
-    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **CONFIG}, indent=1))
-    save_file(record, str(out / "trace.safetensors"))
-    (out / "trace.json").write_text(json.dumps(meta, indent=1))
+    out = save_trace(args.out, model, record, meta)
     print(f"recorded {', '.join(f'{k}: {v} draws' for k, v in ((n, m['renoise_draws']) for n, m in meta['variants'].items()))} -> {out}")
 
 

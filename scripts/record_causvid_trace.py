@@ -26,20 +26,16 @@ re-noise draw in order, start latents, both rollouts' latents) and ``trace.json`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from release_trace_tools import TorchOnCpu, fill_random, register_package_folder, sdpa_float32
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
+                                 fill_random, register_package_folder, save_trace, sdpa_float32,
+                                 self_attention_caches, tiny_wrapper)
 
-CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
-          "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
-          "cross_attn_norm": True, "eps": 1e-6}
-LATENT_HW = (4, 6)  # -> 2 x 3 = 6 tokens per latent frame
 FRAMES, CHUNK, STEPS, SHIFT = 21, 3, (1000, 757, 522, 0), 8.0  # configs/wan_causal_dmd.yaml
 
 
@@ -66,21 +62,10 @@ def main() -> None:
     base_model.flash_attention = sdpa_float32
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    model = causal_model.CausalWanModel(**CONFIG).eval()
+    model = causal_model.CausalWanModel(**TINY_CONFIG).eval()
     fill_random(model, g)
-    h, w = LATENT_HW
-    tokens = (h // 2) * (w // 2)
-
-    wrapper = CausalWanDiffusionWrapper.__new__(CausalWanDiffusionWrapper)
-    torch.nn.Module.__init__(wrapper)
-    wrapper.model = model
-    wrapper.uniform_timestep = False
-    wrapper.scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0, extra_one_step=True)
-    wrapper.scheduler.set_timesteps(1000, training=True)
-    wrapper.seq_len = FRAMES * tokens
-    wrapper.post_init()
-
-    context = torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g)
+    wrapper = tiny_wrapper(CausalWanDiffusionWrapper, model, FlowMatchScheduler, SHIFT, FRAMES * TINY_TOKENS)
+    context = torch.randn(1, TINY_CONFIG["text_len"], TINY_CONFIG["text_dim"], generator=g)
     pipe = inference_module.InferencePipeline.__new__(inference_module.InferencePipeline)
     torch.nn.Module.__init__(pipe)
     pipe.generator = wrapper
@@ -88,47 +73,32 @@ def main() -> None:
     pipe.vae = types.SimpleNamespace(decode_to_pixel=lambda latents: torch.zeros(1, 1, 3, 8, 8))
     pipe.denoising_step_list = torch.tensor(STEPS[:-1], dtype=torch.long)  # its __init__ drops the final 0
     pipe.scheduler = wrapper.get_scheduler()
-    pipe.num_transformer_blocks = CONFIG["num_layers"]
-    pipe.frame_seq_length = tokens
+    pipe.num_transformer_blocks = TINY_CONFIG["num_layers"]
+    pipe.frame_seq_length = TINY_TOKENS
     pipe.kv_cache1 = None
     pipe.num_frame_per_block = CHUNK
     model.num_frame_per_block = CHUNK
-    heads, head_dim = CONFIG["num_heads"], CONFIG["dim"] // CONFIG["num_heads"]
-
-    def init_kv(batch_size, dtype, device):
-        pipe.kv_cache1 = [{"k": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype),
-                           "v": torch.zeros(batch_size, FRAMES * tokens, heads, head_dim, dtype=dtype)}
-                          for _ in range(CONFIG["num_layers"])]
-
-    def init_cross(batch_size, dtype, device):
-        pipe.crossattn_cache = [{"k": None, "v": None, "is_init": False} for _ in range(CONFIG["num_layers"])]
-
-    pipe._initialize_kv_cache = init_kv
-    pipe._initialize_crossattn_cache = init_cross
+    pipe._initialize_kv_cache = lambda batch_size, dtype, device: setattr(
+        pipe, "kv_cache1", self_attention_caches(batch_size, FRAMES, dtype, indices=False))  # a fixed cache
+    pipe._initialize_crossattn_cache = lambda batch_size, dtype, device: setattr(
+        pipe, "crossattn_cache", cross_attention_caches(batch_size, dtype))
     draws: list[torch.Tensor] = []
     inference_module.torch = TorchOnCpu(draws, torch.Generator().manual_seed(args.seed + 1))
 
-    c = CONFIG["in_dim"]
-    noise1 = torch.randn(1, FRAMES, c, h, w, generator=g)
-    noise2 = torch.randn(1, FRAMES, c, h, w, generator=g)
-    start = torch.randn(1, CHUNK, c, h, w, generator=g)
+    shape = (TINY_CONFIG["in_dim"], *TINY_LATENT_HW)
+    noise1 = torch.randn(1, FRAMES, *shape, generator=g)
+    noise2 = torch.randn(1, FRAMES, *shape, generator=g)
+    start = torch.randn(1, CHUNK, *shape, generator=g)
     with torch.no_grad():
         _, first = pipe.inference(noise=noise1, text_prompts=["tiny"], return_latents=True)
         draws_first = len(draws)
         _, second = pipe.inference(noise=noise2, text_prompts=["tiny"], return_latents=True, start_latents=start)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
-              str(out / "diffusion_pytorch_model.safetensors"))  # the original Wan folder layout
-    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **CONFIG}, indent=1))
-    save_file({"context": context, "noise_first": noise1, "noise_second": noise2, "start_latents": start,
-               "renoise": torch.stack(draws), "latents_first": first.contiguous(),
-               "latents_second": second.contiguous()}, str(out / "trace.safetensors"))
-    (out / "trace.json").write_text(json.dumps({
+    out = save_trace(args.out, model, {
+        "context": context, "noise_first": noise1, "noise_second": noise2, "start_latents": start,
+        "renoise": torch.stack(draws), "latents_first": first, "latents_second": second}, {
         "release": "tianweiy/CausVid@ca21150", "frames": FRAMES, "chunk_frames": CHUNK,
-        "denoising_step_list": list(STEPS), "shift": SHIFT, "latent_hw": list(LATENT_HW),
-        "tokens_per_frame": tokens, "renoise_draws_first_rollout": draws_first, "renoise_draws": len(draws),
-        "torch": torch.__version__}, indent=1))
+        "denoising_step_list": list(STEPS), "shift": SHIFT, "latent_hw": list(TINY_LATENT_HW),
+        "tokens_per_frame": TINY_TOKENS, "renoise_draws_first_rollout": draws_first, "renoise_draws": len(draws)})
     print(f"recorded {len(draws)} re-noise draws; latents {tuple(first.shape)} + {tuple(second.shape)} -> {out}")
 
 

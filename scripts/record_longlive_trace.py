@@ -23,20 +23,16 @@ sink), and 30 frames whose prompt switches at frame 15 (``pipeline/interactive_c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from release_trace_tools import TorchOnCpu, fill_random, register_package_folder, sdpa_float32
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
+                                 fill_random, register_package_folder, save_trace, sdpa_float32,
+                                 self_attention_caches, tiny_wrapper)
 
-CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
-          "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
-          "cross_attn_norm": True, "eps": 1e-6}
-LATENT_HW = (4, 6)  # -> 6 tokens per latent frame
 FRAMES, CHUNK, STEPS, SHIFT, LOCAL, SINK, SWITCH = 30, 3, (1000, 750, 500, 250), 5.0, 12, 3, 15
 
 
@@ -61,23 +57,12 @@ def main() -> None:
     base_model.flash_attention = sdpa_float32
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    model = causal_model.CausalWanModel(**CONFIG, local_attn_size=LOCAL, sink_size=SINK).eval()
+    model = causal_model.CausalWanModel(**TINY_CONFIG, local_attn_size=LOCAL, sink_size=SINK).eval()
     fill_random(model, g)
-    h, w = LATENT_HW
-    tokens = (h // 2) * (w // 2)
-    heads, head_dim = CONFIG["num_heads"], CONFIG["dim"] // CONFIG["num_heads"]
+    wrapper = tiny_wrapper(WanDiffusionWrapper, model, FlowMatchScheduler, SHIFT, 21 * TINY_TOKENS)  # its 32760
 
-    wrapper = WanDiffusionWrapper.__new__(WanDiffusionWrapper)
-    torch.nn.Module.__init__(wrapper)
-    wrapper.model = model
-    wrapper.uniform_timestep = False
-    wrapper.scheduler = FlowMatchScheduler(shift=SHIFT, sigma_min=0.0, extra_one_step=True)
-    wrapper.scheduler.set_timesteps(1000, training=True)
-    wrapper.seq_len = 21 * tokens  # its 32760 for local_attn_size <= 21
-    wrapper.post_init()
-
-    prompts = {"first": torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g),
-               "second": torch.randn(1, CONFIG["text_len"], CONFIG["text_dim"], generator=g)}
+    prompts = {"first": torch.randn(1, TINY_CONFIG["text_len"], TINY_CONFIG["text_dim"], generator=g),
+               "second": torch.randn(1, TINY_CONFIG["text_len"], TINY_CONFIG["text_dim"], generator=g)}
     text_encoder = lambda text_prompts: {"prompt_embeds": prompts[text_prompts[0]]}  # noqa: E731
     cfg = types.SimpleNamespace(denoising_step_list=list(STEPS), warp_denoising_step=True, num_frame_per_block=CHUNK,
                                 context_noise=0, global_sink=True,
@@ -86,21 +71,15 @@ def main() -> None:
     vae = types.SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: torch.zeros(1, 1, 3, 8, 8))
 
     def adapt(pipe):
-        pipe.num_transformer_blocks = CONFIG["num_layers"]
-        pipe.frame_seq_length = tokens
+        pipe.num_transformer_blocks = TINY_CONFIG["num_layers"]
+        pipe.frame_seq_length = TINY_TOKENS
 
         def init_kv(batch_size, dtype, device, kv_cache_size_override=None):
-            size = kv_cache_size_override if kv_cache_size_override is not None else LOCAL * tokens
-            pipe.kv_cache1 = [{"k": torch.zeros(batch_size, size, heads, head_dim, dtype=dtype),
-                               "v": torch.zeros(batch_size, size, heads, head_dim, dtype=dtype),
-                               "global_end_index": torch.tensor([0], dtype=torch.long),
-                               "local_end_index": torch.tensor([0], dtype=torch.long)}
-                              for _ in range(CONFIG["num_layers"])]
+            tokens = kv_cache_size_override if kv_cache_size_override is not None else LOCAL * TINY_TOKENS
+            pipe.kv_cache1 = self_attention_caches(batch_size, tokens // TINY_TOKENS, dtype)
 
         def init_cross(batch_size, dtype, device):
-            pipe.crossattn_cache = [{"k": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
-                                     "v": torch.zeros(batch_size, CONFIG["text_len"], heads, head_dim, dtype=dtype),
-                                     "is_init": False} for _ in range(CONFIG["num_layers"])]
+            pipe.crossattn_cache = cross_attention_caches(batch_size, dtype)
 
         pipe._initialize_kv_cache = init_kv
         pipe._initialize_crossattn_cache = init_cross
@@ -110,9 +89,9 @@ def main() -> None:
     noise_gen = torch.Generator().manual_seed(args.seed + 1)
     inference_module.torch = TorchOnCpu(draws, noise_gen)
     interactive_module.torch = TorchOnCpu(draws, noise_gen)
-    c = CONFIG["in_dim"]
-    noise_plain = torch.randn(1, FRAMES, c, h, w, generator=g)
-    noise_switch = torch.randn(1, FRAMES, c, h, w, generator=g)
+    shape = (TINY_CONFIG["in_dim"], *TINY_LATENT_HW)
+    noise_plain = torch.randn(1, FRAMES, *shape, generator=g)
+    noise_switch = torch.randn(1, FRAMES, *shape, generator=g)
     with torch.no_grad():
         plain_pipe = adapt(inference_module.CausalInferencePipeline(cfg, "cpu", generator=wrapper,
                                                                     text_encoder=text_encoder, vae=vae))
@@ -122,20 +101,15 @@ def main() -> None:
             cfg, "cpu", generator=wrapper, text_encoder=text_encoder, vae=vae))
         _, switched = switch_pipe.inference(noise=noise_switch, text_prompts_list=[["first"], ["second"]],
                                             switch_frame_indices=[SWITCH], return_latents=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
-              str(out / "diffusion_pytorch_model.safetensors"))  # the original Wan folder layout
-    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **CONFIG}, indent=1))
-    save_file({"context_first": prompts["first"], "context_second": prompts["second"], "noise_plain": noise_plain,
-               "noise_switch": noise_switch, "renoise": torch.stack(draws), "latents_plain": plain.contiguous(),
-               "latents_switch": switched.contiguous()}, str(out / "trace.safetensors"))
-    (out / "trace.json").write_text(json.dumps({
+    out = save_trace(args.out, model, {
+        "context_first": prompts["first"], "context_second": prompts["second"], "noise_plain": noise_plain,
+        "noise_switch": noise_switch, "renoise": torch.stack(draws), "latents_plain": plain,
+        "latents_switch": switched}, {
         "release": "NVlabs/LongLive@2462895", "frames": FRAMES, "chunk_frames": CHUNK, "denoising_step_list": list(STEPS),
         "warp": True, "shift": SHIFT, "local_attn_size": LOCAL, "sink_size": SINK, "global_sink": True,
-        "switch_frame": SWITCH, "latent_hw": list(LATENT_HW), "tokens_per_frame": tokens,
+        "switch_frame": SWITCH, "latent_hw": list(TINY_LATENT_HW), "tokens_per_frame": TINY_TOKENS,
         "max_attention_size": model.blocks[0].self_attn.max_attention_size,
-        "renoise_draws_plain": draws_plain, "renoise_draws": len(draws), "torch": torch.__version__}, indent=1))
+        "renoise_draws_plain": draws_plain, "renoise_draws": len(draws)})
     print(f"recorded {len(draws)} re-noise draws; latents {tuple(plain.shape)} + {tuple(switched.shape)} -> {out}")
 
 

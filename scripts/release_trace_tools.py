@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sdpa_float32", "TorchOnCpu", "register_package_folder", "fill_random"]
+__all__ = ["sdpa_float32", "TorchOnCpu", "register_package_folder", "fill_random", "TINY_CONFIG", "TINY_LATENT_HW",
+           "TINY_TOKENS", "tiny_wrapper", "self_attention_caches", "cross_attention_caches", "save_trace"]
 
 
 def sdpa_float32(q, k, v, *args, **kwargs):
@@ -56,3 +57,66 @@ def fill_random(module: torch.nn.Module, generator: torch.Generator, scale: floa
     for tensor in module.state_dict().values():
         if tensor.is_floating_point():
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
+
+
+# ------------------------------------------------------------------ the tiny model and what every recorder writes
+TINY_CONFIG = {"model_type": "t2v", "patch_size": [1, 2, 2], "text_len": 8, "in_dim": 4, "dim": 48, "ffn_dim": 64,
+               "freq_dim": 32, "text_dim": 16, "out_dim": 4, "num_heads": 2, "num_layers": 2, "qk_norm": True,
+               "cross_attn_norm": True, "eps": 1e-6}
+"""The tiny Wan config of every trace (original Wan ``config.json`` fields)."""
+TINY_LATENT_HW = (4, 6)
+TINY_TOKENS = (TINY_LATENT_HW[0] // 2) * (TINY_LATENT_HW[1] // 2)  # patch 2 x 2 -> 6 tokens per latent frame
+TINY_HEADS = TINY_CONFIG["num_heads"]
+TINY_HEAD_DIM = TINY_CONFIG["dim"] // TINY_CONFIG["num_heads"]
+
+
+def tiny_wrapper(wrapper_cls, model, scheduler_cls, shift: float, seq_len: int):
+    """The release's diffusion wrapper around ``model`` without its ``__init__`` (which loads the 1.3B from disk):
+    per-frame timesteps, its ``FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`` table of 1000."""
+    wrapper = wrapper_cls.__new__(wrapper_cls)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.model = model
+    wrapper.uniform_timestep = False
+    wrapper.scheduler = scheduler_cls(shift=shift, sigma_min=0.0, extra_one_step=True)
+    wrapper.scheduler.set_timesteps(1000, training=True)
+    wrapper.seq_len = seq_len
+    wrapper.post_init()
+    return wrapper
+
+
+def self_attention_caches(batch: int, frames: int, dtype, indices: bool = True) -> list[dict]:
+    """The releases' per-layer K/V caches at the tiny model's sizes (their ``[B, 1560 k, 12, 128]``), with the
+    rolling releases' ``global_end_index`` / ``local_end_index`` when ``indices``."""
+    def one() -> dict:
+        cache = {name: torch.zeros(batch, frames * TINY_TOKENS, TINY_HEADS, TINY_HEAD_DIM, dtype=dtype)
+                 for name in ("k", "v")}
+        if indices:
+            cache["global_end_index"] = torch.tensor([0], dtype=torch.long)
+            cache["local_end_index"] = torch.tensor([0], dtype=torch.long)
+        return cache
+
+    return [one() for _ in range(TINY_CONFIG["num_layers"])]
+
+
+def cross_attention_caches(batch: int, dtype) -> list[dict]:
+    """The releases' per-layer cross-attention caches at the tiny model's sizes (their ``[B, 512, 12, 128]``)."""
+    shape = (batch, TINY_CONFIG["text_len"], TINY_HEADS, TINY_HEAD_DIM)
+    return [{"k": torch.zeros(shape, dtype=dtype), "v": torch.zeros(shape, dtype=dtype), "is_init": False}
+            for _ in range(TINY_CONFIG["num_layers"])]
+
+
+def save_trace(out: str | Path, model: torch.nn.Module, tensors: dict, meta: dict) -> Path:
+    """``out/``: the weights in the original Wan folder layout (``config.json`` +
+    ``diffusion_pytorch_model.safetensors``), ``trace.safetensors`` and ``trace.json``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
+              str(out / "diffusion_pytorch_model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **TINY_CONFIG}, indent=1))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "trace.safetensors"))
+    (out / "trace.json").write_text(json.dumps({**meta, "torch": torch.__version__}, indent=1))
+    return out
