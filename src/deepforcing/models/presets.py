@@ -87,6 +87,33 @@ _LL = "NVlabs/LongLive@2462895"  # the last LongLive 1.0 (Wan2.1-T2V-1.3B) commi
 _CF = "thu-ml/Causal-Forcing@1fc7bbc"
 _RF = "TencentARC/RollingForcing@a1477d0"
 
+def _causal_forcing_framewise(name: str, steps: tuple[int, ...], first_chunk_steps: tuple[int, ...] | None,
+                              checkpoint: str, note: str, sources: dict[str, str]) -> ModelPreset:
+    """Causal Forcing's frame-wise models: one latent frame per step in its 21-frame global cache, warped steps at
+    shift 5, ``generator_ema`` (its README runs them with --use_ema); ``sources`` are file:line in its release."""
+    return ModelPreset(
+        name=name,
+        model_config=WAN21_T2V_1_3B,
+        chunk_frames=1,
+        window_frames=21,
+        denoising_steps=steps,
+        first_chunk_steps=first_chunk_steps,
+        warp=True,
+        shift=5.0,
+        policy="self-forcing",
+        use_ema=True,
+        notes=(f"checkpoint: zhuhz22/Causal-Forcing (Hugging Face) {checkpoint}, 'generator_ema' (its README runs it "
+               f"with --use_ema); {note}",),
+        sources={value: f"{_CF}:{where}" for value, where in sorted(
+            {**sources, "window_frames": "utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
+             "policy": "utils/wan_wrapper.py:122 (sink_size 0)"}.items(), key=lambda kv: _SOURCE_ORDER.index(kv[0]))},
+    )
+
+
+_SOURCE_ORDER = ("chunk_frames", "window_frames", "denoising_steps", "first_chunk_steps", "warp", "shift", "policy",
+                 "use_ema")
+
+
 PRESETS: dict[str, ModelPreset] = {
     "self-forcing": ModelPreset(
         name="self-forcing",
@@ -243,84 +270,36 @@ PRESETS: dict[str, ModelPreset] = {
             "use_ema": f"{_CF}:inference.py:69-82, README.md:36-42",
         },
     ),
-    "causal-forcing-framewise": ModelPreset(
-        name="causal-forcing-framewise",
-        model_config=WAN21_T2V_1_3B,
-        chunk_frames=1,
-        window_frames=21,
-        denoising_steps=(1000, 750, 500, 250),
-        warp=True,
-        shift=5.0,
-        policy="self-forcing",
-        use_ema=True,
-        notes=(
-            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) framewise/causal_forcing.pt, 'generator_ema' (its "
-            "README runs it with --use_ema); one latent frame per autoregressive step, Self Forcing's loop",
-        ),
-        sources={
-            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:47 (num_frame_per_block 1)",
-            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
-            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:7-11",
-            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:12",
-            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise.yaml:15,50",
-            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
-            "use_ema": f"{_CF}:README.md:141-146 (--use_ema), inference.py:69-82",
-        },
-    ),
-    "causal-forcing++-2step": ModelPreset(
-        name="causal-forcing++-2step",
-        model_config=WAN21_T2V_1_3B,
-        chunk_frames=1,
-        window_frames=21,
-        denoising_steps=(1000, 500),  # warped -> 1000, 833.3
-        first_chunk_steps=(1000, 750, 500, 250),
-        warp=True,
-        shift=5.0,
-        policy="self-forcing",
-        use_ema=True,
-        notes=(
-            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) causal-forcing++/framewise-2step.pt, 'generator_ema'; "
+    **{preset.name: preset for preset in (
+        _causal_forcing_framewise(
+            "causal-forcing-framewise", (1000, 750, 500, 250), None, "framewise/causal_forcing.pt",
+            "one latent frame per autoregressive step, Self Forcing's loop",
+            {"chunk_frames": "configs/causal_forcing_dmd_framewise.yaml:47 (num_frame_per_block 1)",
+             "denoising_steps": "configs/causal_forcing_dmd_framewise.yaml:7-11",
+             "warp": "configs/causal_forcing_dmd_framewise.yaml:12",
+             "shift": "configs/causal_forcing_dmd_framewise.yaml:15,50",
+             "use_ema": "README.md:141-146 (--use_ema), inference.py:69-82"}),
+        _causal_forcing_framewise(
+            "causal-forcing++-2step", (1000, 500), (1000, 750, 500, 250), "causal-forcing++/framewise-2step.pt",
             "frame 0 is denoised in 4 steps (denoising_step_list_first_chunk), every later frame in 2",
-        ),
-        sources={
-            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:50",
-            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
-            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:7-9",
-            "first_chunk_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:10-14, "
-                                 f"pipeline/causal_inference.py:34-44,222-229",
-            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:15 (both lists warped)",
-            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_2step.yaml:18,53",
-            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
-            "use_ema": f"{_CF}:README.md:124-129 (--use_ema)",
-        },
-    ),
-    "causal-forcing++-1step": ModelPreset(
-        name="causal-forcing++-1step",
-        model_config=WAN21_T2V_1_3B,
-        chunk_frames=1,
-        window_frames=21,
-        denoising_steps=(1000,),
-        first_chunk_steps=(1000, 750, 500, 250),
-        warp=True,
-        shift=5.0,
-        policy="self-forcing",
-        use_ema=True,
-        notes=(
-            "checkpoint: zhuhz22/Causal-Forcing (Hugging Face) causal-forcing++/framewise-1step.pt, 'generator_ema'; "
+            {"chunk_frames": "configs/causal_forcing_dmd_framewise_2step.yaml:50",
+             "denoising_steps": "configs/causal_forcing_dmd_framewise_2step.yaml:7-9",  # warped -> 1000, 833.3
+             "first_chunk_steps": "configs/causal_forcing_dmd_framewise_2step.yaml:10-14, "
+                                  "pipeline/causal_inference.py:34-44,222-229",
+             "warp": "configs/causal_forcing_dmd_framewise_2step.yaml:15 (both lists warped)",
+             "shift": "configs/causal_forcing_dmd_framewise_2step.yaml:18,53",
+             "use_ema": "README.md:124-129 (--use_ema)"}),
+        _causal_forcing_framewise(
+            "causal-forcing++-1step", (1000,), (1000, 750, 500, 250), "causal-forcing++/framewise-1step.pt",
             "frame 0 is denoised in 4 steps, every later frame in 1",
-        ),
-        sources={
-            "chunk_frames": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:49",
-            "window_frames": f"{_CF}:utils/wan_wrapper.py:121 (local_attn_size -1: the 21-frame global cache)",
-            "denoising_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:7-8",
-            "first_chunk_steps": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:9-13, "
-                                 f"pipeline/causal_inference.py:34-44,222-229",
-            "warp": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:14 (both lists warped)",
-            "shift": f"{_CF}:configs/causal_forcing_dmd_framewise_1step.yaml:17,52",
-            "policy": f"{_CF}:utils/wan_wrapper.py:122 (sink_size 0)",
-            "use_ema": f"{_CF}:README.md:132-137 (--use_ema)",
-        },
-    ),
+            {"chunk_frames": "configs/causal_forcing_dmd_framewise_1step.yaml:49",
+             "denoising_steps": "configs/causal_forcing_dmd_framewise_1step.yaml:7-8",
+             "first_chunk_steps": "configs/causal_forcing_dmd_framewise_1step.yaml:9-13, "
+                                  "pipeline/causal_inference.py:34-44,222-229",
+             "warp": "configs/causal_forcing_dmd_framewise_1step.yaml:14 (both lists warped)",
+             "shift": "configs/causal_forcing_dmd_framewise_1step.yaml:17,52",
+             "use_ema": "README.md:132-137 (--use_ema)"}),
+    )},
 }
 
 
