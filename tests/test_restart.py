@@ -79,7 +79,11 @@ def test_causvid_long_video_from_the_cli(folder, tmp_path, capsys, monkeypatch):
     base = ["generate", PROMPT, "--model", str(folder), "--preset", "causvid", "--resolution", "32x48", "--quiet",
             "--frames", "39"]
     out = tmp_path / "cv.mp4"
-    assert main([*base, "-o", str(out)]) == 0
+    assert main([*base, "-o", str(out), "--save-latents"]) == 0
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out.with_suffix(".latents.safetensors")))["latents"]
+    assert saved.shape[1] == 39  # the prefix chunk replaced the 3 frames it re-makes, nothing doubled
     with av.open(str(out)) as c:
         frames = sum(1 for _ in c.decode(video=0))
     assert frames == 1 + 4 * 38  # 72 from the first rollout + 81 from the second

@@ -299,7 +299,7 @@ class VideoGenerator:
 
             bar = tqdm(total=total, unit="chunk", desc=output.name, dynamic_ncols=True)
         scale = self.bundle.display_scale
-        latents, chunk_seconds, pixel_frames, cache, latent_frames = [], [], 0, None, 0
+        latents, chunk_seconds, pixel_frames, cache, latent_frames, saved_frames = [], [], 0, None, 0, 0
         started = time.perf_counter()
         interrupted = False
         failure: BaseException | None = None
@@ -319,9 +319,10 @@ class VideoGenerator:
                 cache = out.cache
                 latent_frames = max(latent_frames, out.start_frame + out.latents.shape[2])
                 if save_latents_to is not None:
-                    while latents and sum(x.shape[1] for x in latents) > out.start_frame:  # a restart re-makes them
-                        latents.pop()
+                    while latents and saved_frames > out.start_frame:  # a restart re-makes them
+                        saved_frames -= latents.pop().shape[1]
                     latents.append(out.latents[0].cpu())
+                    saved_frames += latents[-1].shape[1]
                 if on_chunk is not None:
                     on_chunk(out)
                 if bar is not None:
