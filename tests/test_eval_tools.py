@@ -2,14 +2,16 @@
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from deepforcing.cli import main
-from deepforcing.eval.diagnostics import AttentionMassProbe, topc_selection_heatmap
+from deepforcing.eval.diagnostics import AttentionMassProbe, region_mass, topc_selection_heatmap
 from deepforcing.eval.experiment import run_experiment
-from deepforcing.mini.bundle import mini_bundle
-from deepforcing.mini.quality import quality_bar
-from deepforcing.mini.bundle import mini_generator
+from deepforcing.eval.experiment_report import claim_verdicts
+from deepforcing.mini.bundle import mini_bundle, mini_generator
+from deepforcing.mini.quality import held_out_pairs, quality_bar
 from deepforcing.pipeline.generate import VideoGenerator
 
 from conftest import TINY_MINI as TINY
@@ -54,14 +56,62 @@ def test_diagnose_command_writes_plots(tiny_mini, tmp_path):
 
 
 def test_experiment_small(tiny_mini, tmp_path):
-    res = run_experiment(tmp_path, pairs=2, horizon=2, model=str(tiny_mini), labels=["self-forcing", "deep-forcing"],
-                         sweep=False, long_horizon=None, log=lambda *_: None)
-    assert [r["label"] for r in res["runs"]] == ["world (ground truth)", "self-forcing", "deep-forcing"]
-    assert res["runs"][0]["summary"]["object_persistence"][0] > 0.9  # the true world keeps its objects
-    assert all(r["frames"] == 42 and r["videos"] == 2 for r in res["runs"])
+    res = run_experiment(tmp_path, pairs=2, horizons=(3, 2), model=str(tiny_mini),
+                         labels=["self-forcing", "deep-forcing", "deep-sink S=18"], log=lambda *_: None)
+    arms = {a["label"]: a for a in res["arms"]}
+    assert list(arms) == ["world (ground truth)", "self-forcing", "deep-forcing", "deep-sink S=18"]
+    assert arms["self-forcing"]["horizons"] == [2.0, 3.0]  # a headline arm runs to the longest horizon...
+    assert arms["deep-sink S=18"]["horizons"] == [2.0]  # ...an ablation to the shortest
+    truth = arms["world (ground truth)"]["videos"]
+    assert all(v["beyond"]["3x"]["object_persistence"] > 0.9 for v in truth)  # the true world keeps its objects
+    # inside the window every policy writes the same frames: only what happens beyond it can differ
+    for v_sf, v_df in zip(arms["self-forcing"]["videos"], arms["deep-forcing"]["videos"]):
+        assert v_sf["inside"] == v_df["inside"]
+    assert res["prompts"] == [p for p, _ in held_out_pairs(2)]
+    verdicts = json.loads((tmp_path / "verdicts.json").read_text())
+    pairs = {(v["a"], v["b"], v["horizon"]) for v in verdicts}
+    assert ("deep-forcing", "self-forcing", "2x") in pairs and ("deep-forcing", "self-forcing", "3x") in pairs
+    assert not any(v["a"] == "deep-sink S=18" for v in verdicts)  # its partner (S=14) did not run
     table = (tmp_path / "summary.md").read_text()
-    assert "| deep-forcing | 2× (42 f) | 2 |" in table
-    assert (tmp_path / "drift_curves.png").exists() and (tmp_path / "strips.png").exists()
+    assert "| deep-forcing | 2 |" in table and "Not run: attention-sink S=3" in table
+    for name in ("drift_curves_2x.png", "drift_curves_3x.png", "strips_2x.png", "strips_3x.png", "sink_sweep.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with np.load(tmp_path / "strips.npz") as strips:
+        assert "3x|deep-forcing" in strips.files and "3x|deep-sink S=18" not in strips.files
+    (tmp_path / "summary.md").unlink()
+    assert main(["experiment", "--report-only", "--out", str(tmp_path)]) == 0  # redrawn from the files alone
+    assert (tmp_path / "summary.md").read_text() == table
+
+
+def _synthetic(a_values, b_values):
+    def videos(values):
+        return [{"inside": {}, "beyond": {"2x": {"object_persistence": x, "count_accuracy": 0.5,
+                                                  "object_colour_error": 0.1, "speed_ratio": 1.0}},
+                 "drift": {"2x": {}}} for x in values]
+    return {"horizons": [2.0], "arms": [{"label": "a", "horizons": [2.0], "videos": videos(a_values)},
+                                        {"label": "b", "horizons": [2.0], "videos": videos(b_values)}]}
+
+
+def test_claim_verdicts_follow_the_paired_interval():
+    better = _synthetic([0.9, 0.8, 0.95, 0.85], [0.5, 0.4, 0.6, 0.45])
+    (row,) = claim_verdicts(better, [("a beats b", "a", "b", +1)])
+    assert row["verdict"] == "supported" and row["better"] == ["object_persistence"]
+    assert row["metrics"]["object_persistence"]["mean"] == pytest.approx(0.3875)
+    assert claim_verdicts(better, [("b beats a", "b", "a", +1)])[0]["verdict"] == "contradicted"
+    assert claim_verdicts(better, [("a is worse", "a", "b", -1)])[0]["verdict"] == "contradicted"
+    assert claim_verdicts(better, [("option", "b", "a", 0)])[0]["verdict"] == "a worse"
+    noisy = _synthetic([0.9, 0.1, 0.8, 0.2], [0.5, 0.5, 0.5, 0.5])
+    assert claim_verdicts(noisy, [("a beats b", "a", "b", +1)])[0]["verdict"].startswith("not supported")
+    assert claim_verdicts(noisy, [("a beats c", "a", "c", +1)]) == []  # an arm that did not run: no row
+
+
+def test_region_mass_splits_the_cache_by_source_frame():
+    # 2 tokens per frame; slots: sink frames 0-1, a Top-C pick of frame 5, previous chunk frames 7-8, own 9-10
+    frames = [0, 0, 1, 1, 5, 7, 7, 8, 8, 9, 9, 10, 10]
+    mass = [[0.1, 0.1, 0.05, 0.05, 0.1, 0.05, 0.05, 0.05, 0.05, 0.1, 0.1, 0.1, 0.1]] * 2
+    r = region_mass({"chunk_start": 9, "frames": frames, "mass": mass}, sink_frames=2, chunk_frames=2,
+                    tokens_per_frame=2)
+    assert r == pytest.approx({"sink": 0.3, "middle": 0.1, "previous": 0.2, "own": 0.4})
 
 
 def test_quality_bar_copy_baseline_is_exact_on_static_parts(tiny_mini):

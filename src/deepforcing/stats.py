@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["mean_ci", "student_t_quantile"]
+__all__ = ["mean_ci", "paired_difference", "student_t_quantile"]
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -22,6 +22,36 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
     std = float(data.std(ddof=1))
     half = student_t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, *,
+                      resamples: int = 20_000, seed: int = 0) -> dict[str, float]:
+    """Paired comparison of ``a`` and ``b`` (the same prompt and seed under two settings): the mean of ``a - b``
+    with its Student-t interval, and the two-sided p-value of the sign-flip (paired permutation) test of "no
+    difference" — exact over all ``2^n`` sign patterns for ``n <= 16``, otherwise ``resamples`` random patterns
+    (seeded, with the +1 correction). Pairs where either value is missing are dropped. ``wins`` / ``losses`` /
+    ``ties`` count pairs with ``a > b`` / ``a < b`` / ``a == b``."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    diff = np.array([x - y for x, y in pairs], dtype=np.float64)
+    out = mean_ci(diff.tolist(), confidence)
+    out.update(wins=int((diff > 0).sum()), losses=int((diff < 0).sum()), ties=int((diff == 0).sum()))
+    n = diff.size
+    if n == 0:
+        out["p_value"] = math.nan
+        return out
+    observed = abs(diff.sum())
+    if n <= 16:
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+        sums = np.abs(signs @ diff)
+        out["p_value"] = float(np.mean(sums >= observed - 1e-12 * max(1.0, observed)))
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice((-1.0, 1.0), size=(resamples, n))
+        extreme = int((np.abs(signs @ diff) >= observed - 1e-12 * max(1.0, observed)).sum())
+        out["p_value"] = (extreme + 1) / (resamples + 1)
+    return out
 
 
 def student_t_quantile(p: float, df: float) -> float:

@@ -16,9 +16,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["AttentionMassProbe", "topc_selection_heatmap", "add_diagnose_arguments", "run_diagnose"]
+__all__ = ["AttentionMassProbe", "topc_selection_heatmap", "region_mass", "attention_regions", "add_diagnose_arguments",
+           "run_diagnose"]
 
 
 class AttentionMassProbe:
@@ -80,6 +82,60 @@ def topc_selection_heatmap(events, layers: int) -> torch.Tensor:
     for e in picks:
         heat[e.layer].index_add_(0, e.decision.selected[0].cpu(), torch.ones(e.decision.selected.shape[1]))
     return heat
+
+
+def region_mass(record: dict, sink_frames: int, chunk_frames: int, tokens_per_frame: int) -> dict[str, float]:
+    """Head-averaged attention mass of one probe record split by cache region: the ``sink`` (the first
+    ``sink_frames`` frames' slots), the chunk's ``own`` frames, the ``previous`` chunk (the ``chunk_frames`` source
+    frames right before it) and the ``middle`` (Top-C picks or the older FIFO tail; everything else)."""
+    mass = torch.tensor(record["mass"]).mean(dim=0)  # [L]
+    frames = torch.tensor(record["frames"])
+    start = record["chunk_start"]
+    sink = torch.zeros_like(frames, dtype=torch.bool)
+    sink[: sink_frames * tokens_per_frame] = True
+    own = ~sink & (frames >= start)
+    previous = ~sink & (frames < start) & (frames >= start - chunk_frames)
+    middle = ~(sink | own | previous)
+    return {name: float(mass[m].sum()) for name, m in
+            (("sink", sink), ("middle", middle), ("previous", previous), ("own", own))}
+
+
+@torch.no_grad()
+def attention_regions(gen, prompt: str, *, seed: int = 0, frames: int, policies: tuple[str, ...] = (
+        "deep-forcing", "self-forcing", "deep-sink")) -> dict:
+    """Why a policy helps or not: for each policy, the attention mass per cache region (:func:`region_mass`) at the
+    first denoising step of every chunk once the window is full, averaged over those chunks, per layer; and for
+    Top-C policies how concentrated the picks are right after the sink (Fig. 13: the share of picks in the first
+    ``C`` frames of candidate slots, divided by that share under uniform picking; 1 = uniform)."""
+    out: dict = {"prompt": prompt, "seed": seed, "frames": frames, "policies": {}}
+    for name in policies:
+        policy = gen.resolve_policy(name)
+        chunk = gen.bundle.sampling.chunk_frames
+        probe = AttentionMassProbe()
+        for piece in gen.stream(prompt, latent_frames=frames, policy=policy, seed=seed, record_events=True,
+                                attention_observer=probe):
+            pass
+        cache = piece.cache
+        F = cache.geometry.tokens_per_frame
+        layers: dict[int, list[dict[str, float]]] = {}
+        for r in probe.records:
+            if r["chunk_start"] >= policy.window:
+                layers.setdefault(r["layer"], []).append(region_mass(r, policy.sink_frames, chunk, F))
+        regions = {layer: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
+                   for layer, rows in sorted(layers.items())}
+        entry: dict = {"sink_frames": policy.sink_frames, "per_layer": regions,
+                       "mean": {k: float(np.mean([v[k] for v in regions.values()])) for k in next(iter(regions.values()))}
+                       if regions else {}}
+        heat = topc_selection_heatmap(cache.events, len(cache.layers))
+        topc = getattr(policy, "topc_frames", None)
+        if heat.numel() and topc:
+            picks = [e for e in cache.events if e.decision.selected is not None]
+            start = policy.sink_frames * F
+            candidates = min(e.total for e in picks) - start - policy.recent * F
+            near = heat[:, start:start + topc * F].sum() / heat.sum()
+            entry["topc_near_sink_ratio"] = float(near / (topc * F / candidates))
+        out["policies"][name] = entry
+    return out
 
 
 def _save(fig, path: Path) -> Path:
@@ -149,7 +205,14 @@ def run_diagnose(args: argparse.Namespace) -> int:
     heat = topc_selection_heatmap(cache.events, len(cache.layers))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "attention.json").write_text(json.dumps({"policy": policy.describe(), "records": probe.records}))
+    F = cache.geometry.tokens_per_frame
+    regions = {r["layer"]: region_mass(r, policy.sink_frames, gen.bundle.sampling.chunk_frames, F)
+               for r in probe.records if r["chunk_start"] == last_start}
+    (out / "attention.json").write_text(json.dumps({"policy": policy.describe(), "regions_last_chunk": regions,
+                                                    "records": probe.records}))
+    print(f"attention mass of the last chunk (frames {last_start}+) by cache region, per layer:")
+    for layer, r in sorted(regions.items()):
+        print(f"  layer {layer}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
     sink_tokens = policy.sink_frames * cache.geometry.tokens_per_frame
     for p in _plot(probe, heat, out, sink_tokens, policy.name):
         print(f"wrote {p}")

@@ -1,237 +1,310 @@
-"""The long-horizon experiment on the mini model: every policy, the same prompts and seeds, ground truth.
+"""The long-horizon study on the mini model: every cache policy, the same held-out prompts and seeds, ground truth.
 
-``python -m deepforcing.eval.experiment --out results/long_horizon`` (or ``deepforcing experiment``) generates
-``pairs`` prompt x seed videos of ``horizon x`` the training length (the model's window, 21 latent frames for the mini model) per policy — all videos of a
-policy in one batched rollout, each video with its own noise stream — and scores every video with
+``deepforcing experiment --out results/long_horizon`` generates, for every *arm* (a policy with its sizes), free
+rollouts from the prompt alone of the quality bar's held-out prompt x seed pairs (:func:`~deepforcing.mini.quality.
+held_out_pairs`: training never draws their scenes or seeds), through the batched rollout and the streaming decoder
+that ``deepforcing generate`` uses. Each video is scored
 
-* the world's ground truth (:mod:`deepforcing.mini.measure`): object persistence, count accuracy, colour error,
-  speed preservation, per window;
-* the model-free drift metrics of :mod:`deepforcing.eval.metrics`: colour drift and sharpness change against the
-  first window, flicker, motion ratio (last / first window), near-copies of the first window (roll-back).
+* against the world's ground truth (:mod:`deepforcing.mini.measure`): object persistence, count accuracy, object
+  colour error, speed ratio (1 = the prompt's speed), inside the training horizon (frames ``[0, window)``) and beyond
+  it (frames ``[window, h * window)`` for each horizon ``h``), plus per-window series;
+* with the model-free drift metrics of :mod:`deepforcing.eval.metrics` on frames ``[0, h * window)``: colour drift
+  and sharpness change of the last window against the first, flicker, motion ratio (last / first window) and
+  near-copies of the first window (roll-back).
 
-It writes ``metrics.json`` (every video), ``summary.md`` (mean ± 95 % CI per policy) and drift-curve plots.
+A rollout to the longest horizon contains every shorter one (generation is causal; each video has its own noise
+stream), so each arm is generated once, to its longest horizon, and scored on every prefix.
+
+The arms (:data:`ARMS`) reproduce the paper's comparisons (arXiv 2512.05081): the policy table (Tab. 1 analogue),
+the component ablation (Tab. 4: SF, +DS, +PC, +DS+PC, with the ablation's sink of 10), the sink-depth sweep
+(Fig. 5: S in {0, 4, 7, 10, 14, 18}; S = 0 is Self Forcing's cache), the Top-C query sets (Tab. 5: past,
+denoising, both), random Top-C (App. D) and two named options (``topc_rope="unify"``, Eq. 10-11; the gap-free
+``adjacent`` sink placement). :data:`CLAIMS` are the paired comparisons (same prompt and seed under two arms) that
+decide the paper's claims; :mod:`deepforcing.eval.experiment_report` writes the tables, plots and verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from deepforcing.stats import mean_ci
 import torch
 
-__all__ = ["POLICY_SET", "run_experiment", "add_experiment_arguments", "run_experiment_command"]
+__all__ = ["Arm", "ARMS", "CLAIMS", "GT_KEYS", "DRIFT_KEYS", "run_experiment", "add_experiment_arguments",
+           "run_experiment_command"]
 
-# label -> (policy name, sizes)
-POLICY_SET: dict[str, tuple[str, dict]] = {
-    "self-forcing": ("self-forcing", {}),
-    "attention-sink S=3": ("attention-sink", {"sink": 3}),
-    "rolling-sink S=3": ("rolling-sink", {"sink": 3}),
-    "deep-sink S=14": ("deep-sink", {"sink": 14}),
-    "deep-forcing": ("deep-forcing", {}),
-    "random-topc": ("random-topc", {}),
-    "full": ("full", {}),
-}
-SINK_SWEEP = (0, 4, 7, 10, 14, 18)
 
-GT_KEYS = ("object_persistence", "count_accuracy", "colour_error", "speed_preservation", "unexplained_fraction")
+@dataclass(frozen=True)
+class Arm:
+    """One cache setting of the study. ``long``: run to the longest horizon by default (the headline arms);
+    otherwise to the shortest (ablations whose paper protocol is 30-50 s, about 6-10x the window)."""
+
+    label: str
+    policy: str
+    sizes: dict = field(default_factory=dict, hash=False)
+    groups: tuple[str, ...] = ("policies",)
+    long: bool = True
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm("self-forcing", "self-forcing", {}, ("policies", "ablation", "sink sweep")),
+    Arm("attention-sink S=3", "attention-sink", {"sink": 3}),
+    Arm("rolling-sink S=3", "rolling-sink", {"sink": 3}),
+    Arm("deep-sink S=14", "deep-sink", {"sink": 14}, ("policies", "sink sweep")),
+    Arm("deep-forcing", "deep-forcing", {}, ("policies", "ablation", "queries")),
+    Arm("random-topc", "random-topc", {}),
+    Arm("full", "full", {}, long=False),  # unbounded: attention over the whole past, quadratic in length
+    Arm("deep-sink S=10", "deep-sink", {"sink": 10}, ("ablation", "sink sweep")),
+    Arm("PC only (S=0)", "deep-forcing", {"sink": 0}, ("ablation",)),
+    Arm("deep-sink S=4", "deep-sink", {"sink": 4}, ("sink sweep",), long=False),
+    Arm("deep-sink S=7", "deep-sink", {"sink": 7}, ("sink sweep",), long=False),
+    Arm("deep-sink S=18", "deep-sink", {"sink": 18}, ("sink sweep",), long=False),
+    Arm("deep-forcing queries=past", "deep-forcing", {"queries": "past"}, ("queries",), long=False),
+    Arm("deep-forcing queries=denoising", "deep-forcing", {"queries": "denoising"}, ("queries",), long=False),
+    Arm("deep-forcing topc-rope=unify", "deep-forcing", {"topc_rope": "unify"}, ("options",), long=False),
+    Arm("deep-sink S=14 adjacent", "deep-sink", {"sink": 14, "placement": "adjacent"}, ("options",), long=False),
+)
+# sink size -> arm label of the Fig. 5 sweep (a deep sink of 0 frames is Self Forcing's cache: the same run)
+SINK_SWEEP: dict[int, str] = {0: "self-forcing", 4: "deep-sink S=4", 7: "deep-sink S=7", 10: "deep-sink S=10",
+                              14: "deep-sink S=14", 18: "deep-sink S=18"}
+
+# (claim, arm a, arm b, expected sign): a paired comparison of a against b; +1 the paper says a is better, -1 worse,
+# 0 no claim (a named option against the release's choice)
+CLAIMS: tuple[tuple[str, str, str, int], ...] = (
+    ("Deep Sink beats Self Forcing (§4.2)", "deep-sink S=14", "self-forcing", +1),
+    ("+DS: Deep Sink (S=10) beats Self Forcing (Tab. 4)", "deep-sink S=10", "self-forcing", +1),
+    ("+PC: Participative Compression alone beats Self Forcing (Tab. 4)", "PC only (S=0)", "self-forcing", +1),
+    ("+DS+PC: Deep Forcing beats Deep Sink at the same sink (Tab. 4)", "deep-forcing", "deep-sink S=10", +1),
+    ("Deep Forcing beats Self Forcing (Tab. 1)", "deep-forcing", "self-forcing", +1),
+    ("Participation beats random Top-C (App. D)", "deep-forcing", "random-topc", +1),
+    ("Deep Sink beats a shallow attention sink (App. A)", "deep-sink S=14", "attention-sink S=3", +1),
+    ("S=18 over-preserves: worse than S=14 (Fig. 5)", "deep-sink S=18", "deep-sink S=14", -1),
+    ("Both query sets beat past only (Tab. 5)", "deep-forcing", "deep-forcing queries=past", +1),
+    ("Both query sets beat denoising only (Tab. 5)", "deep-forcing", "deep-forcing queries=denoising", +1),
+    ("Top-C RoPE unify vs keep (Eq. 10-11, off in the release)", "deep-forcing topc-rope=unify", "deep-forcing", 0),
+    ("Adjacent sink vs the release's placement", "deep-sink S=14 adjacent", "deep-sink S=14", 0),
+)
+
+GT_KEYS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_ratio")
 DRIFT_KEYS = ("color_drift_last", "sharpness_change_last", "flicker", "motion_ratio", "near_copy_fraction")
+WINDOW_KEYS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_ratio")
+DEFAULT_HORIZONS = (12.0, 48.0)
 
 
-def _mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval."""
-    r = mean_ci(values)
-    return r["mean"], (r["ci_high"] - r["mean"]) if r["n"] >= 2 else float("nan")
+def select_arms(labels: list[str] | None, every_arm_long: bool = False) -> list[Arm]:
+    """The arms named by ``labels`` (all when ``None``), in :data:`ARMS` order; unknown labels raise ``ValueError``."""
+    known = {a.label: a for a in ARMS}
+    if labels is not None:
+        unknown = [x for x in labels if x not in known]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
+    arms = [a for a in ARMS if labels is None or a.label in labels]
+    return [Arm(a.label, a.policy, a.sizes, a.groups, True) for a in arms] if every_arm_long else arms
 
 
-def _generate_batch(gen, policy, prompts: list[str], seeds: list[int], frames: int) -> torch.Tensor:
-    """Decoded free rollouts ``[B, 3, T, H, W]`` (the quality bar's batched rollout + streaming decode)."""
-    from deepforcing.mini.quality import rollout_videos
-
-    return rollout_videos(gen.bundle, policy, prompts, seeds, frames).permute(0, 2, 1, 3, 4)
-
-
-def _score(video: torch.Tensor, scene, window: int, fps: int) -> dict:
-    from deepforcing.mini.measure import measure_video
+def _scores(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
+    """Ground-truth metrics inside / beyond the horizon and drift metrics of one video ``[T, 3, H, W]``."""
+    from deepforcing.mini.measure import MeasureConfig, score_tracks, track_objects
+    from deepforcing.mini.quality import _slice_tracks
     from deepforcing.mini.world import to_uint8
 
+    from .flow import FlowConfig
     from .metrics import EvalConfig, evaluate_frames
 
-    frames = video.permute(1, 0, 2, 3)  # [T, 3, H, W]
-    gt = measure_video(frames, scene)
-    drift = evaluate_frames(to_uint8(frames), fps, EvalConfig(window_frames=window))
-    out = {k: getattr(gt, k) for k in GT_KEYS}
-    out.update({k: drift.summary.get(k) for k in DRIFT_KEYS})
-    out["windows"] = {k: gt.windows[k] for k in ("object_persistence", "count_accuracy", "object_colour_error",
-                                                  "background_colour_error", "speed_ratio")}
-    out["drift_windows"] = {k: drift.series[k] for k in ("color_drift", "sharpness_change", "motion")}
+    tracks = track_objects(video, prompt, MeasureConfig())
+
+    def gt(start: int, stop: int) -> dict:
+        m = score_tracks(_slice_tracks(tracks, start, stop), prompt)
+        return {"object_persistence": m.object_persistence, "count_accuracy": m.count_accuracy,
+                "object_colour_error": m.object_colour_error, "speed_ratio": m.speed_preservation}
+
+    whole = score_tracks(tracks, prompt)
+    out = {"inside": gt(0, window), "beyond": {}, "drift": {}, "window_frames": whole.window,
+           "windows": {k: [None if not math.isfinite(x) else round(x, 4) for x in whole.windows[k]] for k in WINDOW_KEYS}}
+    uint8 = to_uint8(video.clamp(-1, 1))
+    # flow at twice the mini frame size: the world's motion is a few pixels per frame; 128 px would cost 4x more
+    config = EvalConfig(window_frames=window, flow=FlowConfig(short_side=2 * video.shape[-1]))
+    for h in horizons:
+        stop = int(round(h * window))
+        out["beyond"][f"{h:g}x"] = gt(window, stop)
+        drift = evaluate_frames(uint8[:stop], fps, config)
+        out["drift"][f"{h:g}x"] = {k: drift.summary.get(k) for k in DRIFT_KEYS}
     return out
 
 
-def run_experiment(out: Path, *, pairs: int = 32, horizon: float = 12.0, model: str | None = None,
-                   labels: list[str] | None = None, sweep: bool = True, long_horizon: float | None = 48.0,
-                   long_labels: tuple[str, ...] = ("self-forcing", "deep-sink S=14", "deep-forcing"),
-                   log=print) -> dict:
-    from deepforcing.cache import make_policy
-    from deepforcing.mini.language import sample_scene
-    from deepforcing.mini.bundle import mini_generator
-
-    gen = mini_generator(model)
-    window = gen.resolve_policy(None).window  # the training horizon = the model's attention window
-    fps = gen.bundle.fps
-    scenes = [sample_scene(np.random.default_rng(10_000 + k)) for k in range(pairs)]
-    prompts = [s.to_prompt() for s in scenes]
-    seeds = list(range(pairs))
-    configs = {k: v for k, v in POLICY_SET.items() if labels is None or k in labels}
-    if sweep:
-        for s in SINK_SWEEP:
-            configs.setdefault(f"deep-sink S={s}", ("deep-sink", {"sink": s}))
-    runs = [(label, name, sizes, horizon) for label, (name, sizes) in configs.items()]
-    if long_horizon:
-        runs += [(label, *POLICY_SET[label], long_horizon) for label in long_labels if label in POLICY_SET]
-    results = {"pairs": pairs, "window": window, "prompts": prompts, "seeds": seeds, "runs": []}
-    strips: dict[str, torch.Tensor] = {}  # first video of each main-horizon run, for a visual comparison
-    # reference row: the true world clips of the same prompts and seeds, scored the same way
+def _truth_video(prompt: str, seed: int, frames: int, size: int) -> torch.Tensor:
     from deepforcing.mini.world import render_clip
 
-    frames = int(round(horizon * window))
-    frame_size = gen.bundle.latent_shape[-1] * gen.bundle.codec.spatial_scale
-    strips["world (ground truth)"] = render_clip(scenes[0], seeds[0], frames, frame_size).frames
-    truth = [_score(render_clip(scenes[i], seeds[i], frames, frame_size).frames.permute(1, 0, 2, 3),
-                    scenes[i], window, fps) for i in range(pairs)]
-    results["runs"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "horizon": horizon,
-                            "frames": frames, "videos": pairs, "generation_seconds": 0.0,
-                            "summary": {k: _mean_ci([s[k] for s in truth]) for k in (*GT_KEYS, *DRIFT_KEYS)},
-                            "videos_scores": truth})
-    for label, name, sizes, mult in runs:
-        frames = int(round(mult * window))
-        n = pairs if mult == horizon else max(4, pairs // 4)
+    return render_clip(prompt, seed=seed, num_frames=frames, size=size).frames
+
+
+def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = DEFAULT_HORIZONS,
+                   model: str | None = None, labels: list[str] | None = None, every_arm_long: bool = False,
+                   batch: int = 32, log=lambda line: print(line, flush=True)) -> dict:
+    """Run the study, write ``metrics.json`` and the report (:mod:`.experiment_report`) to ``out``; return results."""
+    from deepforcing.cache import make_policy
+    from deepforcing.mini.bundle import mini_generator
+    from deepforcing.mini.language import parse_prompt
+    from deepforcing.mini.quality import held_out_pairs, rollout_videos
+
+    from .diagnostics import attention_regions
+
+    horizons = sorted(float(h) for h in horizons)
+    arms = select_arms(labels, every_arm_long)
+    started = time.perf_counter()
+    gen = mini_generator(model)
+    bundle = gen.bundle
+    window = gen.resolve_policy(None).window  # the training horizon = the model's attention window
+    fps = bundle.fps
+    held = held_out_pairs(pairs)
+    prompts, seeds = [p for p, _ in held], [s for _, s in held]
+    size = bundle.latent_shape[-1] * bundle.codec.spatial_scale
+    results: dict = {
+        "model": model or "shipped", "pairs": pairs, "window": window, "fps": fps, "horizons": horizons,
+        "prompts": prompts, "seeds": seeds, "objects": [len(parse_prompt(p).objects) for p in prompts],
+        "sampling": json.loads(json.dumps(dataclasses.asdict(bundle.sampling), default=str)),
+        "threads": torch.get_num_threads(), "arms": [],
+    }
+    strips: dict[str, torch.Tensor] = {}
+    longest = int(round(horizons[-1] * window))
+    truth = [_scores(_truth_video(p, s, longest, size), p, window, fps, horizons) for p, s in held]
+    results["arms"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "groups": ["policies"],
+                            "horizons": horizons, "seconds": 0.0, "videos": truth})
+    strip_pair = 0
+    for arm in arms:
+        arm_horizons = horizons if arm.long else horizons[:1]
+        frames = int(round(arm_horizons[-1] * window))
+        policy = make_policy(arm.policy, **arm.sizes)
         t0 = time.perf_counter()
-        video = _generate_batch(gen, make_policy(name, **sizes), prompts[:n], seeds[:n], frames)
-        gen_s = time.perf_counter() - t0
-        scores = [_score(video[i], scenes[i], window, fps) for i in range(n)]
-        if mult == horizon and (not label.startswith("deep-sink S=") or label == "deep-sink S=14"):
-            strips[label] = video[0].permute(1, 0, 2, 3)
-        summary = {k: _mean_ci([s[k] for s in scores]) for k in (*GT_KEYS, *DRIFT_KEYS)}
-        results["runs"].append({"label": label, "policy": name, "sizes": sizes, "horizon": mult, "frames": frames,
-                                "videos": n, "generation_seconds": gen_s, "summary": summary, "videos_scores": scores})
-        log(f"{label:>20} {mult:>4g}x n={n:<3} persistence {summary['object_persistence'][0]:.3f}  colour err "
-            f"{summary['colour_error'][0]:.3f}  speed {summary['speed_preservation'][0]:.3f}  colour drift "
-            f"{summary['color_drift_last'][0]:.3f}  ({gen_s:.0f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(results, default=lambda o: None))
-    (out / "summary.md").write_text(summary_markdown(results))
-    plot_windows(results, out / "drift_curves.png", horizon)
-    save_strips(strips, out / "strips.png", prompts[0])
-    return results
-
-
-def save_strips(strips: dict[str, torch.Tensor], path: Path, prompt: str, columns: int = 12) -> None:
-    """One row per policy: frames evenly spaced over the video (the first prompt x seed pair)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        videos = []
+        for start in range(0, pairs, batch):
+            part = slice(start, start + batch)
+            batch_videos = rollout_videos(bundle, policy, prompts[part], seeds[part], frames)
+            videos += [_scores(v, p, window, fps, arm_horizons) for v, p in zip(batch_videos, prompts[part])]
+            if start == 0:
+                if not strips:  # the strip follows the first pair that starts right (all objects in frames 0-20)
+                    strip_pair = next((i for i, v in enumerate(videos) if v["inside"]["object_persistence"] == 1.0),
+                                      0)
+                    strips["world (ground truth)"] = _truth_video(prompts[strip_pair], seeds[strip_pair], frames, size)
+                if strip_pair < len(batch_videos):
+                    strips[arm.label] = batch_videos[strip_pair]
+            del batch_videos
+        seconds = time.perf_counter() - t0
+        results["arms"].append({"label": arm.label, "policy": arm.policy, "sizes": arm.sizes,
+                                "groups": list(arm.groups), "horizons": arm_horizons, "seconds": seconds,
+                                "videos": videos})
+        last = f"{arm_horizons[-1]:g}x"
+        persistence = np.mean([v["beyond"][last]["object_persistence"] for v in videos])
+        log(f"{arm.label:>32} to {last:>4} ({frames} f) x {pairs}: persistence beyond the window {persistence:.3f} "
+            f"({seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)")
+    results["strip_pair"] = strip_pair
+    results["attention"] = attention_regions(gen, prompts[strip_pair], seed=seeds[strip_pair],
+                                             frames=4 * window) if any(a.policy == "deep-forcing" for a in arms) else None
+    results["wall_seconds"] = time.perf_counter() - started
 
     from deepforcing.mini.world import to_uint8
 
-    rows = []
-    for label, frames in strips.items():
-        idx = np.linspace(0, frames.shape[0] - 1, columns).round().astype(int)
-        rows.append((label, np.concatenate(list(to_uint8(frames[idx].clamp(-1, 1))), axis=1)))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(columns * 0.8, 0.85 * len(rows) + 0.5), squeeze=False)
-    for ax, (label, img) in zip(axes[:, 0], rows):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_yticks([])
-        ax.set_xticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    n = next(iter(strips.values())).shape[0]
-    fig.suptitle(f"{prompt!r}: frames 0..{n - 1}, evenly spaced", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from .experiment_report import STRIP_COLUMNS, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(results, default=_json_default))
+    tmp.replace(out / "metrics.json")
+    strip_frames = {}  # the strip columns only, uint8, so that --report-only can redraw them
+    for h in horizons:
+        stop = int(round(h * window))
+        idx = np.linspace(0, stop - 1, STRIP_COLUMNS).round().astype(int)
+        for label, video in strips.items():
+            if video.shape[0] >= stop:
+                strip_frames[f"{h:g}x|{label}"] = to_uint8(video[idx].clamp(-1, 1))
+    np.savez_compressed(out / "strips.npz", **strip_frames)
+    write_report(results, out, strip_frames)
+    return results
 
 
-def summary_markdown(results: dict) -> str:
-    cols = [("object_persistence", "persistence ↑"), ("count_accuracy", "count acc ↑"),
-            ("colour_error", "colour err ↓"), ("speed_preservation", "speed kept ↑"),
-            ("color_drift_last", "colour drift ↓"), ("sharpness_change_last", "sharpness Δ"),
-            ("flicker", "flicker ↓"), ("motion_ratio", "motion last/first"),
-            ("near_copy_fraction", "roll-back ↓")]
-    lines = ["| policy | length | n | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|---|---|" + "---|" * len(cols)]
-    for r in results["runs"]:
-        cells = []
-        for key, _ in cols:
-            m, h = r["summary"][key]
-            cells.append("–" if not math.isfinite(m) else (f"{m:.3f} ± {h:.3f}" if math.isfinite(h) else f"{m:.3f}"))
-        lines.append(f"| {r['label']} | {r['horizon']:g}× ({r['frames']} f) | {r['videos']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def rewrite_report(out: Path) -> None:
+    """Redraw ``summary.md``, ``verdicts.json`` and the plots from a finished run's ``metrics.json`` and
+    ``strips.npz`` (no generation)."""
+    from .experiment_report import write_report
+
+    results = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "strips.npz") as data:
+        strips = {k: data[k] for k in data.files}
+    write_report(results, out, strips)
 
 
-def plot_windows(results: dict, path: Path, horizon: float) -> None:
-    import matplotlib
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = [("object_persistence", "object persistence"), ("object_colour_error", "object colour error"),
-            ("speed_ratio", "speed ratio")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
-    for r in results["runs"]:
-        if r["horizon"] != horizon or r["policy"] is None or (
-                r["label"].startswith("deep-sink S=") and r["label"] != "deep-sink S=14"):
-            continue
-        for ax, (key, title) in zip(axes, keys):
-            series = []
-            for s in r["videos_scores"]:
-                w = s["windows"][key]
-                w = [np.nanmean(x) if isinstance(x, list) else x for x in w]
-                series.append([np.nan if v is None else v for v in w])
-            arr = np.array(series, dtype=float)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(arr, axis=0)
-            ax.plot(np.arange(len(mean)), mean, label=r["label"])
-            ax.set_title(title)
-            ax.set_xlabel("window of 8 frames")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _parse_horizons(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and 1 < v <= 10_000 for v in values):
+        raise ValueError(f"--horizons must be comma-separated multiples of the window, each above 1 and at most "
+                         f"10000 (e.g. 12,48), got {text!r}")
+    return values
 
 
 def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/long_horizon")
-    p.add_argument("--pairs", type=int, default=32, help="prompt x seed pairs per policy (default 32)")
-    p.add_argument("--horizon", type=float, default=12.0, help="video length in training horizons (default 12)")
-    p.add_argument("--long-horizon", type=float, default=48.0, help="extra long runs (0 = none)")
-    p.add_argument("--no-sweep", action="store_true", help="skip the deep-sink sink-size sweep")
+    p.add_argument("--pairs", type=int, default=32, help="held-out prompt x seed pairs per arm (default 32)")
+    p.add_argument("--horizons", default="12,48",
+                   help="video lengths in training windows, comma-separated (default 12,48); the headline arms run "
+                        "to the longest, the ablations to the shortest")
+    p.add_argument("--policies", default=None,
+                   help="comma-separated arm labels to run (default: all; see --list)")
+    p.add_argument("--every-arm-long", action="store_true", help="run every arm to the longest horizon")
+    p.add_argument("--list", action="store_true", help="print the arms and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="redraw the tables and plots in --out from its metrics.json and strips.npz (no generation)")
     p.add_argument("--model", default=None, help="mini model file (default: the shipped one)")
     p.add_argument("--threads", type=int, default=None)
     return p
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
+    if args.list:
+        for arm in ARMS:
+            print(f"{arm.label:<34} {arm.policy:<14} {json.dumps(arm.sizes):<40} {'long' if arm.long else 'short'}  "
+                  f"{', '.join(arm.groups)}")
+        return 0
+    if args.report_only:
+        out = Path(args.out)
+        missing = [name for name in ("metrics.json", "strips.npz") if not (out / name).is_file()]
+        if missing:
+            raise ValueError(f"--report-only needs a finished run in {out}: {', '.join(missing)} not found; "
+                             f"run deepforcing experiment --out {out} first")
+        rewrite_report(out)
+        print((out / "summary.md").read_text())
+        return 0
     if args.pairs < 2:
         raise ValueError(f"--pairs must be at least 2 (for a confidence interval), got {args.pairs}")
-    for name in ("horizon", "long_horizon"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and (value > 0 or (name == "long_horizon" and value == 0))) or value > 10_000:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of the window (at most 10000; "
-                             f"--long-horizon 0 = none), got {value}")
+    from deepforcing.mini.quality import HELD_OUT_POOL
+
+    if args.pairs > HELD_OUT_POOL:
+        raise ValueError(f"--pairs must be at most {HELD_OUT_POOL} (the held-out pool), got {args.pairs}")
+    horizons = _parse_horizons(args.horizons)
+    labels = [x.strip() for x in args.policies.split(",") if x.strip()] if args.policies else None
+    select_arms(labels)  # unknown labels fail here, before the model loads
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_experiment(Path(args.out), pairs=args.pairs, horizon=args.horizon, model=args.model, sweep=not args.no_sweep,
-                   long_horizon=args.long_horizon or None)
+    run_experiment(Path(args.out), pairs=args.pairs, horizons=horizons, model=args.model, labels=labels,
+                   every_arm_long=args.every_arm_long)
     print(Path(args.out, "summary.md").read_text())
     return 0
 
