@@ -191,7 +191,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
                 if not strips:  # the strip follows the first pair that starts right (all objects in frames 0-20)
                     strip_pair = next((i for i, v in enumerate(videos) if v["inside"]["object_persistence"] == 1.0),
                                       0)
-                    strips["world (ground truth)"] = _truth_video(prompts[strip_pair], seeds[strip_pair], frames, size)
+                    strips["world (ground truth)"] = _truth_video(prompts[strip_pair], seeds[strip_pair], longest, size)
                 if strip_pair < len(batch_videos):
                     strips[arm.label] = batch_videos[strip_pair]
             del batch_videos

@@ -350,7 +350,8 @@ def save_strips(results: dict, strips: dict[str, np.ndarray], path: Path, horizo
         ax.set_xticks([(i + 0.5) * frames.shape[2] for i in range(len(idx))], [str(i) for i in idx], fontsize=5)
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     pair = results["strip_pair"]
-    fig.suptitle(f"{results['prompts'][pair]!r} (seed {results['seeds'][pair]}): frames 0..{stop - 1}", fontsize=8)
+    fig.suptitle(f"{results['prompts'][pair]!r} (seed {results['seeds'][pair]}; the first held-out pair whose objects are "
+                 f"all present in frames 0-{results['window'] - 1}): frames 0..{stop - 1}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
