@@ -120,3 +120,9 @@ def test_quality_bar_copy_baseline_is_exact_on_static_parts(tiny_mini):
     assert res["copy_last_frame"]["object_found"] == 1.0  # copying a true frame keeps every object
     assert res["copy_last_frame"]["object_colour_error"] < 0.05
     assert res["model"]["pixel_mse"] > res["copy_last_frame"]["pixel_mse"]  # an untrained model is worse
+
+
+def test_experiment_lists_its_arms(capsys):
+    assert main(["experiment", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "PC only (S=0)" in out and "deep-forcing queries=past" in out and len(out.strip().splitlines()) == 16

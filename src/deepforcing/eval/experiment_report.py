@@ -268,6 +268,16 @@ def _pyplot():
     return plt
 
 
+def _running_mean(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred running mean that ignores NaNs and averages fewer points at the ends (no zero padding)."""
+    finite = np.isfinite(values)
+    kernel = np.ones(width)
+    total = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
+    count = np.convolve(finite.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def plot_window_curves(results: dict, path: Path, horizon: str) -> None:
     """Per-window world metrics (mean over pairs, running mean over 3 windows) of the policy arms."""
     from .experiment import ARMS
@@ -290,7 +300,7 @@ def plot_window_curves(results: dict, path: Path, horizon: str) -> None:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean = np.nanmean(series, axis=0)
-            smooth = np.convolve(np.nan_to_num(mean, nan=np.nanmean(mean)), np.ones(3) / 3, mode="same")
+            smooth = _running_mean(mean, 3)
             style = {"color": "black", "lw": 2} if arm["policy"] is None else {"lw": 1}
             ax.plot(np.arange(len(mean)) * width, smooth, label=arm["label"], **style)
             ax.set_title(title, fontsize=9)
