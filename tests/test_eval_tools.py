@@ -68,6 +68,11 @@ def test_experiment_small(tiny_mini, tmp_path):
     for v_sf, v_df in zip(arms["self-forcing"]["videos"], arms["deep-forcing"]["videos"]):
         assert v_sf["inside"] == v_df["inside"]
     assert res["prompts"] == [p for p, _ in held_out_pairs(2)]
+    attention = res["attention"]["policies"]
+    for entry in attention.values():  # every query's softmax row sums to 1 over the four regions
+        assert sum(entry["mean"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert attention["self-forcing"]["mean"]["sink"] == 0.0 and attention["deep-sink"]["mean"]["sink"] > 0
+    assert attention["deep-forcing"]["topc_near_sink_ratio"] >= 0 and "topc_near_sink_ratio" not in attention["deep-sink"]
     verdicts = json.loads((tmp_path / "verdicts.json").read_text())
     pairs = {(v["a"], v["b"], v["horizon"]) for v in verdicts}
     assert ("deep-forcing", "self-forcing", "2x") in pairs and ("deep-forcing", "self-forcing", "3x") in pairs

@@ -101,39 +101,45 @@ def region_mass(record: dict, sink_frames: int, chunk_frames: int, tokens_per_fr
 
 
 @torch.no_grad()
-def attention_regions(gen, prompt: str, *, seed: int = 0, frames: int, policies: tuple[str, ...] = (
+def attention_regions(gen, pairs: list[tuple[str, int]], *, frames: int, policies: tuple[str, ...] = (
         "deep-forcing", "self-forcing", "deep-sink")) -> dict:
     """Why a policy helps or not: for each policy, the attention mass per cache region (:func:`region_mass`) at the
-    first denoising step of every chunk once the window is full, averaged over those chunks, per layer; and for
-    Top-C policies how concentrated the picks are right after the sink (Fig. 13: the share of picks in the first
-    ``C`` frames of candidate slots, divided by that share under uniform picking; 1 = uniform)."""
-    out: dict = {"prompt": prompt, "seed": seed, "frames": frames, "policies": {}}
+    first denoising step of every chunk once the window is full, averaged over those chunks and the (prompt, seed)
+    ``pairs``, per layer; and for Top-C policies how concentrated the picks are right after the sink (Fig. 13: the
+    share of picks in the first ``C`` frames of candidate slots, divided by that share under uniform picking;
+    1 = uniform)."""
+    out: dict = {"pairs": [list(p) for p in pairs], "frames": frames, "policies": {}}
+    chunk = gen.bundle.sampling.chunk_frames
     for name in policies:
         policy = gen.resolve_policy(name)
-        chunk = gen.bundle.sampling.chunk_frames
-        probe = AttentionMassProbe()
-        for piece in gen.stream(prompt, latent_frames=frames, policy=policy, seed=seed, record_events=True,
-                                attention_observer=probe):
-            pass
-        cache = piece.cache
-        F = cache.geometry.tokens_per_frame
         layers: dict[int, list[dict[str, float]]] = {}
-        for r in probe.records:
-            if r["chunk_start"] >= policy.window:
-                layers.setdefault(r["layer"], []).append(region_mass(r, policy.sink_frames, chunk, F))
+        near_ratios = []
+        for prompt, seed in pairs:
+            probe = AttentionMassProbe()
+            for piece in gen.stream(prompt, latent_frames=frames, policy=policy, seed=seed, record_events=True,
+                                    attention_observer=probe):
+                pass
+            cache = piece.cache
+            F = cache.geometry.tokens_per_frame
+            for r in probe.records:
+                if r["chunk_start"] >= policy.window:
+                    layers.setdefault(r["layer"], []).append(region_mass(r, policy.sink_frames, chunk, F))
+            heat = topc_selection_heatmap(cache.events, len(cache.layers))
+            topc = getattr(policy, "topc_frames", None)
+            if heat.numel() and topc:
+                picks = [e for e in cache.events if e.decision.selected is not None]
+                start = policy.sink_frames * F
+                near = heat[:, start:start + topc * F].sum() / heat.sum()
+                # uniform picking: each compression's C frames out of its candidate span (the span varies per event)
+                uniform = np.mean([min(1.0, topc * F / (e.total - start - policy.recent * F)) for e in picks])
+                near_ratios.append(float(near / uniform))
         regions = {layer: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
                    for layer, rows in sorted(layers.items())}
         entry: dict = {"sink_frames": policy.sink_frames, "per_layer": regions,
                        "mean": {k: float(np.mean([v[k] for v in regions.values()])) for k in next(iter(regions.values()))}
                        if regions else {}}
-        heat = topc_selection_heatmap(cache.events, len(cache.layers))
-        topc = getattr(policy, "topc_frames", None)
-        if heat.numel() and topc:
-            picks = [e for e in cache.events if e.decision.selected is not None]
-            start = policy.sink_frames * F
-            candidates = min(e.total for e in picks) - start - policy.recent * F
-            near = heat[:, start:start + topc * F].sum() / heat.sum()
-            entry["topc_near_sink_ratio"] = float(near / (topc * F / candidates))
+        if near_ratios:
+            entry["topc_near_sink_ratio"] = float(np.mean(near_ratios))
         out["policies"][name] = entry
     return out
 

@@ -146,8 +146,9 @@ def _truth_video(prompt: str, seed: int, frames: int, size: int) -> torch.Tensor
 
 def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = DEFAULT_HORIZONS,
                    model: str | None = None, labels: list[str] | None = None, every_arm_long: bool = False,
-                   batch: int = 32, log=lambda line: print(line, flush=True)) -> dict:
-    """Run the study, write ``metrics.json`` and the report (:mod:`.experiment_report`) to ``out``; return results."""
+                   batch: int = 32, attention_pairs: int = 8, log=lambda line: print(line, flush=True)) -> dict:
+    """Run the study, write ``metrics.json`` and the report (:mod:`.experiment_report`) to ``out``; return results.
+    ``attention_pairs``: the first held-out pairs on which the attention regions are measured (single rollouts)."""
     from deepforcing.cache import make_policy
     from deepforcing.mini.bundle import mini_generator
     from deepforcing.mini.language import parse_prompt
@@ -204,8 +205,8 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
         log(f"{arm.label:>32} to {last:>4} ({frames} f) x {pairs}: persistence beyond the window {persistence:.3f} "
             f"({seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)")
     results["strip_pair"] = strip_pair
-    results["attention"] = attention_regions(gen, prompts[strip_pair], seed=seeds[strip_pair],
-                                             frames=4 * window) if any(a.policy == "deep-forcing" for a in arms) else None
+    results["attention"] = attention_regions(gen, held[:attention_pairs], frames=4 * window) if any(
+        a.policy == "deep-forcing" for a in arms) else None
     results["wall_seconds"] = time.perf_counter() - started
 
     from deepforcing.mini.world import to_uint8

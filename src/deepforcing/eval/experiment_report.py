@@ -183,8 +183,8 @@ def _attention_lines(attention: dict | None) -> list[str]:
     if not attention:
         return []
     lines = ["## Why: where the model attends once the window is full (`deepforcing.eval.diagnostics.attention_regions`)",
-             "", f"First denoising step of every chunk past the window, {attention['frames']} latent frames, prompt "
-             f"{attention['prompt']!r}, seed {attention['seed']}; softmax mass averaged over queries, heads and layers.",
+             "", f"First denoising step of every chunk past the window, {attention['frames']} latent frames, the first "
+             f"{len(attention['pairs'])} held-out pairs; softmax mass averaged over queries, heads, layers and pairs.",
              "", "| policy | sink | middle (Top-C / older) | previous chunk | own chunk | Top-C picks right after the sink "
              "(× uniform) |", "|---|---|---|---|---|---|"]
     for name, entry in attention["policies"].items():
