@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Arm", "ARMS", "CLAIMS", "GT_KEYS", "DRIFT_KEYS", "run_experiment", "add_experiment_arguments",
+__all__ = ["Arm", "ARMS", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "horizon_key", "run_experiment", "add_experiment_arguments",
            "run_experiment_command"]
 
 
@@ -91,10 +91,14 @@ CLAIMS: tuple[tuple[str, str, str, int], ...] = (
     ("Adjacent sink vs the release's placement", "deep-sink S=14 adjacent", "deep-sink S=14", 0),
 )
 
-GT_KEYS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_ratio")
+WORLD_KEYS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_ratio")
 DRIFT_KEYS = ("color_drift_last", "sharpness_change_last", "flicker", "motion_ratio", "near_copy_fraction")
-WINDOW_KEYS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_ratio")
 DEFAULT_HORIZONS = (12.0, 48.0)
+
+
+def horizon_key(horizon: float) -> str:
+    """How a horizon names its results: ``12.0`` -> ``"12x"``."""
+    return f"{horizon:g}x"
 
 
 def select_arms(labels: list[str] | None, every_arm_long: bool = False) -> list[Arm]:
@@ -111,7 +115,7 @@ def select_arms(labels: list[str] | None, every_arm_long: bool = False) -> list[
 def _scores(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
     """Ground-truth metrics inside / beyond the horizon and drift metrics of one video ``[T, 3, H, W]``."""
     from deepforcing.mini.measure import MeasureConfig, score_tracks, track_objects
-    from deepforcing.mini.quality import _slice_tracks
+    from deepforcing.mini.quality import slice_tracks
     from deepforcing.mini.world import to_uint8
 
     from .flow import FlowConfig
@@ -120,21 +124,21 @@ def _scores(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: l
     tracks = track_objects(video, prompt, MeasureConfig())
 
     def gt(start: int, stop: int) -> dict:
-        m = score_tracks(_slice_tracks(tracks, start, stop), prompt)
-        return {"object_persistence": m.object_persistence, "count_accuracy": m.count_accuracy,
-                "object_colour_error": m.object_colour_error, "speed_ratio": m.speed_preservation}
+        m = score_tracks(slice_tracks(tracks, start, stop), prompt)
+        # the whole span's speed ratio is VideoMetrics.speed_preservation; the other keys share their names
+        return {k: getattr(m, "speed_preservation" if k == "speed_ratio" else k) for k in WORLD_KEYS}
 
     whole = score_tracks(tracks, prompt)
     out = {"inside": gt(0, window), "beyond": {}, "drift": {}, "window_frames": whole.window,
-           "windows": {k: [None if not math.isfinite(x) else round(x, 4) for x in whole.windows[k]] for k in WINDOW_KEYS}}
+           "windows": {k: [None if not math.isfinite(x) else round(x, 4) for x in whole.windows[k]] for k in WORLD_KEYS}}
     uint8 = to_uint8(video.clamp(-1, 1))
     # flow at twice the mini frame size: the world's motion is a few pixels per frame; 128 px would cost 4x more
     config = EvalConfig(window_frames=window, flow=FlowConfig(short_side=2 * video.shape[-1]))
     for h in horizons:
         stop = int(round(h * window))
-        out["beyond"][f"{h:g}x"] = gt(window, stop)
+        out["beyond"][horizon_key(h)] = gt(window, stop)
         drift = evaluate_frames(uint8[:stop], fps, config)
-        out["drift"][f"{h:g}x"] = {k: drift.summary.get(k) for k in DRIFT_KEYS}
+        out["drift"][horizon_key(h)] = {k: drift.summary.get(k) for k in DRIFT_KEYS}
     return out
 
 
@@ -200,7 +204,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
         results["arms"].append({"label": arm.label, "policy": arm.policy, "sizes": arm.sizes,
                                 "groups": list(arm.groups), "horizons": arm_horizons, "seconds": seconds,
                                 "videos": videos})
-        last = f"{arm_horizons[-1]:g}x"
+        last = horizon_key(arm_horizons[-1])
         persistence = np.mean([v["beyond"][last]["object_persistence"] for v in videos])
         log(f"{arm.label:>32} to {last:>4} ({frames} f) x {pairs}: persistence beyond the window {persistence:.3f} "
             f"({seconds:.0f} s, {time.perf_counter() - started:.0f} s so far)")
@@ -223,7 +227,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
         idx = np.linspace(0, stop - 1, STRIP_COLUMNS).round().astype(int)
         for label, video in strips.items():
             if video.shape[0] >= stop:
-                strip_frames[f"{h:g}x|{label}"] = to_uint8(video[idx].clamp(-1, 1))
+                strip_frames[f"{horizon_key(h)}|{label}"] = to_uint8(video[idx].clamp(-1, 1))
     np.savez_compressed(out / "strips.npz", **strip_frames)
     write_report(results, out, strip_frames)
     return results

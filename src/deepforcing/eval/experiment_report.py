@@ -18,6 +18,8 @@ import numpy as np
 
 from deepforcing.stats import mean_ci, paired_difference
 
+from .experiment import ARMS, CLAIMS, SINK_SWEEP, horizon_key
+
 __all__ = ["STRIP_COLUMNS", "write_report", "claim_verdicts", "summary_markdown", "PAIRED_METRICS"]
 
 # (name, label, direction): +1 higher is better, -1 lower is better; the value is read by _metric
@@ -67,7 +69,7 @@ def _arms(results: dict) -> dict[str, dict]:
 
 
 def _horizon_keys(results: dict) -> list[str]:
-    return [f"{h:g}x" for h in results["horizons"]]
+    return [horizon_key(h) for h in results["horizons"]]
 
 
 def _table(results: dict, labels: list[str], horizon: str, title: str) -> list[str]:
@@ -87,7 +89,7 @@ def _table(results: dict, labels: list[str], horizon: str, title: str) -> list[s
 
 
 def _arm_horizons(arm: dict) -> list[str]:
-    return [f"{h:g}x" for h in arm["horizons"]]
+    return [horizon_key(h) for h in arm["horizons"]]
 
 
 def claim_verdicts(results: dict, claims) -> list[dict]:
@@ -197,8 +199,6 @@ def _attention_lines(attention: dict | None) -> list[str]:
 
 
 def summary_markdown(results: dict, verdicts: list[dict]) -> str:
-    from .experiment import ARMS, SINK_SWEEP
-
     arms = _arms(results)
     horizons = _horizon_keys(results)
     group = {g: [a.label for a in ARMS if g in a.groups] for g in ("policies", "ablation", "queries", "options")}
@@ -244,18 +244,16 @@ def summary_markdown(results: dict, verdicts: list[dict]) -> str:
 def write_report(results: dict, out: Path, strips: dict[str, np.ndarray]) -> list[dict]:
     """``strips``: ``"<horizon>|<arm label>"`` -> uint8 frames ``[STRIP_COLUMNS, H, W, 3]`` evenly spaced over the
     video of one held-out pair (``results["strip_pair"]``)."""
-    from .experiment import CLAIMS
-
     verdicts = claim_verdicts(results, CLAIMS)
     (out / "summary.md").write_text(summary_markdown(results, verdicts))
     import json
 
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=1, default=lambda o: None))
     for h in results["horizons"]:
-        plot_window_curves(results, out / f"drift_curves_{h:g}x.png", f"{h:g}x")
+        plot_window_curves(results, out / f"drift_curves_{horizon_key(h)}.png", horizon_key(h))
     plot_sink_sweep(results, out / "sink_sweep.png")
     for h in results["horizons"]:
-        save_strips(results, strips, out / f"strips_{h:g}x.png", h)
+        save_strips(results, strips, out / f"strips_{horizon_key(h)}.png", h)
     return verdicts
 
 
@@ -280,8 +278,6 @@ def _running_mean(values: np.ndarray, width: int) -> np.ndarray:
 
 def plot_window_curves(results: dict, path: Path, horizon: str) -> None:
     """Per-window world metrics (mean over pairs, running mean over 3 windows) of the policy arms."""
-    from .experiment import ARMS
-
     plt = _pyplot()
     labels = ["world (ground truth)", *[a.label for a in ARMS if "policies" in a.groups or "ablation" in a.groups]]
     arms = [a for a in (_arms(results).get(x) for x in dict.fromkeys(labels)) if a and horizon in _arm_horizons(a)]
@@ -317,8 +313,6 @@ def plot_window_curves(results: dict, path: Path, horizon: str) -> None:
 
 def plot_sink_sweep(results: dict, path: Path) -> None:
     """Fig. 5 analogue: world and drift metrics beyond the window against the sink size, mean ± 95 % CI."""
-    from .experiment import SINK_SWEEP
-
     plt = _pyplot()
     arms = _arms(results)
     horizon = _horizon_keys(results)[0]
@@ -346,7 +340,7 @@ def plot_sink_sweep(results: dict, path: Path) -> None:
 
 def save_strips(results: dict, strips: dict[str, np.ndarray], path: Path, horizon: float) -> None:
     """One row per arm that reached ``horizon``: frames evenly spaced over the video (one held-out pair)."""
-    key = f"{horizon:g}x"
+    key = horizon_key(horizon)
     rows = [(name.split("|", 1)[1], frames) for name, frames in strips.items() if name.split("|", 1)[0] == key]
     if not rows:
         return

@@ -41,7 +41,7 @@ from .measure import MeasureConfig, track_objects
 from .world import render_clip
 
 __all__ = ["PredictionScores", "predict_next_chunk", "quality_bar", "free_rollout_bar", "held_out_pairs", "rollout_videos",
-           "is_held_out", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar"]
+           "is_held_out", "slice_tracks", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar"]
 
 HELD_OUT_SCENE_SEED = 900_000
 HELD_OUT_NOISE_SEED = 777_000
@@ -88,7 +88,8 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
     return torch.cat(out, dim=1)[:, :frames]
 
 
-def _slice_tracks(tracks, start: int, stop: int):
+def slice_tracks(tracks, start: int, stop: int):
+    """The frames ``[start, stop)`` of per-frame ``ObjectTracks`` (to score one span of a video)."""
     from dataclasses import fields, replace
 
     return replace(tracks, **{f.name: getattr(tracks, f.name)[start:stop] for f in fields(tracks) if f.name != "size"})
@@ -121,12 +122,12 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
             vids = rollout_videos(bundle, policy, [p for p, _ in part], [s for _, s in part], length)
             for (prompt, _), video in zip(part, vids):
                 tracks = track_objects(video, prompt, MeasureConfig())
-                inside = score_tracks(_slice_tracks(tracks, 0, window), prompt).__dict__
+                inside = score_tracks(slice_tracks(tracks, 0, window), prompt).__dict__
                 scores["inside"].append(inside)
                 by_objects.setdefault(len(parse_prompt(prompt).objects), []).append(inside["object_persistence"])
                 for h in horizons:
                     stop = int(round(h * window))
-                    scores[f"beyond_{h:g}x"].append(score_tracks(_slice_tracks(tracks, window, stop), prompt).__dict__)
+                    scores[f"beyond_{h:g}x"].append(score_tracks(slice_tracks(tracks, window, stop), prompt).__dict__)
                 if len(videos) < keep_videos:
                     videos.append(video)
         out[name] = {part: {k: mean_ci([row[k] for row in rows]) for k in BAR_METRICS} for part, rows in scores.items()}
