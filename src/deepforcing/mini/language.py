@@ -54,8 +54,13 @@ __all__ = [
     "BackgroundSpec",
     "ObjectSpec",
     "SceneSpec",
+    "CLOSE_COLOURS",
+    "SceneMix",
+    "WORLD_V5",
     "parse_prompt",
+    "sample_class_scene",
     "sample_scene",
+    "scene_class",
     "tokenize",
     "tokenize_spec",
 ]
@@ -362,20 +367,25 @@ def parse_prompt(text: str) -> SceneSpec:
     return _Parser(text).parse()
 
 
-def sample_scene(rng: np.random.Generator | int, *, pan_probability: float = 0.3) -> SceneSpec:
-    """Draw a random valid scene (training data): 1-3 objects of distinct colours, any background, maybe a pan.
-
-    Defaults (medium size, normal speed, dark background) are drawn more often than each alternative.
-    """
+def sample_scene(rng: np.random.Generator | int, *, pan_probability: float | None = None,
+                 mix: SceneMix | None = None) -> SceneSpec:
+    """Draw a random valid scene (training data) from ``mix`` (default: the original world): 1-3 objects of
+    distinct colours, any background, maybe a pan. Defaults (medium size, normal speed, dark background) are drawn
+    more often than each alternative. With the default mix the draws are those of every earlier model's training."""
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    mix = mix or SceneMix()
+    pan_probability = mix.pan_probability if pan_probability is None else pan_probability
     names = list(COLOURS)
-    count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
-    colours = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
+    count = int(rng.choice([1, 2, 3], p=list(mix.objects_p)))
+    while True:
+        colours = [names[i] for i in rng.choice(len(names), size=count, replace=False)]
+        if mix.close_colours or not any(pair <= set(colours) for pair in CLOSE_COLOURS):
+            break
     objects = tuple(
         ObjectSpec(
             colour=colour,
             shape=SHAPES[int(rng.integers(len(SHAPES)))],
-            size=SIZES[int(rng.choice(3, p=[0.3, 0.4, 0.3]))],
+            size=SIZES[int(rng.choice(3, p=list(mix.sizes_p)))],
             speed=SPEEDS[int(rng.choice(3, p=[0.3, 0.4, 0.3]))],
         )
         for colour in colours
@@ -385,6 +395,50 @@ def sample_scene(rng: np.random.Generator | int, *, pan_probability: float = 0.3
     background = BackgroundSpec(kind=kind, colour=None if kind == "dark" else free[int(rng.integers(len(free)))])
     pan = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))] if rng.random() < pan_probability else None
     return SceneSpec(objects=objects, background=background, pan=pan)
+
+
+CLOSE_COLOURS: frozenset[frozenset[str]] = frozenset({frozenset({"yellow", "orange"}), frozenset({"red", "orange"})})
+"""Object colour pairs the mini codec barely tells apart (latent distance 3.3 and 4.4 against a median pair's 8.0):
+a scene with both is the *hard* class (:func:`scene_class`)."""
+
+
+@dataclass(frozen=True)
+class SceneMix:
+    """How training draws scenes: probabilities of 1, 2 and 3 objects, of the small / medium / big sizes, whether
+    near-identical colour pairs (:data:`CLOSE_COLOURS`) may share a scene, and the chance of a camera pan.
+
+    The default is the original world (v1-v4 training and the long-horizon study's held-out pool)."""
+
+    objects_p: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    sizes_p: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    close_colours: bool = True
+    pan_probability: float = 0.3
+
+
+WORLD_V5 = SceneMix(objects_p=(0.45, 0.45, 0.10), sizes_p=(0.10, 0.50, 0.40), close_colours=False)
+"""The v5 training world (a world the mini model can hold): mostly one or two objects of medium or big size and
+no near-identical colour pairs; three objects, small objects and close colours stay in a tenth of the clips so the
+language's whole range is still seen (they form the reported *hard* class)."""
+
+
+def scene_class(spec: SceneSpec) -> str:
+    """``"1-object"`` or ``"2-object"`` for scenes of the v5 world (medium / big objects, no close colour pair),
+    else ``"hard"`` (three objects, a small object or a close colour pair)."""
+    colours = {o.colour for o in spec.objects}
+    if (len(spec.objects) > 2 or any(o.size == "small" for o in spec.objects)
+            or any(pair <= colours for pair in CLOSE_COLOURS)):
+        return "hard"
+    return f"{len(spec.objects)}-object"
+
+
+def sample_class_scene(rng: np.random.Generator, cls: str) -> SceneSpec:
+    """A scene of the v5 world of class ``cls`` (``"1-object"``, ``"2-object"`` or ``"hard"``), by rejection."""
+    mix = SceneMix(objects_p=(0.5, 0.5, 0.0), sizes_p=(0.0, 0.55, 0.45), close_colours=False) if cls != "hard" \
+        else SceneMix()
+    while True:
+        spec = sample_scene(rng, mix=mix)
+        if scene_class(spec) == cls:
+            return spec
 
 
 def tokenize_spec(spec: SceneSpec, max_len: int = 16) -> list[int]:

@@ -59,6 +59,7 @@ class MiniConfig:
     codec: str = "pixels"
     latent_channels: int = 8
     codec_width: int = 64
+    start_layout: bool = False  # frame 0 gets the encoded start layout as extra input channels (v5, mini.layout)
 
     def __post_init__(self) -> None:
         if self.codec not in ("pixels", "autoencoder"):
@@ -80,6 +81,11 @@ class MiniConfig:
     def latent_size(self) -> int:
         """Side of one latent frame (the frame size, or a quarter of it for the autoencoder)."""
         return self.frame_size if self.codec == "pixels" else self.frame_size // 4
+
+    @property
+    def condition_channels(self) -> int:
+        """Extra input channels of the transformer: the encoded start layout of frame 0 (0 without one)."""
+        return self.channels if self.start_layout else 0
 
     @property
     def tokens_per_frame(self) -> int:
@@ -145,7 +151,7 @@ class MiniModel(torch.nn.Module):
             patch_size=(1, p, p),
             num_attention_heads=config.heads,
             attention_head_dim=config.dim // config.heads,
-            in_channels=config.channels,
+            in_channels=config.channels + config.condition_channels,
             out_channels=config.channels,
             text_dim=config.text_dim,
             freq_dim=config.freq_dim,
@@ -178,6 +184,15 @@ class MiniModel(torch.nn.Module):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.config.channels, self.config.latent_size, self.config.latent_size)
+
+    def start_condition(self, prompts: list[str], seeds: list[int]) -> torch.Tensor | None:
+        """The condition of video frame 0 ``[B, C, 1, h, w]``: each prompt's start layout for its seed
+        (:mod:`deepforcing.mini.layout`); ``None`` for a model without layout channels."""
+        if not self.config.start_layout:
+            return None
+        from .layout import start_layout_latents
+
+        return start_layout_latents(self.codec, prompts, seeds, self.config.frame_size)
 
     def save(self, path: str | Path, metadata: dict | None = None) -> None:
         """Write weights + config (and ``metadata``) to one safetensors file, atomically."""

@@ -36,22 +36,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .language import parse_prompt, sample_scene
+from .language import parse_prompt, sample_class_scene, sample_scene
 from .measure import MeasureConfig, track_objects
 from .world import render_clip
 
 __all__ = ["PredictionScores", "predict_next_chunk", "quality_bar", "free_rollout_bar", "held_out_pairs", "rollout_videos",
-           "is_held_out", "slice_tracks", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar"]
+           "is_held_out", "slice_tracks", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar",
+           "continuation_bar", "SCENE_CLASSES"]
 
 HELD_OUT_SCENE_SEED = 900_000
 HELD_OUT_NOISE_SEED = 777_000
 HELD_OUT_POOL = 256  # scenes reserved for evaluation (training rejects them)
+SCENE_CLASSES = ("1-object", "2-object", "hard")  # the v5 world's classes (language.scene_class)
+CLASS_SCENE_SEED = 910_000  # v5 pools: scene k of class i from default_rng(CLASS_SCENE_SEED + CLASS_STRIDE * i + k)
+CLASS_NOISE_SEED = 787_000
+CLASS_STRIDE = 1_000
+CLASS_POOL = 64  # held-out scenes per class
 BAR_METRICS = ("object_persistence", "count_accuracy", "object_colour_error", "speed_preservation",
                "background_colour_error")
 
 
-def held_out_pairs(pairs: int) -> list[tuple[str, int]]:
-    """The first ``pairs`` held-out (prompt, noise seed) pairs of the evaluation pool."""
+def _class_scene(cls: str, k: int):
+    return sample_class_scene(np.random.default_rng(CLASS_SCENE_SEED + CLASS_STRIDE * SCENE_CLASSES.index(cls) + k), cls)
+
+
+def held_out_pairs(pairs: int, scene_class: str | None = None) -> list[tuple[str, int]]:
+    """The first ``pairs`` held-out (prompt, noise seed) pairs of the evaluation pool: the original pool (every
+    kind of scene, the long-horizon study's), or with ``scene_class`` the v5 world's pool of that class
+    (``"1-object"``, ``"2-object"``, ``"hard"``; :func:`deepforcing.mini.language.scene_class`)."""
+    if scene_class is not None:
+        if scene_class not in SCENE_CLASSES:
+            raise ValueError(f"unknown scene class {scene_class!r}; use one of {', '.join(SCENE_CLASSES)}")
+        if not 0 < pairs <= CLASS_POOL:
+            raise ValueError(f"pairs must be in 1..{CLASS_POOL}, got {pairs}")
+        base = CLASS_NOISE_SEED + CLASS_STRIDE * SCENE_CLASSES.index(scene_class)
+        return [(_class_scene(scene_class, k).to_prompt(), base + k) for k in range(pairs)]
     if not 0 < pairs <= HELD_OUT_POOL:
         raise ValueError(f"pairs must be in 1..{HELD_OUT_POOL}, got {pairs}")
     return [(sample_scene(np.random.default_rng(HELD_OUT_SCENE_SEED + k)).to_prompt(), HELD_OUT_NOISE_SEED + k)
@@ -62,13 +81,15 @@ _HELD_OUT_TOKENS: set[tuple[int, ...]] | None = None
 
 
 def is_held_out(scene) -> bool:
-    """Whether ``scene`` (a SceneSpec) is one of the evaluation scenes (compared by canonical tokens)."""
+    """Whether ``scene`` (a SceneSpec) is one of the evaluation scenes of either pool (compared by canonical
+    tokens)."""
     global _HELD_OUT_TOKENS
     from .language import tokenize_spec
 
     if _HELD_OUT_TOKENS is None:
         _HELD_OUT_TOKENS = {tuple(tokenize_spec(sample_scene(np.random.default_rng(HELD_OUT_SCENE_SEED + k))))
                             for k in range(HELD_OUT_POOL)}
+        _HELD_OUT_TOKENS |= {tuple(tokenize_spec(_class_scene(c, k))) for c in SCENE_CLASSES for k in range(CLASS_POOL)}
     return tuple(tokenize_spec(scene)) in _HELD_OUT_TOKENS
 
 
@@ -80,8 +101,10 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
         uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
+        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
         rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
-                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames)
+                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames,
+                               condition=condition)
         decoder = bundle.codec.streaming_decoder()
         decoder.reset()
         out = [decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)) for _ in range(-(-frames // chunk))]
@@ -97,7 +120,7 @@ def slice_tracks(tracks, start: int, stop: int):
 
 def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, horizons: tuple[float, ...] = (),
                      policies: tuple[str, ...] = ("self-forcing", "deep-forcing"), batch: int = 16,
-                     keep_videos: int = 0) -> dict:
+                     keep_videos: int = 0, scene_class: str | None = None) -> dict:
     """Free rollouts from the prompt alone on held-out pairs (module docstring).
 
     ``frames`` is the window (default: the policy's); ``horizons`` are multiples of the window to roll out to
@@ -108,7 +131,7 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
 
     from .measure import MeasureConfig, score_tracks, track_objects
 
-    held = held_out_pairs(pairs)
+    held = held_out_pairs(pairs, scene_class)
     out: dict = {}
     for name in policies:
         policy = make_policy(name)
@@ -137,6 +160,50 @@ def free_rollout_bar(bundle, *, pairs: int = 32, frames: int | None = None, hori
 
 
 @torch.no_grad()
+def continuation_bar(bundle, *, pairs: int = 32, scene_class: str | None = None, frames: int = 21,
+                     batch: int = 16, last: int | None = None) -> dict:
+    """Continuation after a *true* first chunk: each held-out pair's true chunk 0 (rendered, encoded) is written to
+    the cache by the clean pass, as a rollout writes its own chunk 0, then the model generates the rest of the
+    window from the prompt (and its start layout, for a layout model). Scores the last chunk (``last`` frames,
+    default one chunk) and frames ``[chunk, frames)``; separates "keeps what it is shown" from "draws it right"."""
+    from deepforcing.cache import make_policy
+    from deepforcing.pipeline.rollout import VideoRollout
+    from deepforcing.stats import mean_ci
+
+    from .measure import score_tracks
+
+    chunk = bundle.sampling.chunk_frames
+    last = last or chunk
+    held = held_out_pairs(pairs, scene_class)
+    size = bundle.latent_shape[-1] * bundle.codec.spatial_scale
+    rows: dict[str, list[dict]] = {"last_chunk": [], "after_first_chunk": []}
+    for start in range(0, pairs, batch):
+        part = held[start:start + batch]
+        prompts, seeds = [p for p, _ in part], [s for _, s in part]
+        truth = torch.stack([render_clip(p, seed=s, num_frames=chunk, size=size).frames for p, s in part])
+        ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
+        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
+        rollout = VideoRollout(model=bundle.transformer, policy=make_policy("self-forcing"), context=ctx,
+                               latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=seeds,
+                               uncond_context=uncond, max_frames=frames, condition=condition)
+        first = bundle.codec.encode(truth.permute(0, 2, 1, 3, 4))
+        rollout._call(first, bundle.sampling.context_noise, 0, clean=True)
+        rollout.next_chunk = 1
+        decoder = bundle.codec.streaming_decoder()
+        decoder.reset()
+        out = [decoder.decode_chunk(first.permute(0, 2, 1, 3, 4))]
+        while rollout.next_frame < frames:
+            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
+        videos = torch.cat(out, dim=1)[:, :frames]
+        for prompt, video in zip(prompts, videos):
+            tracks = track_objects(video, prompt, MeasureConfig())
+            rows["last_chunk"].append(score_tracks(slice_tracks(tracks, frames - last, frames), prompt).__dict__)
+            rows["after_first_chunk"].append(score_tracks(slice_tracks(tracks, chunk, frames), prompt).__dict__)
+    return {part: {k: mean_ci([r[k] for r in rs]) for k in BAR_METRICS} for part, rs in rows.items()}
+
+
+@torch.no_grad()
 def from_truth_bar(model, sigmas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 1.0), *, pairs: int = 64, steps: int = 8,
                    shift: float = 3.0, chunk_frames: int = 3, seed: int = 0) -> dict:
     """Persistence and count accuracy of held-out true first chunks noised to each ``sigma`` and integrated back to
@@ -145,7 +212,7 @@ def from_truth_bar(model, sigmas: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 1.0),
     The steps follow the shifted schedule ``shift s / (1 + (shift - 1) s)`` of ``s`` uniform in ``(0, 1]``, scaled
     to start at ``sigma``; ``{"truth": ...}`` scores the encoded-decoded clips themselves."""
     from .measure import score_tracks
-    from .train import first_chunk_forward  # the training module's no-context forward (chunk 0's situation)
+    from .forward import first_chunk_forward  # the no-context forward of training (chunk 0's situation)
 
     held = held_out_pairs(pairs)
     size = model.config.frame_size

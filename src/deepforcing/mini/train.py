@@ -35,8 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .language import sample_scene, tokenize_spec
+from .forward import first_chunk_forward, teacher_forcing_forward
+from .language import WORLD_V5, SceneMix, sample_scene, tokenize_spec
+from .layout import start_layout_latents
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
+from .quality import free_rollout_bar, is_held_out
 from .world import object_cells, render_batch_with_states
 
 __all__ = ["TrainConfig", "train", "teacher_forcing_forward", "first_chunk_forward", "context_probe",
@@ -75,6 +78,8 @@ class TrainConfig:
     self_context: float = 0.0  # fraction of long clips whose context is the model's own re-generation of it
     self_context_sigma: tuple[float, float] = (0.3, 0.9)  # noise levels the context is re-generated from
     self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
+    world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
+    layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
 
     def frames_at(self, step: int) -> int:
@@ -83,68 +88,6 @@ class TrainConfig:
             if step < until:
                 return frames
         return self.clip_frames
-
-
-def _chunk_index(frames: int, chunk: int, tokens: int, device) -> torch.Tensor:
-    return torch.arange(frames, device=device).div(chunk, rounding_mode="floor").repeat_interleave(tokens)
-
-
-def teacher_forcing_mask(frames: int, chunk: int, tokens: int, device, context: bool = True) -> torch.Tensor:
-    """Boolean ``[2n, 2n]`` attention mask over ``[clean | noisy]`` tokens (True = may attend)."""
-    c = _chunk_index(frames, chunk, tokens, device)
-    clean_clean = c[None, :] <= c[:, None]
-    noisy_clean = (c[None, :] < c[:, None]) & context
-    noisy_noisy = c[None, :] == c[:, None]
-    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], dim=1)
-    bottom = torch.cat([noisy_clean, noisy_noisy], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
-def teacher_forcing_forward(
-    model: MiniModel,
-    clean: torch.Tensor,
-    noisy: torch.Tensor,
-    sigma_frames: torch.Tensor,
-    token_ids: torch.Tensor,
-    chunk_frames: int,
-    context: bool = True,
-) -> torch.Tensor:
-    """Flow prediction for ``noisy`` ``[B, C, T, H, W]`` given the clean frames as causal context."""
-    tr = model.transformer
-    b, _, t, h, w = clean.shape
-    text = model.text_encoder.embed_ids(token_ids)
-    ctx = type(tr).encode_context.__wrapped__(tr, text)  # with gradients (the public method is no_grad)
-    seq = torch.cat([clean, noisy], dim=2)
-    timesteps = torch.cat([torch.zeros_like(sigma_frames), sigma_frames * 1000.0], dim=1)
-    x, e, e0, grid, _ = tr._embed(seq, timesteps)
-    _, hp, wp = grid
-    half = tr.rope3d.angles(0, t, hp, wp, device=x.device)
-    angles = torch.cat([half, half], dim=0)
-    mask = teacher_forcing_mask(t, chunk_frames, hp * wp, x.device, context=context)
-
-    def attend(i, q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-    out = tr._run(x, e, e0, grid, angles, ctx, attend)
-    return out[:, :, t:]
-
-
-def first_chunk_forward(model: MiniModel, noisy: torch.Tensor, sigma: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Flow prediction for one noisy chunk ``[B, C, F, H, W]`` with no context (chunk 0, from the prompt alone):
-    the chunk attends itself only, at temporal positions ``0..F-1`` — what the first denoising steps of a rollout
-    see. ``sigma`` ``[B]`` is the chunk's noise level. Needs no clean half, so it is a third of the cost per clip."""
-    tr = model.transformer
-    frames = noisy.shape[2]
-    ctx = type(tr).encode_context.__wrapped__(tr, model.text_encoder.embed_ids(token_ids))
-    timesteps = (sigma * 1000.0)[:, None].expand(-1, frames)
-    x, e, e0, grid, _ = tr._embed(noisy, timesteps)
-    _, hp, wp = grid
-    angles = tr.rope3d.angles(0, frames, hp, wp, device=x.device)
-
-    def attend(i, q, k, v):
-        return F.scaled_dot_product_attention(q, k, v)
-
-    return tr._run(x, e, e0, grid, angles, ctx, attend)
 
 
 class WeightAverage:
@@ -193,6 +136,15 @@ def _load_matching(model: MiniModel, path: str, log) -> None:
         if ck.get("ema"):
             state = {**state, **ck["ema"]["shadow"]}
     own = model.state_dict()
+    state = dict(state)
+    key = "transformer.patch_embedding.weight"
+    if key in state and key in own and state[key].shape[1] < own[key].shape[1] and state[key].shape[2:] == own[key].shape[2:]:
+        # new input channels (the start layout) start at zero, so the grown model computes what the old one did
+        old_in, new_in = state[key].shape[1], own[key].shape[1]
+        wider = own[key].new_zeros(own[key].shape)
+        wider[:, :old_in] = state[key]
+        state[key] = wider
+        log(f"{key}: {new_in} input channels, the {new_in - old_in} new ones start at zero")
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(taken, strict=False)
     log(f"initialised {len(taken)}/{len(own)} tensors from {path}")
@@ -217,23 +169,27 @@ def _start_new_blocks_as_identity(model: MiniModel, taken: dict) -> list[int]:
     return new
 
 
-def training_scene(rng: np.random.Generator):
-    """A random scene that is not one of the quality bar's held-out scenes."""
-    from .quality import is_held_out
+WORLDS: dict[str, SceneMix] = {"original": SceneMix(), "v5": WORLD_V5}
 
+
+def training_scene(rng: np.random.Generator, world: str = "original"):
+    """A random scene of ``world``'s mix that is not one of the quality bars' held-out scenes."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; use one of {', '.join(WORLDS)}")
     while True:
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, mix=WORLDS[world])
         if not is_held_out(scene):
             return scene
 
 
 def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | None = None,
-           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec), their token ids and the per-cell
-    loss weights ``[B, T, h, w]`` (``object_weight`` on cells that carry an object, 1 elsewhere)."""
+           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec), their token ids, the per-cell
+    loss weights ``[B, T, h, w]`` (``object_weight`` on cells that carry an object, 1 elsewhere) and, for a layout
+    model, each clip's encoded start layout ``[B, C, 1, h, w]`` (else None)."""
     batch = cfg.batch if batch is None else batch
     frames = frames or cfg.clip_frames
-    specs = [training_scene(rng) for _ in range(batch)]
+    specs = [training_scene(rng, cfg.world) for _ in range(batch)]
     seeds = rng.integers(0, 2**31 - 1, size=batch).tolist()
     clips, states = render_batch_with_states(specs, seeds, frames, cfg.model.frame_size)  # [B, T, 3, H, W]
     ids = torch.tensor([tokenize_spec(s, cfg.model.text_len) for s in specs], dtype=torch.long)
@@ -241,12 +197,15 @@ def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | Non
     if codec is not None:
         latents = codec.encode(latents)
     weights = 1.0 + (cfg.object_weight - 1.0) * object_cells(states, cfg.model.frame_size, latents.shape[-1])
-    return latents.to(device), ids.to(device), weights.to(device)
+    layout = None
+    if cfg.model.start_layout:
+        layout = start_layout_latents(codec, specs, seeds, cfg.model.frame_size).to(device)
+    return latents.to(device), ids.to(device), weights.to(device), layout
 
 
 @torch.no_grad()
 def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids: torch.Tensor,
-                           gen: torch.Generator) -> torch.Tensor:
+                           gen: torch.Generator, layout: torch.Tensor | None = None) -> torch.Tensor:
     """The clean half of a teacher-forcing batch with, for ``self_context`` of the clips, every chunk replaced by
     the model's own re-generation of it: noised to a per-chunk level drawn from ``self_context_sigma`` and
     integrated back to 0 in ``self_context_steps`` Euler steps, each chunk given the true chunks before it.
@@ -272,12 +231,20 @@ def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tens
     steps = cfg.self_context_steps
     for k in range(steps):
         sigma, after = start * (1 - k / steps), start * (1 - (k + 1) / steps)
-        flow = teacher_forcing_forward(model, clean, x, sigma, token_ids, cfg.chunk_frames)
+        flow = teacher_forcing_forward(model, clean, x, sigma, token_ids, cfg.chunk_frames, layout=layout)
         x = x + (after - sigma)[:, None, :, None, None] * flow  # dx/dsigma = noise - x0 = the predicted flow
     model.train(was_training)
     if isinstance(model.codec, torch.nn.Module):
         model.codec.eval()
     return torch.where(pick[:, None, None, None, None], x, clean)
+
+
+def _drop_layout(cfg: TrainConfig, layout: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor | None:
+    """Zero the start layout of ``layout_dropout`` of the clips (the prompt-only mode a layout model keeps)."""
+    if layout is None or cfg.layout_dropout <= 0:
+        return layout
+    keep = torch.rand(layout.shape[0], generator=gen) >= cfg.layout_dropout
+    return layout * keep[:, None, None, None, None].to(layout.dtype)
 
 
 def _drop_text(cfg: TrainConfig, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -306,7 +273,7 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
     errs = {"with_context": 0.0, "without_context": 0.0, "copy_last_frame": 0.0}
     model.eval()
     for _ in range(batches):
-        clean, ids, _ = _batch(cfg, rng, "cpu", batch=cfg.batch or 8, codec=_codec(model))
+        clean, ids, _, layout = _batch(cfg, rng, "cpu", batch=cfg.batch or 8, codec=_codec(model))
         b, _, t, h, w = clean.shape
         noise = torch.randn(clean.shape, generator=gen)
         noisy = (1 - sigma) * clean + sigma * noise
@@ -314,7 +281,7 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
         ch = cfg.chunk_frames
         tail = slice(ch, t)
         for key, ctx in (("with_context", True), ("without_context", False)):
-            flow = teacher_forcing_forward(model, clean, noisy, sig, ids, ch, context=ctx)
+            flow = teacher_forcing_forward(model, clean, noisy, sig, ids, ch, context=ctx, layout=layout)
             x0 = noisy - sigma * flow
             errs[key] += F.mse_loss(x0[:, :, tail], clean[:, :, tail]).item() / batches
         starts = torch.arange(ch, t) // ch * ch - 1  # last clean frame before each frame's chunk
@@ -345,16 +312,20 @@ def _rollout_probe(model: MiniModel, cfg: TrainConfig) -> dict:
     from deepforcing.models.contract import SamplingConfig
 
     from .bundle import bundle_from_model
-    from .quality import free_rollout_bar
 
     model.eval()
     sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.probe_sampling.items()}) \
         if cfg.probe_sampling else SamplingConfig()
-    bar = free_rollout_bar(bundle_from_model(model, sampling), pairs=cfg.rollout_probe_pairs,
-                           frames=cfg.clip_frames, policies=("self-forcing",))
-    row = bar["self-forcing"]["inside"]
-    return {f"free_{k}": round(row[k]["mean"], 4) for k in ("object_persistence", "count_accuracy",
-                                                           "object_colour_error", "speed_preservation")}
+    bundle = bundle_from_model(model, sampling)
+    out = {}
+    for cls in ((None,) if cfg.world == "original" else ("1-object", "2-object")):
+        bar = free_rollout_bar(bundle, pairs=cfg.rollout_probe_pairs, frames=cfg.clip_frames,
+                               policies=("self-forcing",), scene_class=cls)
+        row = bar["self-forcing"]["inside"]
+        prefix = "free_" if cls is None else f"free{cls[0]}_"
+        out.update({f"{prefix}{k}": round(row[k]["mean"], 4) for k in ("object_persistence", "count_accuracy",
+                                                                       "object_colour_error", "speed_preservation")})
+    return out
 
 
 def train(cfg: TrainConfig, log=print) -> MiniModel:
@@ -444,26 +415,28 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             loss = torch.zeros(())
             clips_seen = 0
             if batch:
-                clean, ids, cells = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
+                clean, ids, cells, layout = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
                 ids = _drop_text(cfg, ids, gen)
+                layout = _drop_layout(cfg, layout, gen)
                 sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
                 noise = torch.randn(clean.shape, generator=gen)
                 s = sigma[:, None, :, None, None]
                 noisy = (1 - s) * clean + s * noise
-                context = self_generated_context(model, cfg, clean, ids, gen)
-                flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames)
+                context = self_generated_context(model, cfg, clean, ids, gen, layout)
+                flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames, layout=layout)
                 error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
                 per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
                 loss = loss + (per_frame * _chunk_weights(cfg, frames)).mean()
                 clips_seen += batch
             if cfg.first_chunk_batch:
-                first, ids, cells = _batch(cfg, rng, "cpu", frames=cfg.chunk_frames, batch=cfg.first_chunk_batch,
-                                           codec=_codec(model))
+                first, ids, cells, layout = _batch(cfg, rng, "cpu", frames=cfg.chunk_frames,
+                                                   batch=cfg.first_chunk_batch, codec=_codec(model))
                 ids = _drop_text(cfg, ids, gen)
+                layout = _drop_layout(cfg, layout, gen)
                 sigma = _sigmas(cfg, first.shape[0], cfg.chunk_frames, gen, "cpu")[:, 0]
                 noise = torch.randn(first.shape, generator=gen)
                 s = sigma[:, None, None, None, None]
-                flow = first_chunk_forward(model, (1 - s) * first + s * noise, sigma, ids)
+                flow = first_chunk_forward(model, (1 - s) * first + s * noise, sigma, ids, layout=layout)
                 error = (flow - (noise - first)).pow(2).mean(dim=1) * cells
                 loss = loss + cfg.first_chunk_weight * error.mean() / cells.mean()
                 clips_seen += cfg.first_chunk_batch

@@ -117,6 +117,10 @@ class ModelBundle:
         temporal_scale: pixel frames per latent frame after the first (Wan VAE: 4; pixels: 1).
         display_scale: integer nearest-neighbour upscale applied to written frames (tiny models).
         default_policy: policy name and sizes used when the user names none.
+        start_condition: ``(prompts, seeds) -> [B, Cc, Fc, h, w]`` extra input channels for the video's first ``Fc``
+            latent frames (later frames get zeros there), concatenated to the latents as Wan2.1's image-to-video
+            model takes its first frame; ``None`` for a model without condition channels. The mini model v5 gives
+            the start layout of its prompt here (``deepforcing.mini.layout``).
     """
 
     name: str
@@ -130,6 +134,7 @@ class ModelBundle:
     display_scale: int = 1
     default_policy: dict = field(default_factory=lambda: {"name": "deep-forcing"})
     default_prompt: str = ""
+    start_condition: Callable[[list[str], list[int]], torch.Tensor | None] | None = None
 
     def pixel_frames(self, latent_frames: int) -> int:
         """Causal VAE frame count: ``1 + scale * (F - 1)`` (identity codec: ``F``)."""

@@ -203,7 +203,16 @@ class VideoGenerator:
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
             device=self.device, record_events=record_events, max_frames=max_frames,
             uncond_context=self.context("") if self.bundle.sampling.needs_unconditional else None,
+            condition=self.start_condition(prompt, seed),
         )
+
+    def start_condition(self, prompt: str, seed: int) -> torch.Tensor | None:
+        """The bundle's condition of the video's first frames for this prompt and seed (``None`` without one)."""
+        make = self.bundle.start_condition
+        if make is None:
+            return None
+        cond = make([prompt], [seed])
+        return None if cond is None else cond.to(self.device)
 
     def _rolling_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None):
         """Rolling Forcing's own loop and cache (``pipeline.rolling``): its sink is one chunk, re-placed before the

@@ -124,10 +124,15 @@ class VideoRollout:
     record_events: bool = False
     max_frames: int | None = None  # the video's length when known: the cache is then no larger than the video
     uncond_context: object = None  # the empty prompt's context, needed when a chunk is guided
+    condition: torch.Tensor | None = None  # [B, Cc, Fc, h, w]: extra input channels of the first Fc frames
 
     def __post_init__(self) -> None:
         c, h, w = self.latent_shape
         self.batch = len(self.seeds)
+        if self.condition is not None and (self.condition.dim() != 5 or self.condition.shape[0] != self.batch
+                                           or tuple(self.condition.shape[-2:]) != (h, w)):
+            raise ValueError(f"condition must be [{self.batch}, channels, frames, {h}, {w}], "
+                             f"got {tuple(self.condition.shape)}")
         self.guided = self.sampling.guidance > 1.0  # every chunk: prompt and empty prompt in one batch
         if self.sampling.needs_unconditional and self.uncond_context is None:
             raise ValueError("classifier-free guidance needs the empty prompt's context (uncond_context)")
@@ -167,8 +172,22 @@ class VideoRollout:
         u = self.uncond_context
         return type(u)([k.expand(batch, *k.shape[1:]) for k in u.keys], [v.expand(batch, *v.shape[1:]) for v in u.values])
 
+    def _conditioned(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """``x`` with the condition channels of frames ``start .. start + f - 1`` appended (zeros past the
+        condition's frames), as Wan2.1 image-to-video concatenates its first-frame latents to every call."""
+        if self.condition is None:
+            return x
+        b, _, f, h, w = x.shape
+        cond = self.condition.to(device=x.device, dtype=x.dtype)
+        extra = torch.zeros(b, cond.shape[1], f, h, w, device=x.device, dtype=x.dtype)
+        stop = min(start + f, cond.shape[2])
+        if stop > start:
+            extra[:, :, : stop - start] = cond[:, :, start:stop].repeat(b // cond.shape[0], 1, 1, 1, 1)
+        return torch.cat([x, extra], dim=1)
+
     def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
         f = x.shape[2]
+        x = self._conditioned(x, start)
         if self.guided:
             x = torch.cat([x, x])
         timesteps = torch.full((x.shape[0], f), float(t), device=x.device, dtype=torch.float32)
