@@ -14,11 +14,24 @@ __all__ = ["main", "build_parser", "add_policy_arguments", "policy_from_args"]
 from .cli_options import add_policy_arguments, policy_from_args, policy_sizes_from_args  # noqa: F401
 
 
+_HELP = {  # one line per command, shown by `deepforcing --help` (which builds no command's options)
+    "plan": "show what a cache policy keeps after every chunk (no model needed)",
+    "generate": "generate a (long) video, streamed to an mp4 chunk by chunk",
+    "train-mini": "train (or resume) the embedded mini model on the procedural world",
+    "eval": "measure long-horizon drift of videos (no downloaded weights needed)",
+    "bench": "per-chunk latency, frames/s, memory and policy overhead per policy at 1x..48x the training horizon",
+    "diagnose": "attention mass per cached frame and Top-C selection heatmap (paper Fig. 4 / Fig. 13)",
+    "experiment": "the long-horizon policy comparison on the mini model (results/long_horizon)",
+    "serve": "a live web page: watch the video as it is generated, switch its prompt while it runs",
+    "presets": "list the model presets (chunk, window, steps, shift, policy) and their sources",
+}
+
+
 # ----------------------------------------------------------------------------- plan
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
-        help="show what a cache policy keeps after every chunk (no model needed)",
+        help=_HELP["plan"],
         description="Dry-run a KV-cache policy: per chunk, the frames in sink / Top-C / recent and the temporal "
         "positions they present. Frame counts are exact; Top-C picks use random scores here.",
     )
@@ -63,7 +76,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate a (long) video, streamed to an mp4 chunk by chunk",
+        help=_HELP["generate"],
         description="Generate a video with a causal video diffusion model and a KV-cache policy. With no model "
         "options the embedded mini model runs on the CPU with its default prompt (60 s at 16 fps).",
     )
@@ -121,7 +134,7 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train-mini",
-        help="train (or resume) the embedded mini model on the procedural world",
+        help=_HELP["train-mini"],
         description="Teacher-forcing flow-matching training on world clips of one attention window (21 frames), "
         "resumable from <run-dir>/checkpoint.pt. Writes the model file at every checkpoint.",
     )
@@ -211,7 +224,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="measure long-horizon drift of videos (no downloaded weights needed)",
+        help=_HELP["eval"],
         description="Metrics over windows of each video (the first window = the training horizon) as drift curves: "
         "imaging proxies, colour/exposure drift, flicker, optical-flow motion and deceleration, repetition.",
     )
@@ -225,7 +238,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="per-chunk latency, frames/s, memory and policy overhead per policy at 1x..48x the training horizon",
+        help=_HELP["bench"],
         description="Speed and memory of each cache policy as videos get longer (no files written).",
     )
     add_bench_arguments(p)
@@ -238,7 +251,7 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "diagnose",
-        help="attention mass per cached frame and Top-C selection heatmap (paper Fig. 4 / Fig. 13)",
+        help=_HELP["diagnose"],
         description="Roll out a video and record, for the last chunk of the first window and the last chunk, the "
         "query-averaged softmax attention per cached frame, plus how often each cache slot is picked as Top-C.",
     )
@@ -252,7 +265,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "experiment",
-        help="the long-horizon policy comparison on the mini model (results/long_horizon)",
+        help=_HELP["experiment"],
         description="Every policy on the same prompt x seed pairs at 12x (and 48x) the training horizon, scored "
         "with the mini world's ground truth and the drift metrics; mean +- 95%% CI per policy.",
     )
@@ -266,7 +279,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="a live web page: watch the video as it is generated, switch its prompt while it runs",
+        help=_HELP["serve"],
         description="Serve one page (default http://127.0.0.1:7860/) that streams a rollout chunk by chunk over a "
         "WebSocket, switches the prompt at the next chunk boundary, shows the cache makeup and attention mass per "
         "cache segment, and downloads the MP4 so far.",
@@ -282,7 +295,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_presets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list the model presets (chunk, window, steps, shift, policy) and their sources")
+    p = sub.add_parser("presets", help=_HELP["presets"])
     p.set_defaults(func=_run_presets)
 
 
@@ -309,10 +322,17 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- main
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_presets, _add_generate, _add_eval, _add_bench, _add_diagnose, _add_experiment, _add_train_mini, _add_serve]
+# name -> the function that adds its parser; only the command being run is built (its options may import heavy
+# modules: the mini trainer's defaults, the eval metrics), so `deepforcing --help`, `presets` and `plan` stay light
+_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "plan": _add_plan, "presets": _add_presets, "generate": _add_generate, "eval": _add_eval, "bench": _add_bench,
+    "diagnose": _add_diagnose, "experiment": _add_experiment, "train-mini": _add_train_mini, "serve": _add_serve,
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command's options (``command`` None), or with those of ``command`` alone and a bare
+    entry (name and help line) for each other command ("": none)."""
     parser = argparse.ArgumentParser(
         prog="deepforcing",
         description="Training-free long video generation: Deep Forcing KV-cache policies for autoregressive video "
@@ -320,13 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepforcing {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _SUBCOMMANDS:
-        add(sub)
+    for name, add in _COMMANDS.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=_HELP[name])
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str:
+    """The command named in ``argv`` (the first word that is not an option; the top level takes no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

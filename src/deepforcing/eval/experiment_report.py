@@ -18,7 +18,7 @@ import numpy as np
 
 from deepforcing.stats import mean_ci, paired_difference
 
-from .experiment import ARMS, CLAIMS, SINK_SWEEP, horizon_key
+from .experiment_arms import ARMS, CLAIMS, SINK_SWEEP, horizon_key
 
 __all__ = ["STRIP_COLUMNS", "write_report", "claim_verdicts", "summary_markdown", "PAIRED_METRICS"]
 
