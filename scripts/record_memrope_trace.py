@@ -150,7 +150,7 @@ def main() -> None:
     latest_v: dict[int, torch.Tensor] = {}
     clean_k: dict[int, torch.Tensor] = {}  # absolute frame -> its clean pass's pre-RoPE key / value
     clean_v: dict[int, torch.Tensor] = {}
-    memories: list[torch.Tensor] = []  # per first-step call after an eviction: [layers, 2 (long, short), 2 (k, v), H, D]
+    memories: list[torch.Tensor] = []  # per update: [layers, 2 (long, short), 2 (k, v), H, D]
     memory_chunks: list[int] = []
     inner_forward = wrapper.forward
 
@@ -160,7 +160,8 @@ def main() -> None:
             latest_k[start_frame + j] = torch.stack([frame_rows(tap.k[i], j) for i in range(layers)])
             latest_v[start_frame + j] = torch.stack([frame_rows(tap.v[i], j) for i in range(layers)])
             if clean:
-                clean_k[start_frame + j], clean_v[start_frame + j] = latest_k[start_frame + j], latest_v[start_frame + j]
+                clean_k[start_frame + j] = latest_k[start_frame + j]
+                clean_v[start_frame + j] = latest_v[start_frame + j]
         caches = pipe.kv_cache1
         local_end = int(caches[0]["local_end_index"].item()) // TINY_TOKENS
         slots, memory = [], None

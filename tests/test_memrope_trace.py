@@ -1,8 +1,9 @@
 """The MemRoPE release trace (YoungRaeKimm/MemRoPE@b89bf5b, recorded by ``scripts/record_memrope_trace.py``) is whole
 and says what its README claims: 10 chunks, the 12-frame cache filling over chunks 0-3, the first eviction (chunk 4)
 initialising both memory frames to the mean of frames 5-7 (frames 3-4 dropped unfolded), five later EMA updates
-(alpha 0.01 long, 0.1 short) and block-relative positions (cache 0..11, queries 9..11). Data checks only: the
-policy's replay against this trace is its own parity test.
+(alpha 0.01 long, 0.1 short) and block-relative positions (cache 0..11, queries 9..11); and up to where the method
+first acts it replays exactly through the engine's Self Forcing. The policy's own replay of the whole trace is its
+parity test, not here.
 """
 
 from __future__ import annotations
@@ -114,8 +115,28 @@ def test_the_final_cache_holds_pre_rope_frames_and_broadcast_memories(trace):
             assert torch.equal(v[:, rows], t["memory"][-1, :, j, 1][:, None].expand_as(v[:, rows]))
 
 
-def test_the_weights_load_in_the_engine():
+def test_until_the_method_acts_it_is_plain_self_forcing_in_the_engine(trace):
+    """The trace replays through the engine's Self Forcing (12-frame window) exactly up to where the method first
+    acts (chunk 4: the first eviction brings the memories and block-relative positions), and not after: the weights,
+    noise and draws fit the engine, and the method matters."""
+    from deepforcing.cache import make_policy
+    from deepforcing.models.contract import SamplingConfig
     from deepforcing.models.loading import load_causal_wan
+    from deepforcing.models.presets import get_preset
+    from deepforcing.pipeline.rollout import VideoRollout
+    from test_causvid_parity import ReplayedNoise, _chunks
 
+    meta, t = trace
+    spec = get_preset("self-forcing")
+    assert meta["denoising_step_list"] == list(spec.denoising_steps) and meta["shift"] == spec.shift
+    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
+                              chunk_frames=spec.chunk_frames)
     model = load_causal_wan(TRACE)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    with torch.no_grad():
+        rollout = VideoRollout(model=model, policy=make_policy("self-forcing", window=12),
+                               context=model.encode_context(t["context"]), latent_shape=tuple(t["noise"].shape[2:]),
+                               sampling=sampling, noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
+        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    assert err[:4].max() < 1e-5, err
+    assert err[4:].min() > 1e-3, err

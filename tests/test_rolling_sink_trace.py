@@ -2,7 +2,8 @@
 ``scripts/record_rolling_sink_trace.py``) is whole and says what its README claims: 21 chunks, the archive replay
 from chunk 7 on in both directions (time-reversed over chunks 7-12 and 19-20, forward over 13-18), each replayed
 frame's key the archived pre-RoPE key rotated once at its slot's absolute position, and no replay when the context
-noise is not 0. Data checks only: the policy's replay against this trace is its own parity test.
+noise is not 0; and up to where the method first acts it replays exactly through the engine's Self Forcing.
+The policy's own replay of the whole trace is its parity test, not here.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def test_the_slice_ping_pongs_over_archive_frames_0_to_17(trace):
     for c in FORWARD:
         assert replayed_slice(meta, c) == [3 * (c - 13), 3 * (c - 13) + 1, 3 * (c - 13) + 2], c
     # the release's own log line for each replay says the same
-    prints = [tuple(int(n) for n in re.findall(r"\d+", line)) + ("Reversed" in line,) for line in meta["release_prints"]]
+    prints = [(*map(int, re.findall(r"\d+", line)), "Reversed" in line) for line in meta["release_prints"]]
     assert len(prints) == len(REVERSED) + len(FORWARD)
     for (a, b, current, reversed_), c in zip(prints, range(7, 21)):
         assert current == 3 * c and reversed_ == (c in REVERSED)
@@ -132,8 +133,28 @@ def test_the_replay_is_silently_off_unless_context_noise_is_0(trace):
     assert quirk["context_noise"] != 0 and quirk["frames"] > meta["window_frames"] + 3 and quirk["replays"] == 0
 
 
-def test_the_weights_load_in_the_engine():
+def test_until_the_method_acts_it_is_plain_self_forcing_in_the_engine(trace):
+    """The trace replays through the engine's Self Forcing (21-frame window) exactly up to where the method first
+    acts (the archive replay first changes the cache at chunk 7's clean pass, so chunk 8 is the first to differ),
+    and not after: the weights, noise and draws fit the engine, and the method matters."""
+    from deepforcing.cache import make_policy
+    from deepforcing.models.contract import SamplingConfig
     from deepforcing.models.loading import load_causal_wan
+    from deepforcing.models.presets import get_preset
+    from deepforcing.pipeline.rollout import VideoRollout
+    from test_causvid_parity import ReplayedNoise, _chunks
 
+    meta, t = trace
+    spec = get_preset("self-forcing")
+    assert meta["denoising_step_list"] == list(spec.denoising_steps) and meta["shift"] == spec.shift
+    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
+                              chunk_frames=spec.chunk_frames)
     model = load_causal_wan(TRACE)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    with torch.no_grad():
+        rollout = VideoRollout(model=model, policy=make_policy("self-forcing", window=21),
+                               context=model.encode_context(t["context"]), latent_shape=tuple(t["noise"].shape[2:]),
+                               sampling=sampling, noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
+        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    assert err[:8].max() < 1e-5, err
+    assert err[8:].min() > 1e-3, err
