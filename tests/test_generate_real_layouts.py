@@ -171,11 +171,11 @@ def test_rolling_forcing_preset_runs_its_own_loop(diffusers_folder, tmp_path, ca
             "32x48", "--checkpoint", str(ckpt), "--preset", "rolling-forcing", "--quiet"]
     assert main([*base, "--frames", "18", "-o", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["sampling"]["solver"] == "rolling-forcing" and meta["policy"]["policy"] == "rolling-sink"
+    assert meta["sampling"]["solver"] == "rolling-forcing" and meta["policy"]["policy"] == "rolling-forcing-sink"
     assert meta["chunks"] == {"planned": 6, "written": 6} and len(decoded(out)) == 1 + 4 * 17
     capsys.readouterr()
     assert main([*base, "--frames", "18", "--policy", "deep-forcing", "-o", str(tmp_path / "x.mp4")]) == 2
-    assert "use --policy rolling-sink --sink 3" in capsys.readouterr().err
+    assert "use --policy rolling-forcing-sink --sink 3" in capsys.readouterr().err
     assert main([*base, "--frames", "9", "-o", str(tmp_path / "y.mp4")]) == 2  # fewer chunks than its window
     assert "needs at least 5 chunks" in capsys.readouterr().err
 

@@ -44,9 +44,9 @@ def test_attention_spans_and_anchor_placement(monkeypatch):
     rope = roll.cache.rope
 
     class SpyRope:  # records where the anchor is placed
-        def rotate(self, keys, delta):
-            anchors.append(int(delta))
-            return rope.rotate(keys, delta)
+        def place(self, keys, original, target):
+            anchors.append(int(target))
+            return rope.place(keys, original, target)
 
     monkeypatch.setattr(layer0, "update", spy)
     roll.cache.rope = SpyRope()
@@ -74,12 +74,16 @@ class _ReferenceCache:
         self.rope, self.call, self.chunks = rope, None, [dict() for _ in range(layers)]
         self.layers = [self._Layer(self, i) for i in range(layers)]
 
-    def begin_call(self, start_frame, num_frames, clean=False):
-        self.call = (start_frame, num_frames, clean)
+    def begin_call(self, start_frame, num_frames, clean=False, rope=None):
+        self.call, self.call_rope = (start_frame, num_frames, clean), rope
 
     class _Layer:
         def __init__(self, owner, i):
             self.owner, self.i = owner, i
+
+        def attend(self, q, k, v):  # the model hands over pre-RoPE q, k: rotate them at their frames
+            rope = self.owner.call_rope
+            return rope.apply(q), *self.update(rope.apply(q), rope.apply(k), v)
 
         def update(self, q, k, v):
             start, n, clean = self.owner.call

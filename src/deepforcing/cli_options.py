@@ -6,36 +6,34 @@ import argparse
 
 __all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args"]
 
-# Size options shared by every command that builds a policy; None = the policy's own default.
-_POLICY_SIZE_OPTIONS = {
-    "window": "attention window in latent frames (Self Forcing: 21, its training length)",
-    "sink": "sink size S in latent frames",
-    "budget": "Participative Compression budget N (frames kept after a compression)",
-    "recent": "recent frames R always kept (and the span of the scoring queries)",
-    "reuse_cap": "max times a token may be picked as Top-C (release: 7)",
-}
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-forcing") -> None:
-    from .cache import policy_names
+    from .cache import POLICIES, policy_names, policy_option_table
 
     group = parser.add_argument_group("cache policy")
     group.add_argument(
         "--policy", default=default, metavar="NAME",
-        help=f"KV-cache policy: {', '.join(policy_names())} (default: {default or 'the model preset'})",
+        help=f"KV-cache policy: {', '.join(policy_names())} (default: {default or 'the model preset'}; old names: "
+             f"{', '.join(f'{old} = {new}' for old, new in POLICIES.aliases().items())})",
     )
-    for field, text in _POLICY_SIZE_OPTIONS.items():
-        group.add_argument("--" + field.replace("_", "-"), dest=field, type=int, default=None, help=text)
-    group.add_argument("--queries", choices=["both", "past", "denoising"], default=None,
-                       help="queries that score Top-C (release: both)")
-    group.add_argument("--topc-rope", dest="topc_rope", choices=["keep", "unify"], default=None,
-                       help="Top-C temporal RoPE: keep original positions (release) or unify (paper Eq. 10-11)")
-    group.add_argument("--sink-placement", dest="placement", choices=["reference", "adjacent"], default=None,
-                       help="deep-sink: the release's placement (3-frame gap) or adjacent to the tail")
+    for opt in policy_option_table():  # every registered policy's options (None = the policy's own default)
+        kind = {"bool": _parse_bool}.get(opt.type.__name__, opt.type)
+        extra = {"choices": list(opt.choices)} if opt.choices else {"type": kind}
+        group.add_argument(opt.flag, dest=opt.name, default=None, help=opt.help, **extra)
 
 
 def policy_sizes_from_args(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name, None) for name in (*_POLICY_SIZE_OPTIONS, "queries", "topc_rope", "placement")}
+    from .cache import policy_option_table
+
+    return {opt.name: getattr(args, opt.name, None) for opt in policy_option_table()}
 
 
 def policy_from_args(args: argparse.Namespace):

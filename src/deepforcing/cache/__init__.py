@@ -1,20 +1,20 @@
-"""Model-agnostic KV-cache engine: storage, temporal RoPE, participation scoring and policies (imports torch only)."""
+"""Model-agnostic KV-cache engine: storage, temporal RoPE, participation scoring, the policy contract, the named
+policies and their registry (imports torch only)."""
 
+from .base import REGIONS, CachePolicy, ChunkContext, Decision, StreamEvent, Write
+from .options import PolicyOption, option
 from .policies import (
-    POLICIES,
     AttentionSink,
-    CachePolicy,
-    ChunkContext,
-    Decision,
     DeepForcing,
     DeepSink,
+    FifoSelector,
     FullCache,
     RandomTopC,
-    RollingSink,
+    RollingForcingSink,
     SelfForcing,
-    make_policy,
-    policy_names,
+    TopCSelector,
 )
+from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
 from .session import CacheEvent, CacheGeometry, KVCache, LayerCache
@@ -22,6 +22,7 @@ from .store import LayerKVStore
 
 __all__ = [
     "POLICIES",
+    "REGIONS",
     "AttentionSink",
     "CacheEvent",
     "CacheGeometry",
@@ -30,19 +31,27 @@ __all__ = [
     "Decision",
     "DeepForcing",
     "DeepSink",
+    "FifoSelector",
     "FullCache",
     "KVCache",
     "LayerCache",
     "LayerKVStore",
+    "PolicyOption",
     "QueryWindow",
     "RandomTopC",
-    "RollingSink",
+    "RollingForcingSink",
     "SelfForcing",
+    "StreamEvent",
     "TemporalRope",
+    "TopCSelector",
+    "Write",
     "dense_participation_scores",
     "inverse_frequencies",
     "make_policy",
+    "option",
     "participation_scores",
     "policy_names",
+    "policy_option_table",
+    "register_policy",
     "rotate_pairs",
 ]

@@ -2,7 +2,8 @@
 
 The simulation drives the real :class:`~deepforcing.cache.KVCache` (same code path as generation) with random
 queries/keys for one layer, one head: a new-chunk call (the first denoising step) and a clean pass per chunk. Frame
-counts do not depend on the random values; for score-based policies, *which* tokens Top-C keeps does.
+counts do not depend on the random values; for score-based policies, *which* tokens Top-C keeps does. The regions
+(sink / kept / memory / recent) are the policy's own description of its slots (:meth:`CachePolicy.regions`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .policies import CachePolicy
+from .base import KEPT, MEMORY, RECENT, SINK, CachePolicy
 from .rope import TemporalRope
 from .session import CacheGeometry, KVCache
 
@@ -25,12 +26,14 @@ class ChunkReport:
     event: str
     cache_frames: float
     sink_frames: float
-    topc_frames: float
+    topc_frames: float  # the "kept" region: Top-C picks, re-inserted archive tokens
     recent_frames: float
     sink_positions: list[int] | None  # [first, last] temporal positions presented by the sink
-    topc_positions: list[int] | None  # [min, max] positions presented by Top-C tokens
-    recent_positions: list[int] | None  # [min, max] positions presented by the rest
+    topc_positions: list[int] | None  # [min, max] positions presented by kept tokens
+    recent_positions: list[int] | None  # [min, max] positions presented by the recent tail
     sink_delta: int
+    memory_frames: float = 0.0  # synthesized memory tokens
+    memory_positions: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,19 +73,16 @@ def simulate(
             layer.update(q, k, v)
         event = cache.events[events_before] if len(cache.events) > events_before else None
         store = layer.store
-        L = store.length
-        slots = torch.arange(L)
-        sink = slots < store.anchor_tokens
-        topc = (~sink) & (store.reuse[0, :L] > 0)
-        rest = ~(sink | topc)
-        pos = store.positions[0, :L]
+        regions = policy.regions(layer)[0]
+        sink, topc, memory, rest = (regions == code for code in (SINK, KEPT, MEMORY, RECENT))
+        pos = store.positions[0, : store.length]
         F = tokens_per_frame
         reports.append(
             ChunkReport(
                 chunk=i,
                 start_frame=f0,
                 event=event.kind if event else "append",
-                cache_frames=L / F,
+                cache_frames=store.length / F,
                 sink_frames=int(sink.sum()) / F,
                 topc_frames=int(topc.sum()) / F,
                 recent_frames=int(rest.sum()) / F,
@@ -90,6 +90,8 @@ def simulate(
                 topc_positions=_span(pos[topc]),
                 recent_positions=_span(pos[rest]),
                 sink_delta=event.decision.sink_delta if event else 0,
+                memory_frames=int(memory.sum()) / F,
+                memory_positions=_span(pos[memory]),
             )
         )
     return reports

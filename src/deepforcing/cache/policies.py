@@ -1,9 +1,10 @@
 """KV-cache policies: pure decisions about which tokens stay and which temporal position each presents.
 
-A policy is a dataclass whose fields are exactly its hyper-parameters, all in **latent frames**; tokens per frame come
-from the model geometry (:class:`ChunkContext`). When a new chunk arrives, the cache writes its tokens after the
-current content (the "augmented" sequence of length ``T``) and asks the policy for a :class:`Decision`: the slots to
-keep, the Top-C selections to count, and how far to move the sink. Policies never touch keys or do attention math.
+A policy is a dataclass whose fields are exactly its options, all in **latent frames**; tokens per frame come from
+the model geometry (:class:`ChunkContext`). When a new chunk arrives, the cache writes its tokens after the current
+content (the "augmented" sequence of length ``T``) and asks the policy for a :class:`Decision`: the slots to keep,
+the Top-C selections to count, and how far to move the sink. The contract and the other hooks (pre-RoPE storage,
+query positions, archived or synthesized tokens, stream events) are in :mod:`deepforcing.cache.base`.
 
 Every policy is a **selector** (:class:`FifoSelector`, :class:`TopCSelector` with a score: participation or random)
 times a **sink placement** (:func:`sink_shift`: fixed, Deep Sink's re-alignment, adjacent), in the manner of NVIDIA
@@ -14,7 +15,8 @@ name                 behaviour                                                  
 ===================  ==========================================================================  ==================
 ``self-forcing``     FIFO window of ``window`` frames, no sink                                   Self Forcing
 ``attention-sink``   first ``sink`` frames kept at their original positions, FIFO tail           StreamingLLM; App. A
-``rolling-sink``     sink re-placed right before the oldest tail frame at every roll             Rolling Forcing; A
+``rolling-forcing-   sink re-placed right before the oldest tail frame at every roll (old name:  Rolling Forcing; A
+sink``               ``rolling-sink``; not the 2026 Rolling Sink method, arXiv 2602.07775)
 ``deep-sink``        deep sink (≈ half the window), re-aligned as the released DS-only code      §4.2
 ``deep-forcing``     Deep Sink + Participative Compression, released defaults                    §4.2-4.3
 ``random-topc``      ``deep-forcing`` with N(0, 1) scores                                        App. D
@@ -24,21 +26,29 @@ name                 behaviour                                                  
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 
+from .base import (REGIONS, CachePolicy, ChunkContext, Decision, QuerySet, SinkPlacement, StreamEvent, Write,
+                   _arange, sink_shift)
+from .options import option
+from .registry import POLICIES, make_policy, policy_names, register_policy
 from .scoring import DEFAULT_BLOCK_TOKENS, participation_scores
 
 __all__ = [
     "ChunkContext",
     "Decision",
     "CachePolicy",
+    "REGIONS",
+    "StreamEvent",
+    "Write",
+    "FifoSelector",
+    "TopCSelector",
     "SelfForcing",
     "AttentionSink",
-    "RollingSink",
+    "RollingForcingSink",
     "DeepSink",
     "DeepForcing",
     "RandomTopC",
@@ -46,165 +56,9 @@ __all__ = [
     "POLICIES",
     "make_policy",
     "policy_names",
+    "register_policy",
+    "sink_shift",
 ]
-
-QuerySet = Literal["both", "past", "denoising"]
-
-
-@dataclass
-class ChunkContext:
-    """What a policy sees when a new chunk arrives at one layer.
-
-    The new chunk's tokens already sit at slots ``[length_before, length_before + new_tokens)``.
-    """
-
-    layer: int
-    start_frame: int  # f0: absolute latent frame of the incoming chunk's first frame
-    tokens_per_frame: int
-    length_before: int  # filled slots before the new chunk
-    new_tokens: int
-    token_ids: torch.Tensor  # [B, T] absolute token ids of the augmented sequence
-    positions: torch.Tensor  # [B, T] presented temporal positions
-    reuse: torch.Tensor  # [B, T] Top-C selection counters
-    keys: torch.Tensor  # [B, H, T, D] post-RoPE keys (read only)
-    query_sum: torch.Tensor | None  # [B, H, D] recent-query sum, when the policy asked for queries
-    state: dict  # per-layer, per-video scratch (e.g. the reference's sink base)
-    generator: torch.Generator | None = None
-
-    @property
-    def total(self) -> int:
-        return self.length_before + self.new_tokens
-
-
-@dataclass
-class Decision:
-    """A policy's answer for one layer and one incoming chunk."""
-
-    keep: torch.Tensor | None = None  # [B, K] ascending slot indices into the augmented sequence; None = keep all
-    selected: torch.Tensor | None = None  # [B, C] Top-C picks, as indices into the augmented sequence
-    sink_delta: int = 0  # frames to move the sink by (rotation of its temporal channels, Eq. 6)
-    topc_positions: torch.Tensor | None = None  # [B, C] new temporal positions of the picks (Eq. 10-11 option)
-    scores: torch.Tensor | None = None  # [B, T] fused scores (diagnostics; -inf on protected slots)
-    event: str = "append"  # "append" | "roll" | "compress"
-
-
-def _arange(start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.arange(start, stop, device=like.device).expand(like.shape[0], -1)
-
-
-SinkPlacement = Literal["fixed", "deep", "adjacent"]
-
-
-def sink_shift(placement: SinkPlacement, ctx: ChunkContext, keep: torch.Tensor, sink_frames: int,
-               first_shift: int = 0) -> int:
-    """Frames to move the sink by after an eviction that keeps slots ``keep`` (rotation of its keys, Eq. 6).
-
-    * ``fixed`` — never moved (StreamingLLM's attention sink);
-    * ``deep`` — Deep Sink's temporal re-alignment (arXiv 2512.05081 §4.2; the release's ``causal_model_DS.py`` and
-      its DS+PC model): the sink's first frame is placed at ``f0 - tail - sink``, ``tail`` being the frames kept after
-      the sink (the incoming chunk included). The first eviction moves it by ``first_shift`` (0 for Deep Sink alone,
-      ``window - budget`` for Deep Forcing), later ones by the change of that target;
-    * ``adjacent`` — the sink's last frame right before the oldest kept frame (Rolling Forcing's contiguous
-      timeline; for Deep Sink, the gap-free placement).
-    """
-    if placement == "fixed" or sink_frames == 0:
-        return 0
-    F = ctx.tokens_per_frame
-    sink_tokens = sink_frames * F
-    if placement == "adjacent":
-        oldest_kept_position = int(ctx.positions[0, keep[0, sink_tokens]])
-        return (oldest_kept_position - sink_frames) - int(ctx.positions[0, 0])
-    target = ctx.start_frame - (keep.shape[1] - sink_tokens) // F - sink_frames
-    base = ctx.state.get("sink_base")
-    ctx.state["sink_base"] = target
-    return first_shift if base is None else target - base
-
-
-@dataclass
-class CachePolicy:
-    """Base class: the mechanics every policy shares (NVIDIA kvpress's base press, for a video KV cache).
-
-    Nothing happens until the augmented cache (the cache plus the incoming chunk) overflows ``window`` frames; then
-    :meth:`select` (the selector: FIFO, Top-C by participation, random Top-C) picks the slots to keep, and
-    :func:`sink_shift` with :meth:`sink_placement` (fixed, Deep Sink, adjacent) moves the sink. A named policy is a
-    selector times a placement plus its defaults. ``window`` is the attention window in latent frames (Self Forcing:
-    its training length).
-    """
-
-    name: ClassVar[str] = "base"
-    window: int = 21
-
-    def __post_init__(self) -> None:
-        self._check_positive("window", self.window)
-
-    # -------------------------------------------------------------- contract
-    @property
-    def sink_frames(self) -> int:
-        """Frames at the front of the cache that are never evicted (the sink)."""
-        return 0
-
-    @property
-    def query_set(self) -> QuerySet | None:
-        """Which queries the policy scores with, or ``None`` if it needs none."""
-        return None
-
-    @property
-    def bounded(self) -> bool:
-        return True
-
-    def capacity_frames(self, chunk_frames: int) -> int:
-        """Store capacity in frames: the window plus one incoming chunk (the augmented sequence)."""
-        return self.window + chunk_frames
-
-    def validate(self, chunk_frames: int) -> None:
-        """Check the policy against the model's chunk size; raise ``ValueError`` saying what to change."""
-        self._check_positive("chunk", chunk_frames)
-        if chunk_frames > self.window:
-            raise ValueError(
-                f"{self.name}: chunk of {chunk_frames} frames does not fit the window of {self.window} frames; "
-                f"use --window >= {chunk_frames}"
-            )
-
-    def decide(self, ctx: ChunkContext) -> Decision:
-        if ctx.total <= self.window * ctx.tokens_per_frame:
-            return Decision()
-        decision = self.select(ctx)
-        decision.sink_delta = sink_shift(self.sink_placement(), ctx, decision.keep, self.sink_frames,
-                                         self.first_shift())
-        return decision
-
-    # ------------------------------------------------------------ the pieces
-    def select(self, ctx: ChunkContext) -> Decision:
-        """The selector: the slots to keep (and any Top-C picks) once the augmented cache overflows."""
-        raise NotImplementedError
-
-    def sink_placement(self) -> SinkPlacement:
-        """How the sink moves at an eviction (see :func:`sink_shift`)."""
-        return "fixed"
-
-    def first_shift(self) -> int:
-        """Sink shift at the first eviction under the ``deep`` placement."""
-        return 0
-
-    # --------------------------------------------------------------- helpers
-    def _check_positive(self, what: str, value: int, allow_zero: bool = False) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{self.name}: {what} must be an integer number of latent frames, got {value!r}")
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"{self.name}: {what} must be {bound} latent frames, got {value}")
-
-    def _check_sink(self, sink: int) -> None:
-        self._check_positive("sink", sink, allow_zero=True)
-        if sink >= self.window:
-            raise ValueError(
-                f"{self.name}: sink of {sink} frames must be smaller than the window of {self.window} frames; "
-                f"lower --sink or raise --window"
-            )
-
-    def describe(self) -> dict:
-        return {"policy": self.name, **dataclasses.asdict(self)}
-
 
 # ------------------------------------------------------------------ selectors
 @dataclass
@@ -212,7 +66,7 @@ class FifoSelector(CachePolicy):
     """Selector: FIFO behind the sink. An overflowing chunk evicts exactly the overflow, oldest non-sink tokens
     first, so the cache stays at ``window`` frames (Self Forcing's rolling KV cache, release ``causal_model.py``)."""
 
-    sink: int = 0
+    sink: int = option(0, "sink size S in latent frames")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,13 +101,14 @@ class TopCSelector(CachePolicy):
     ``topc_rope="unify"`` presents the picks contiguously before the recent frames (Eq. 10-11; off in the release).
     """
 
-    sink: int = 10
-    budget: int = 16
-    recent: int = 4
-    reuse_cap: int | None = 7
-    queries: QuerySet = "both"
-    topc_rope: Literal["keep", "unify"] = "keep"
-    block_tokens: int = DEFAULT_BLOCK_TOKENS
+    sink: int = option(10, "sink size S in latent frames")
+    budget: int = option(16, "Participative Compression budget N (frames kept after a compression)")
+    recent: int = option(4, "recent frames R always kept (and the span of the scoring queries)")
+    reuse_cap: int | None = option(7, "max times a token may be picked as Top-C (release: 7)")
+    queries: QuerySet = option("both", "queries that score Top-C (release: both)")
+    topc_rope: Literal["keep", "unify"] = option(
+        "keep", "Top-C temporal RoPE: keep original positions (release) or unify (paper Eq. 10-11)")
+    block_tokens: int = option(DEFAULT_BLOCK_TOKENS, "keys scored per block (memory bound)", expose=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -288,6 +143,14 @@ class TopCSelector(CachePolicy):
     @property
     def query_set(self) -> QuerySet | None:
         return self.queries
+
+    @property
+    def query_frames(self) -> int:
+        return self.recent
+
+    @property
+    def layout(self) -> dict[str, int | None]:
+        return {"sink": self.sink, "kept": self.topc_frames, "memory": 0, "recent": self.recent}
 
     def validate(self, chunk_frames: int) -> None:
         super().validate(chunk_frames)
@@ -330,6 +193,7 @@ class TopCSelector(CachePolicy):
 
 
 # ------------------------------------------------------------- named policies
+@register_policy
 @dataclass
 class SelfForcing(FifoSelector):
     """Self Forcing's rolling KV cache: FIFO over ``window`` frames, no sink, no RoPE change."""
@@ -342,6 +206,7 @@ class SelfForcing(FifoSelector):
             raise ValueError("self-forcing has no sink; use --policy attention-sink or deep-sink for a sink")
 
 
+@register_policy
 @dataclass
 class AttentionSink(FifoSelector):
     """StreamingLLM's attention sink: the first ``sink`` frames stay at their original RoPE positions, FIFO behind.
@@ -351,15 +216,35 @@ class AttentionSink(FifoSelector):
     sink: int = 3
 
 
+@register_policy
+@dataclass
+class RollingForcingSink(FifoSelector):
+    """Rolling Forcing's sink, run training-free (arXiv 2512.05081 App. A): the sink is re-placed at every roll right
+    before the oldest frame of the window, one contiguous timeline. The same cache as ``deep-sink`` with
+    ``placement="adjacent"`` at the same sink size (an alias with a shallow default sink, 3).
+
+    Its old name ``rolling-sink`` still works; it is *not* the 2026 Rolling Sink method (arXiv 2602.07775, which
+    replays an archive of the first window)."""
+
+    name: ClassVar[str] = "rolling-forcing-sink"
+    aliases: ClassVar[tuple[str, ...]] = ("rolling-sink",)
+    sink: int = 3
+
+    def sink_placement(self) -> SinkPlacement:
+        return "adjacent"
+
+
+@register_policy
 @dataclass
 class DeepSink(FifoSelector):
     """Deep Sink alone (arXiv 2512.05081 §4.2; release ``causal_model_DS.py``): a deep sink (about half the window)
     re-aligned at every roll. The release leaves a 3-frame gap between sink and tail; ``placement="adjacent"``
-    closes it (a named improvement — the ``rolling-sink`` placement with a deep sink)."""
+    closes it (a named improvement — the ``rolling-forcing-sink`` placement with a deep sink)."""
 
     name: ClassVar[str] = "deep-sink"
     sink: int = 14
-    placement: Literal["reference", "adjacent"] = "reference"
+    placement: Literal["reference", "adjacent"] = option(
+        "reference", "deep-sink: the release's placement (3-frame gap) or adjacent to the tail", flag="sink-placement")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -370,19 +255,7 @@ class DeepSink(FifoSelector):
         return "deep" if self.placement == "reference" else "adjacent"
 
 
-@dataclass
-class RollingSink(FifoSelector):
-    """Rolling Forcing's sink, run training-free (arXiv 2512.05081 App. A): the sink is re-placed at every roll right
-    before the oldest frame of the window, one contiguous timeline. The same cache as ``deep-sink`` with
-    ``placement="adjacent"`` at the same sink size (an alias with a shallow default sink, 3)."""
-
-    name: ClassVar[str] = "rolling-sink"
-    sink: int = 3
-
-    def sink_placement(self) -> SinkPlacement:
-        return "adjacent"
-
-
+@register_policy
 @dataclass
 class DeepForcing(TopCSelector):
     """Deep Forcing (arXiv 2512.05081 §4): Deep Sink + Participative Compression, the release's defaults (sink 10,
@@ -403,6 +276,7 @@ class DeepForcing(TopCSelector):
         return self.window - self.budget
 
 
+@register_policy
 @dataclass
 class RandomTopC(DeepForcing):
     """Participative Compression with Gaussian N(0, 1) scores instead of participation (arXiv 2512.05081 App. D)."""
@@ -418,6 +292,7 @@ class RandomTopC(DeepForcing):
         return None
 
 
+@register_policy
 @dataclass
 class FullCache(CachePolicy):
     """Never evict: every frame stays at its true position. Memory grows with the video; inside the training horizon
@@ -429,36 +304,12 @@ class FullCache(CachePolicy):
     def bounded(self) -> bool:
         return False
 
+    @property
+    def layout(self) -> dict[str, int | None]:
+        return {"sink": 0, "kept": 0, "memory": 0, "recent": None}
+
     def validate(self, chunk_frames: int) -> None:
         self._check_positive("chunk", chunk_frames)
 
     def decide(self, ctx: ChunkContext) -> Decision:
         return Decision()
-
-
-POLICIES: dict[str, type[CachePolicy]] = {
-    cls.name: cls for cls in (SelfForcing, AttentionSink, RollingSink, DeepSink, DeepForcing, RandomTopC, FullCache)
-}
-
-
-def policy_names() -> list[str]:
-    return list(POLICIES)
-
-
-def make_policy(name: str, **sizes) -> CachePolicy:
-    """Build a policy by its CLI name; ``sizes`` set its fields (``None`` values are ignored = defaults).
-
-    Unknown names or fields raise ``ValueError`` listing what exists.
-    """
-    key = name.strip().lower().replace("_", "-")
-    if key not in POLICIES:
-        raise ValueError(f"unknown cache policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    cls = POLICIES[key]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in sizes.items() if v is not None}
-    unknown = sorted(set(given) - fields)
-    if unknown:
-        raise ValueError(
-            f"policy {key!r} has no option {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}"
-        )
-    return cls(**given)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import torch
 
-__all__ = ["inverse_frequencies", "rotate_pairs", "TemporalRope"]
+__all__ = ["inverse_frequencies", "rotate_pairs", "TemporalRope", "CallRope"]
 
 
 def inverse_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -86,3 +87,27 @@ class TemporalRope:
         out = keys.clone()
         out[..., :span] = rotate_pairs(keys[..., :span], self.angles(delta))
         return out
+
+    def place(self, keys: torch.Tensor, original: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+        """Keys ``[B, H, T, D]`` rotated at their ``original`` positions, re-placed at ``target`` (``[B, T]`` or a
+        scalar): one rotation by ``target - original`` from an exact base. The sink re-placement of the cache
+        (:meth:`~deepforcing.cache.store.LayerKVStore.shift_anchor`) and of Rolling Forcing's anchor
+        (:class:`~deepforcing.cache.rolling.RollingCache`)."""
+        return self.rotate(keys, torch.as_tensor(target, device=keys.device) - original)
+
+
+class CallRope(Protocol):
+    """The model's full rotary embedding bound to one forward call's grid (what pre-RoPE storage and query
+    positions need; :meth:`deepforcing.models.rope3d.WanRope3D.bind` makes one).
+
+    Token ``i`` of a call sits in latent frame ``start + i // F`` at spatial index ``i % F``; rotation is the
+    release's arithmetic (float64 angles, complex multiply in float64, cast back)."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, H, n, D]`` (the call's own tokens) rotated at their own frames."""
+        ...
+
+    def at(self, x: torch.Tensor, frames: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, H, m, D]`` rotated at temporal positions ``frames`` and spatial indices ``spatial``
+        (``[m]`` or ``[B, m]`` each)."""
+        ...

@@ -1,9 +1,14 @@
 """The per-video KV cache: one :class:`LayerCache` per transformer layer, driven by one policy.
 
-The model calls :meth:`KVCache.begin_call` once per forward (which latent frames the call covers, and whether it is
-the clean-context pass), then :meth:`LayerCache.update` in every layer's self-attention with the call's post-RoPE
-``q, k, v``. ``update`` reproduces the released write logic (``CausalWanSelfAttention`` in
-``wan/modules/causal_model.py`` of Self Forcing and of the Deep Forcing release):
+The model calls :meth:`KVCache.begin_call` once per forward (which latent frames the call covers, whether it is
+the clean-context pass, and its rotary embedding bound to the call's grid), then :meth:`LayerCache.attend` in every
+layer's self-attention with the call's **pre-RoPE** ``q, k`` and ``v``. ``attend`` rotates the queries (at the
+policy's :meth:`~deepforcing.cache.CachePolicy.query_positions`, by default their frames), stores the keys post- or
+pre-RoPE (:meth:`~deepforcing.cache.CachePolicy.key_storage`), runs :meth:`LayerCache.update`, lets the policy add
+tokens (:meth:`~deepforcing.cache.CachePolicy.after_write`) and returns what attention reads
+(:meth:`~deepforcing.cache.CachePolicy.read`). ``update`` (post-RoPE ``q, k, v``; tests and ``plan`` call it
+directly) reproduces the released write logic (``CausalWanSelfAttention`` in ``wan/modules/causal_model.py`` of
+Self Forcing and of the Deep Forcing release):
 
 * a call whose tokens end past everything written so far is a **new-chunk call** (only the first denoising step of a
   chunk): the tokens are appended and, if that overflows the window, the policy decides what stays;
@@ -22,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from .policies import CachePolicy, ChunkContext, Decision
-from .rope import TemporalRope
+from .base import CachePolicy, ChunkContext, Decision, Reaction, StreamEvent, Write
+from .rope import CallRope, TemporalRope
 from .scoring import QueryWindow
 from .store import LayerKVStore
 
@@ -51,6 +56,7 @@ class CallInfo:
     start_frame: int
     num_frames: int
     clean: bool
+    rope: CallRope | None = None  # the model's rotary embedding bound to this call (needed by ``attend``)
 
 
 @dataclass
@@ -74,8 +80,9 @@ class LayerCache:
         self.store = store
         self.state: dict = {}
         self.global_end = 0  # absolute token index after the last write (the release's global_end_index)
+        self.attended: tuple[torch.Tensor, torch.Tensor] | None = None  # the keys/values of the last read
         qset = owner.policy.query_set
-        self.queries = QueryWindow(owner.policy.recent) if qset is not None else None  # type: ignore[attr-defined]
+        self.queries = QueryWindow(owner.policy.query_frames) if qset is not None else None
 
     def reset(self) -> None:
         self.store.length = 0
@@ -107,9 +114,49 @@ class LayerCache:
         elif qset == "denoising" and new_chunk:
             self.queries.replace(q, call.num_frames)
 
+    # ------------------------------------------------------------ model entry
+    @property
+    def policy(self) -> CachePolicy:
+        return self.owner.policy
+
+    @property
+    def call(self) -> CallInfo:
+        return self.owner.call
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's entry (``[B, H, n, D]`` pre-RoPE ``q, k``): rotated queries and the keys/values to attend to.
+
+        With the default hooks this is exactly the model rotating ``q, k`` at their frames and calling
+        :meth:`update`."""
+        call = self.owner.call
+        if call is None or call.rope is None:
+            raise RuntimeError("KVCache.begin_call(start_frame, num_frames, clean, rope=...) must come before attend")
+        policy = self.owner.policy
+        positions = policy.query_positions(self)
+        if positions is None:
+            q_rot = call.rope.apply(q)
+        else:
+            q_rot = call.rope.at(q, self._call_frames(positions), self._call_spatial(q))
+        stored = k if self.store.pre_rope else call.rope.apply(k)
+        keys, values = self._write(q_rot, stored, v, raw_keys=k)
+        keys, values = policy.read(self, keys, values)
+        return q_rot, *self._attended(call, q_rot, keys, values)
+
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
         new chunk, and return the keys/values to attend to (``[B, H, L, D]`` views, valid until the next update)."""
+        keys, values = self._write(q, k, v, raw_keys=None)
+        return self._attended(self.owner.call, q, keys, values)
+
+    def _attended(self, call: CallInfo, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        self.attended = (keys, values)
+        if self.owner.attention_observer is not None:
+            self.owner.attention_observer(self, call, q)
+        return keys, values
+
+    def _write(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, raw_keys: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         call = self.owner.call
         if call is None:
             raise RuntimeError("KVCache.begin_call(start_frame, num_frames, clean) must be called before each forward")
@@ -145,9 +192,44 @@ class LayerCache:
                 )
             ids = torch.arange(start_token, end_token, device=k.device)
             store.write(store.length - n, k, v, ids)
-        if self.owner.attention_observer is not None:
-            self.owner.attention_observer(self, call, q)
+        raw = raw_keys is not None
+        self.owner.policy.after_write(self, Write(call, new_chunk, store.length - n, raw_keys if raw else k, v, raw))
         return store.view()
+
+    # --------------------------------------------------------- policy helpers
+    def _call_frames(self, positions: torch.Tensor) -> torch.Tensor:
+        """Per-frame positions ``[f]`` / ``[B, f]`` of the call -> per-token ``[n]`` / ``[B, n]``."""
+        return positions.repeat_interleave(self.owner.geometry.tokens_per_frame, dim=-1)
+
+    def _call_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.arange(x.shape[2], device=x.device) % self.owner.geometry.tokens_per_frame
+
+    def rotate_stored(self, keys: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Pre-RoPE keys ``[B, H, L, D]`` of the filled slots rotated (3D RoPE, float64 then cast, as the releases
+        rotate) at temporal ``positions`` ``[B, L]`` (default: the positions the slots present)."""
+        store = self.store
+        length = keys.shape[2]
+        if positions is None:
+            positions = store.positions[:, :length]
+        spatial = store.token_ids[:, :length] % store.tokens_per_frame
+        return self.owner.call.rope.at(keys, positions, spatial)
+
+    def put(self, slot: int, keys: torch.Tensor, values: torch.Tensor, token_ids: torch.Tensor,
+            positions: torch.Tensor, *, insert: bool = False) -> None:
+        """Write tokens that did not come from this call — archived or synthesized (memory) — at ``slot``.
+
+        ``keys`` are pre-RoPE ``[B, H, m, D]``; a post-RoPE store rotates them once at ``positions`` (``[m]`` or
+        ``[B, m]`` temporal positions; spatial positions from ``token_ids % tokens_per_frame``), float64 then cast,
+        exactly as a release rotating pre-RoPE keys (never a delta on post-RoPE keys). ``insert=True`` shifts slots
+        ``slot ..`` right to make room; otherwise the slots are overwritten."""
+        store = self.store
+        positions = torch.as_tensor(positions, device=keys.device).expand(keys.shape[0], -1)
+        token_ids = torch.as_tensor(token_ids, device=keys.device)
+        if not store.pre_rope:
+            keys = self.owner.call.rope.at(keys, positions, token_ids % store.tokens_per_frame)
+        if insert:
+            store.insert(slot, keys.shape[2])
+        store.write(slot, keys, values, token_ids, positions=positions)
 
     def _apply_policy(self, call: CallInfo, before: int, n: int) -> None:
         started = time.perf_counter()
@@ -163,6 +245,7 @@ class LayerCache:
             positions=store.positions[:, :total],
             reuse=store.reuse[:, :total],
             keys=store.keys[:, :, :total],
+            values=store.values[:, :, :total],
             query_sum=self.queries.total() if self.queries is not None else None,
             state=self.state,
             generator=self.owner.generator,
@@ -256,6 +339,7 @@ class KVCache:
                     dtype=dtype,
                     device=device,
                     growable=not policy.bounded,
+                    pre_rope=policy.key_storage(i) == "pre-rope",
                 ),
             )
             for i in range(num_layers)
@@ -277,14 +361,20 @@ class KVCache:
         """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation."""
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
-        return num_layers * LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots,
-                                                anchor_tokens=anchor, dtype=dtype)
+        return sum(LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots, dtype=dtype,
+                                       anchor_tokens=0 if policy.key_storage(i) == "pre-rope" else anchor)
+                   for i in range(num_layers))
 
-    def begin_call(self, start_frame: int, num_frames: int, clean: bool = False) -> None:
-        """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)."""
+    def begin_call(self, start_frame: int, num_frames: int, clean: bool = False, rope: CallRope | None = None) -> None:
+        """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)
+        and the model's rotary embedding bound to the call (``rope``, needed by :meth:`LayerCache.attend`)."""
         if start_frame < 0 or num_frames <= 0:
             raise ValueError(f"invalid call: start_frame={start_frame}, num_frames={num_frames}")
-        self.call = CallInfo(start_frame, num_frames, clean)
+        self.call = CallInfo(start_frame, num_frames, clean, rope)
+
+    def notify(self, event: StreamEvent) -> Reaction:
+        """Tell the policy about a stream event (prompt switch, scene cut); see :meth:`CachePolicy.react`."""
+        return self.policy.react(event, self)
 
     def restart(self, resume_frame: int, keep_sink: bool = True) -> None:
         """Truncate every layer to its sink (or to nothing) and resume writing at ``resume_frame``.

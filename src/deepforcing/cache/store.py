@@ -5,6 +5,10 @@ reads them directly). Slots ``[0, anchor_tokens)`` — the attention sink — al
 its original phase; re-placing a sink token rotates from that copy (one rotation from an exact base), never from the
 already re-rotated key, so positions stay exact however often the sink moves.
 
+A ``pre_rope`` store (policies whose :meth:`~deepforcing.cache.CachePolicy.key_storage` says so) keeps keys before
+RoPE; they are rotated at every read (:meth:`~deepforcing.cache.session.LayerCache.rotate_stored`), so moving a
+token only changes its ``positions`` entry and no anchor copy is needed.
+
 Metadata per slot (``[B, capacity]``):
 
 * ``token_ids`` — absolute token index ``frame * tokens_per_frame + spatial index`` (-1 = empty);
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .rope import TemporalRope, rotate_pairs
+from .rope import TemporalRope
 
 __all__ = ["LayerKVStore"]
 
@@ -52,17 +56,20 @@ class LayerKVStore:
         dtype: torch.dtype,
         device: torch.device | str,
         growable: bool = False,
+        pre_rope: bool = False,
     ) -> None:
         if anchor_tokens > capacity:
             raise ValueError(f"anchor ({anchor_tokens} tokens) larger than the store ({capacity} tokens)")
         self.tokens_per_frame = tokens_per_frame
         self.rope = rope
         self.growable = growable
+        self.pre_rope = pre_rope
         self.anchor_tokens = anchor_tokens
         self.length = 0
         self.keys = torch.zeros(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
-        self.anchor_keys = torch.zeros(batch, heads, anchor_tokens, head_dim, dtype=dtype, device=device)
+        self.anchor_keys = torch.zeros(batch, heads, 0 if pre_rope else anchor_tokens, head_dim, dtype=dtype,
+                                       device=device)
         self.token_ids = torch.full((batch, capacity), -1, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, capacity, dtype=torch.long, device=device)
         self.reuse = torch.zeros(batch, capacity, dtype=torch.int32, device=device)
@@ -103,10 +110,13 @@ class LayerKVStore:
         self.positions = torch.cat([self.positions, self.positions.new_zeros(self.positions.shape[0], extra)], 1)
         self.reuse = torch.cat([self.reuse, self.reuse.new_zeros(self.reuse.shape[0], extra)], 1)
 
-    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, token_ids: torch.Tensor) -> None:
-        """Write ``n`` tokens at slots ``[start, start + n)`` at their own frame's phase; counters reset to 0.
+    def write(self, start: int, keys: torch.Tensor, values: torch.Tensor, token_ids: torch.Tensor,
+              positions: torch.Tensor | None = None) -> None:
+        """Write ``n`` tokens at slots ``[start, start + n)``; counters reset to 0.
 
-        ``keys``/``values``: ``[B, H, n, D]`` (keys already rotated at their true frame); ``token_ids``: ``[n]``.
+        ``keys``/``values``: ``[B, H, n, D]`` (post-RoPE stores: keys already rotated at ``positions``);
+        ``token_ids``: ``[n]`` or ``[B, n]``; ``positions``: the temporal positions they present (default: their
+        own frames).
         """
         n = keys.shape[2]
         end = start + n
@@ -114,9 +124,11 @@ class LayerKVStore:
         self.keys[:, :, start:end] = keys
         self.values[:, :, start:end] = values
         self.token_ids[:, start:end] = token_ids
-        self.positions[:, start:end] = token_ids.div(self.tokens_per_frame, rounding_mode="floor")
+        if positions is None:
+            positions = token_ids.div(self.tokens_per_frame, rounding_mode="floor")
+        self.positions[:, start:end] = positions
         self.reuse[:, start:end] = 0
-        if start < self.anchor_tokens:
+        if start < self.anchor_tokens and not self.pre_rope:
             stop = min(end, self.anchor_tokens)
             self.anchor_keys[:, :, start:stop] = keys[:, :, : stop - start]
         self.length = max(self.length, end)
@@ -156,6 +168,18 @@ class LayerKVStore:
         self.token_ids[:, k:] = -1
         self.length = k
 
+    def insert(self, slot: int, n: int) -> None:
+        """Open ``n`` empty slots at ``slot`` by moving slots ``[slot, length)`` right (fill them with :meth:`write`)."""
+        if slot < self.anchor_tokens and self.anchor_tokens and not self.pre_rope and slot < self.length:
+            raise RuntimeError("tokens cannot be inserted inside the sink; sinks must stay at the front")
+        self._ensure_capacity(self.length + n)
+        stop = self.length
+        for buf in (self.keys, self.values):
+            buf[:, :, slot + n : stop + n] = buf[:, :, slot:stop].clone()
+        for meta in (self.token_ids, self.positions, self.reuse):
+            meta[:, slot + n : stop + n] = meta[:, slot:stop].clone()
+        self.length = stop + n
+
     def count_selection(self, slots: torch.Tensor) -> None:
         """Add one to the Top-C reuse counter of ``slots`` (``[B, C]`` indices after :meth:`keep`)."""
         self.reuse.scatter_add_(1, slots, torch.ones_like(slots, dtype=self.reuse.dtype))
@@ -167,16 +191,19 @@ class LayerKVStore:
         if a == 0 or delta == 0:
             return
         self.positions[:, :a] += delta
+        if self.pre_rope:  # rotated at read
+            return
         original = self.token_ids[:, :a].div(self.tokens_per_frame, rounding_mode="floor")
-        span = 2 * self.rope.pairs
-        angles = self.rope.angles(self.positions[:, None, :a] - original[:, None, :])
-        self.keys[:, :, :a, :span] = rotate_pairs(self.anchor_keys[:, :, :a, :span], angles)
+        self.keys[:, :, :a] = self.rope.place(self.anchor_keys[:, :, :a], original, self.positions[:, :a])
 
     def place(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Give non-sink ``slots`` (``[B, M]``) new temporal ``positions`` by rotating from their current phase.
 
         Used by the optional Top-C RoPE unification (Eq. 10–11), which moves a token at most ``reuse cap`` times.
         """
+        if self.pre_rope:  # rotated at read
+            self.positions.scatter_(1, slots, positions)
+            return
         current = self.positions.gather(1, slots)
         gather4 = slots[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[3])
         moved = self.rope.rotate(self.keys.gather(2, gather4), positions - current)

@@ -27,7 +27,9 @@ class AttentionMassProbe:
     """Attach with ``cache.attention_observer = probe``; results in ``probe.records``.
 
     Each record: ``{"chunk_start": f0, "layer": i, "frames": [source frame per slot], "positions": [...],
-    "mass": [H, L] (query-averaged softmax weight per slot)}`` for batch element 0.
+    "regions": [region index per slot, :data:`~deepforcing.cache.REGIONS`, as the policy reports them],
+    "mass": [H, L] (query-averaged softmax weight per slot)}`` for batch element 0. The keys are those attention
+    read (for pre-RoPE storage: rotated at the read positions).
     """
 
     def __init__(self, chunk_starts: set[int] | None = None, layers: set[int] | None = None, block: int = 1024):
@@ -44,7 +46,7 @@ class AttentionMassProbe:
             return
         if self.layers is not None and layer_cache.index not in self.layers:
             return
-        keys, _ = layer_cache.store.view()
+        keys, _ = layer_cache.attended
         k = keys[0].float()  # [H, L, D]
         qq = q[0].float()  # [H, n, D]
         scale = 1.0 / math.sqrt(k.shape[-1])
@@ -59,6 +61,7 @@ class AttentionMassProbe:
             "layer": layer_cache.index,
             "frames": store.frames()[0].tolist(),
             "positions": store.positions[0, : store.length].tolist(),
+            "regions": layer_cache.owner.policy.regions(layer_cache)[0].tolist(),
             "mass": mass.tolist(),
         })
 

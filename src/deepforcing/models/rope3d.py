@@ -20,7 +20,7 @@ import torch
 
 from deepforcing.cache import TemporalRope, inverse_frequencies, rotate_pairs
 
-__all__ = ["WanRope3D"]
+__all__ = ["WanRope3D", "BoundWanRope"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,33 @@ class WanRope3D:
     def apply(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` ``[B, H, n, D]`` by ``angles`` ``[n, D / 2]`` (float64 math, result in ``x.dtype``)."""
         return rotate_pairs(x, angles)
+
+    def bind(self, angles: torch.Tensor, width: int) -> "BoundWanRope":
+        """This embedding bound to one call: its tokens' ``angles`` (from :meth:`angles`) and the grid's ``width``
+        (patch columns), for the cache (:class:`deepforcing.cache.rope.CallRope`)."""
+        return BoundWanRope(self, angles, width)
+
+
+@dataclass(frozen=True)
+class BoundWanRope:
+    """:class:`WanRope3D` bound to one forward call (the cache's ``CallRope``): rotate the call's own tokens, or any
+    tokens at chosen temporal positions (pre-RoPE keys read at window slots, queries at policy positions)."""
+
+    rope: WanRope3D
+    angles: torch.Tensor  # [n, D / 2] of the call's tokens at their own frames
+    width: int
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return rotate_pairs(x, self.angles)
+
+    def at(self, x: torch.Tensor, frames: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, H, m, D]`` at temporal positions ``frames`` and spatial indices ``spatial`` (``[m]`` or
+        ``[B, m]``): the same float64 products as :meth:`WanRope3D.angles`, so a key rotated here at its own frame
+        equals the model's rotation bit for bit."""
+        omega_t, omega_s = (w.to(x.device) for w in self.rope._omegas)
+        frames, spatial = torch.broadcast_tensors(frames.to(x.device), spatial.to(x.device))
+        rows = spatial.div(self.width, rounding_mode="floor").to(torch.float64)
+        cols = spatial.remainder(self.width).to(torch.float64)
+        angles = torch.cat([frames.to(torch.float64)[..., None] * omega_t, rows[..., None] * omega_s,
+                            cols[..., None] * omega_s], dim=-1)
+        return rotate_pairs(x, angles[:, None] if angles.dim() == 3 else angles)

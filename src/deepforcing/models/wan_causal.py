@@ -252,13 +252,13 @@ class CausalWanTransformer(WanTransformer3DModel):
         if clean is None:
             clean = bool((t == 0).all())
         angles = self.rope3d.angles(start_frame, f, hp, wp, device=x.device)
-        cache.begin_call(start_frame, f, clean=clean)
+        cache.begin_call(start_frame, f, clean=clean, rope=self.rope3d.bind(angles, wp))
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = cache.layers[i].update(q, k, v)
+            q, keys, values = cache.layers[i].attend(q, k, v)  # pre-RoPE in; the cache's policy places them
             return self.attention(q, keys.to(q.dtype), values.to(q.dtype))
 
-        return self._run(x, e, e0, grid, angles, context, attend)
+        return self._run(x, e, e0, grid, angles, context, attend, rotate=False)
 
     def forward_full(
         self,
@@ -319,13 +319,15 @@ class CausalWanTransformer(WanTransformer3DModel):
         e0 = e0.float().unflatten(0, (b, f)).unflatten(2, (6, -1))  # [B, f, 6, dim]
         return x, e, e0, grid, t
 
-    def _run(self, x, e, e0, grid, angles, context: CrossKV, attend: Attend) -> torch.Tensor:
+    def _run(self, x, e, e0, grid, angles, context: CrossKV, attend: Attend, rotate: bool = True) -> torch.Tensor:
+        """The blocks and the head; ``attend`` gets ``q, k`` rotated at ``angles`` (``rotate``) or pre-RoPE (the
+        cached forward, whose cache rotates them)."""
         if len(context.keys) != self.num_layers:
             raise ValueError(f"context K/V has {len(context.keys)} layers, the model {self.num_layers}")
         if context.batch != x.shape[0]:
             raise ValueError(f"context K/V batch {context.batch} != latent batch {x.shape[0]}")
         for i, block in enumerate(self.blocks):
-            x = self._block(i, block, x, e0, angles, context.keys[i], context.values[i], attend)
+            x = self._block(i, block, x, e0, angles if rotate else None, context.keys[i], context.values[i], attend)
         return self._head(x, e, grid)
 
     def _block(self, i, block, x, e0, angles, ck, cv, attend: Attend) -> torch.Tensor:
@@ -351,8 +353,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         q = self._heads(_rms_norm(attn.to_q(h), attn.norm_q))
         k = self._heads(_rms_norm(attn.to_k(h), attn.norm_k))
         v = self._heads(attn.to_v(h))
-        q = self.rope3d.apply(q, angles)
-        k = self.rope3d.apply(k, angles)
+        if angles is not None:  # None: the cache rotates them (LayerCache.attend)
+            q = self.rope3d.apply(q, angles)
+            k = self.rope3d.apply(k, angles)
         out = attend(i, q, k, v)
         return attn.to_out[0](out.transpose(1, 2).flatten(2))
 

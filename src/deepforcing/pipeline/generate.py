@@ -216,13 +216,13 @@ class VideoGenerator:
 
     def _rolling_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None):
         """Rolling Forcing's own loop and cache (``pipeline.rolling``): its sink is one chunk, re-placed before the
-        working chunks, i.e. the ``rolling-sink`` policy at sink = one chunk; the video length must be known."""
+        working chunks, i.e. the ``rolling-forcing-sink`` policy at sink = one chunk; the video length must be known."""
         from .rolling import RollingForcingRollout
 
         chunk = self.bundle.sampling.chunk_frames
-        if policy.name != "rolling-sink" or policy.sink_frames != chunk:
+        if policy.name != "rolling-forcing-sink" or policy.sink_frames != chunk:
             raise ValueError(f"Rolling Forcing's sampler has its own cache (a one-chunk anchor re-placed before the "
-                             f"working chunks): use --policy rolling-sink --sink {chunk}, not {policy.name}")
+                             f"working chunks): use --policy rolling-forcing-sink --sink {chunk}, not {policy.name}")
         if max_frames is None:
             raise ValueError("Rolling Forcing needs the video length up front (its last windows ramp down)")
         return RollingForcingRollout(model=self.bundle.transformer, context=self.context(prompt),

@@ -10,13 +10,13 @@ Rolling Forcing (its release, ``TencentARC/RollingForcing`` ``pipeline/rolling_f
 * one model call denoises the whole window (attention is bidirectional inside it); every chunk that is not final is
   re-noised to its next level with fresh noise; then one clean pass (t = 0) on the window's oldest chunk writes its
   keys/values to the cache;
-* the cache (:class:`RollingCache`): the first chunk is an *anchor* (sink), re-placed in time right before the
-  working chunks at every noisy call; the working chunks are the clean chunks just before the window, as many as fit
-  ``attention_frames`` (21) with the anchor and the window; the clean pass attends to the last ``attention_frames``
-  cached frames (the anchor only while it is among them, at its own position).
+* the cache (:class:`~deepforcing.cache.rolling.RollingCache`): the first chunk is an *anchor* (sink), re-placed in
+  time right before the working chunks at every noisy call; the working chunks are the clean chunks just before the
+  window, as many as fit ``attention_frames`` (21) with the anchor and the window; the clean pass attends to the last
+  ``attention_frames`` cached frames (the anchor only while it is among them, at its own position).
 
 The model is the same :class:`~deepforcing.models.wan_causal.CausalWanTransformer` (it talks to any object with
-``begin_call`` and ``layers[i].update``). Noise comes from the pipeline's seeded stream, so videos are reproducible
+``begin_call`` and ``layers[i].attend``). Noise comes from the pipeline's seeded stream, so videos are reproducible
 but not seed-for-seed equal to the release's (which draws a window-sized tensor per re-noised chunk).
 """
 
@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from deepforcing.cache import TemporalRope
+from deepforcing.cache.rolling import RollingCache
 from deepforcing.models.contract import SamplingConfig
 from deepforcing.models.schedule import FlowMatchSchedule
 
@@ -42,70 +42,6 @@ def rolling_windows(chunks: int, steps: int) -> list[tuple[int, int]]:
         raise ValueError(f"Rolling Forcing needs at least {steps} chunks (its window), got {chunks}; generate at "
                          f"least {steps} chunks")
     return [(max(0, w - steps + 1), min(chunks - 1, w)) for w in range(chunks + steps - 1)]
-
-
-@dataclass
-class _Call:
-    start_frame: int
-    num_frames: int
-    clean: bool
-
-
-class _RollingLayer:
-    def __init__(self, owner: "RollingCache", index: int) -> None:
-        self.owner, self.index = owner, index
-        self.anchor: tuple[torch.Tensor, torch.Tensor] | None = None  # keys rotated at the anchor's own frames
-        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # clean chunks 1, 2, ... (newest last)
-
-    def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        own, call = self.owner, self.owner.call
-        chunk = own.chunk_frames
-        first = call.start_frame // chunk
-        if call.clean:  # write the chunk; attend to the last `attention_frames` cached frames (itself included)
-            if first == 0:
-                self.anchor = (k, v)
-                return k, v
-            self.blocks.append((k, v))
-            del self.blocks[: max(0, len(self.blocks) - own.max_chunks)]
-            slots = [self.anchor, *self.blocks][-own.max_chunks:]
-            return torch.cat([s[0] for s in slots], 2), torch.cat([s[1] for s in slots], 2)
-        if first == 0:  # ramp-up windows attend to themselves only
-            return k, v
-        room = (own.attention_frames - call.num_frames - chunk) // chunk  # working chunks that fit
-        working = self.blocks[len(self.blocks) - min(first - 1, room, len(self.blocks)):] if room > 0 else []
-        anchor_start = call.start_frame - chunk * len(working) - chunk
-        anchor_k = own.rope.rotate(self.anchor[0], torch.tensor(anchor_start))
-        keys = torch.cat([anchor_k, *[b[0] for b in working], k], 2)
-        values = torch.cat([self.anchor[1], *[b[1] for b in working], v], 2)
-        return keys, values
-
-
-@dataclass
-class RollingCache:
-    """The KV cache of a Rolling Forcing rollout (module docstring): anchor chunk + working chunks, per layer."""
-
-    num_layers: int
-    chunk_frames: int
-    rope: TemporalRope
-    attention_frames: int = 21
-    call: _Call | None = None
-    layers: list[_RollingLayer] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.attention_frames < 3 * self.chunk_frames:
-            raise ValueError(f"attention of {self.attention_frames} frames cannot hold the anchor, a working chunk and "
-                             f"a chunk of {self.chunk_frames} frames")
-        self.max_chunks = self.attention_frames // self.chunk_frames
-        self.layers = [_RollingLayer(self, i) for i in range(self.num_layers)]
-
-    def begin_call(self, start_frame: int, num_frames: int, clean: bool = False) -> None:
-        self.call = _Call(start_frame, num_frames, clean)
-
-    @property
-    def length(self) -> int:
-        """Cached tokens of layer 0 (anchor + working chunks)."""
-        layer = self.layers[0]
-        return sum(b[0].shape[2] for b in ([layer.anchor] if layer.anchor else []) + layer.blocks)
 
 
 @dataclass

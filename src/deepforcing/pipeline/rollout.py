@@ -28,7 +28,7 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from deepforcing.cache import CachePolicy, KVCache
+from deepforcing.cache import CachePolicy, KVCache, StreamEvent
 from deepforcing.models.contract import SamplingConfig
 from deepforcing.models.schedule import FlowMatchSchedule
 
@@ -248,15 +248,21 @@ class VideoRollout:
             yield self.step()
 
     @torch.no_grad()
-    def switch_prompt(self, context: object, *, keep_sink: bool = True) -> None:
-        """Switch to a new prompt mid-stream (LongLive's KV re-cache).
+    def switch_prompt(self, context: object, *, keep_sink: bool = True, cut: bool = False) -> None:
+        """Switch to a new prompt mid-stream (LongLive's KV re-cache unless the policy handles it).
 
-        The new cross-attention state replaces the old one; the cache is truncated to the sink (``keep_sink``) or
-        emptied, and the remembered recent chunks are re-run at the clean timestep under the new prompt, at their own
-        temporal positions, so the recent window's K/V are recomputed with the new prompt.
+        The new cross-attention state replaces the old one (the cross-attention cache reset). The policy hears of
+        the switch first (:meth:`~deepforcing.cache.CachePolicy.react`; a ``"scene-cut"`` before it when ``cut``);
+        if it handled it (∞-RoPE's KV flush), nothing else happens. Otherwise the cache is truncated to the sink
+        (``keep_sink``) or emptied, and the remembered recent chunks are re-run at the clean timestep under the new
+        prompt, at their own temporal positions, so the recent window's K/V are recomputed with the new prompt.
         """
         self.context = self._with_unconditional(context) if self.guided else context
         self.prompt_index += 1
+        if cut:
+            self.cache.notify(StreamEvent("scene-cut", self.next_frame))
+        if self.cache.notify(StreamEvent("prompt-switch", self.next_frame)) == "handled":
+            return
         if not self._recent:
             return
         chunk = self.sampling.chunk_frames

@@ -5,9 +5,10 @@ The video is the one ``deepforcing generate`` makes with the same prompt, policy
 streaming decoder); only the length is open-ended (up to ``max_seconds``) and the prompt can change while it runs
 (LongLive's KV re-cache, :meth:`~deepforcing.pipeline.rollout.VideoRollout.switch_prompt`).
 
-Telemetry per chunk (no peer shows it): the cache's frames by segment — the sink (Deep Sink, arXiv 2512.05081 §4.2),
-the compressed middle (Participative Compression's Top-C, §4.3; for FIFO policies the sliding window has no middle)
-and the recent frames — and the attention mass of one layer's queries at the chunk's first denoising step on each
+Telemetry per chunk (no peer shows it): the cache's frames by segment — the policy's own regions
+(:meth:`~deepforcing.cache.CachePolicy.regions`: the sink, Deep Sink arXiv 2512.05081 §4.2; the compressed middle,
+Participative Compression's Top-C §4.3, or re-inserted archive tokens; synthesized memory tokens; the recent frames)
+plus the new chunk — and the attention mass of one layer's queries at the chunk's first denoising step on each
 segment (the measurement of the paper's Fig. 4, :class:`~deepforcing.eval.diagnostics.AttentionMassProbe`).
 """
 
@@ -20,14 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from deepforcing.cache import REGIONS
 from deepforcing.eval.diagnostics import AttentionMassProbe
 from deepforcing.pipeline.generate import NonFiniteOutputError, VideoGenerator
 from deepforcing.pipeline.writer import to_uint8_frames
 
 __all__ = ["LiveOptions", "LiveChunk", "LiveSession", "SEGMENTS", "encode_frame"]
 
-SEGMENTS = ("sink", "compressed", "recent", "current")
-"""Cache segments in the telemetry: sink frames, the compressed middle (Top-C), recent frames, the new chunk."""
+SEGMENTS = ("sink", "compressed", "memory", "recent", "current")
+"""Cache segments in the telemetry: the policy's regions (sink, kept = "compressed", memory, recent; in
+:data:`~deepforcing.cache.REGIONS` order) and the new chunk (the recent tokens of the chunk being generated)."""
+_SEGMENT_OF_REGION = torch.tensor([SEGMENTS.index(r if r != "kept" else "compressed") for r in REGIONS])
 
 
 @dataclass(frozen=True)
@@ -133,27 +137,20 @@ class LiveSession:
         return chunk
 
     # ---------------------------------------------------------------- telemetry
-    def _segment_of(self, frames: torch.Tensor, chunk_start: int) -> torch.Tensor:
-        """Segment index (``SEGMENTS``) of each cached token from its source frame; ``chunk_start`` is the first
-        frame of the newest chunk. Policies with a ``recent`` size (Deep Forcing) keep that many newest frames
-        (the newest chunk included) and compress the middle; for the others everything after the sink is recent."""
-        sink = self.policy.sink_frames
-        recent = getattr(self.policy, "recent", None)
-        seg = torch.full_like(frames, SEGMENTS.index("compressed" if recent is not None else "recent"))
-        if recent is not None:
-            chunk = self.generator.bundle.sampling.chunk_frames
-            seg[frames >= chunk_start + chunk - recent] = SEGMENTS.index("recent")
-        seg[frames < sink] = SEGMENTS.index("sink")
-        seg[frames >= chunk_start] = SEGMENTS.index("current")
+    @staticmethod
+    def _segment_of(regions: torch.Tensor, frames: torch.Tensor, chunk_start: int) -> torch.Tensor:
+        """Segment index (``SEGMENTS``) of each cached token: its region as the policy reports it, and recent
+        tokens of the chunk starting at ``chunk_start`` (or later) as the current chunk."""
+        seg = _SEGMENT_OF_REGION[regions.long()]
+        seg[(seg == SEGMENTS.index("recent")) & (frames >= chunk_start)] = SEGMENTS.index("current")
         return seg
 
     def _cache_makeup(self, chunk_start: int) -> dict[str, float]:
-        """Frames' worth of tokens per segment in layer 0's cache after the chunk (the new chunk counts as recent)."""
-        store = self.rollout.cache.layers[0].store
-        seg = self._segment_of(store.frames()[0], chunk_start)
-        seg[seg == SEGMENTS.index("current")] = SEGMENTS.index("recent")
-        per_frame = store.tokens_per_frame
-        return {name: float((seg == i).sum()) / per_frame for i, name in enumerate(SEGMENTS[:3])}
+        """Frames' worth of tokens per region in layer 0's cache after the chunk (the new chunk counts as recent)."""
+        layer = self.rollout.cache.layers[0]
+        seg = _SEGMENT_OF_REGION[self.policy.regions(layer)[0].long().cpu()]
+        per_frame = layer.store.tokens_per_frame
+        return {name: float((seg == i).sum()) / per_frame for i, name in enumerate(SEGMENTS[:-1])}
 
     def _attention(self, chunk_start: int) -> dict[str, float]:
         if self.probe is None or not self.probe.records:
@@ -161,7 +158,7 @@ class LiveSession:
         record = self.probe.records.pop()
         self.probe.records.clear()
         mass = torch.tensor(record["mass"]).mean(dim=0)  # [slots], averaged over heads
-        seg = self._segment_of(torch.tensor(record["frames"]), chunk_start)
+        seg = self._segment_of(torch.tensor(record["regions"]), torch.tensor(record["frames"]), chunk_start)
         total = float(mass.sum()) or 1.0
         return {name: float(mass[seg == i].sum()) / total for i, name in enumerate(SEGMENTS)}
 
