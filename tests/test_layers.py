@@ -11,8 +11,9 @@ from pathlib import Path
 import deepforcing
 
 ROOT = Path(deepforcing.__file__).parent
-LAYER = {"_version": 0, "stats": 0, "cache": 0, "generate_command": 4, "serve": 4, "cli_options": 1, "models": 1, "pipeline": 2, "mini": 3, "eval": 3, "cli": 4,
-         "__init__": 5, "__main__": 5}
+# model_spec turns model options into a generator: it opens the mini model and Wan folders, so it sits beside mini
+LAYER = {"_version": 0, "stats": 0, "cache": 0, "generate_command": 4, "serve": 4, "cli_options": 1, "models": 1,
+         "pipeline": 2, "mini": 3, "model_spec": 3, "eval": 3, "cli": 4, "__init__": 5, "__main__": 5}
 
 
 def _group(module: str) -> str:

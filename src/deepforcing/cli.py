@@ -11,7 +11,9 @@ from ._version import __version__
 
 __all__ = ["main", "build_parser", "add_policy_arguments", "policy_from_args"]
 
-from .cli_options import add_policy_arguments, policy_from_args, policy_sizes_from_args  # noqa: F401
+from .cli_options import (  # noqa: F401
+    add_model_arguments, add_policy_arguments, policy_from_args, policy_sizes_from_args,
+)
 
 
 _HELP = {  # one line per command, shown by `deepforcing --help` (which builds no command's options)
@@ -94,29 +96,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--frames", type=int, default=None, help="video length in latent frames")
     src.add_argument("--seed", type=int, default=0, help="random seed (video k of a prompt file uses seed + k)")
     add_policy_arguments(p, default=None)
-    model = p.add_argument_group("model")
-    model.add_argument("--model", default="mini",
-                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan model folder")
-    model.add_argument("--checkpoint", default=None,
-                       help="Self Forcing-style .pt or safetensors DiT weights (real models)")
-    model.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing)")
-    model.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
+    model = add_model_arguments(p)
     model.add_argument("--no-restart", action="store_true",
                        help="presets whose release restarts the rollout every window (causvid): roll one cache with "
                             "--policy instead")
-    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                       help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     out = p.add_argument_group("output")
     out.add_argument("-o", "--output", default=None, help="output .mp4 (default: outputs/<prompt>_seed<seed>.mp4)")
     out.add_argument("--save-latents", action="store_true", help="also save the latents (.safetensors)")
     out.add_argument("--save-frames", action="store_true", help="also save every frame as PNG (folder <out>/)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
-    model.add_argument("--attention-backend", default=None, metavar="NAME",
-                       help="diffusers attention backend: native (default), flash, sage, xformers, _native_math, ...")
-    model.add_argument("--threads", type=int, default=None,
-                       help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
     p.set_defaults(func=_run_generate)
 
 

@@ -1,10 +1,11 @@
-"""Command-line options that build a cache policy, shared by the CLI and the generate command (imports cache only)."""
+"""Command-line options declared once for every command: the cache policy (imports cache only, when built) and the
+model (no import; read with :meth:`deepforcing.model_spec.ModelSpec.from_args`)."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args"]
+__all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args", "add_model_arguments"]
 
 
 def _parse_bool(text: str) -> bool:
@@ -40,5 +41,27 @@ def policy_from_args(args: argparse.Namespace):
     from .cache import make_policy
 
     return make_policy(args.policy, **policy_sizes_from_args(args))
+def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True) -> argparse._ArgumentGroup:
+    """The model options of every command that runs one (``generate``, ``serve``, ``bench``, ``diagnose``, ``eval``,
+    ``experiment``): the fields of :class:`deepforcing.model_spec.ModelSpec`, plus ``--threads``."""
+    group = parser.add_argument_group("model (the embedded mini model unless --model names another)")
+    group.add_argument("--model", default="mini",
+                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan2.1 model folder "
+                            "(original or diffusers layout)")
+    group.add_argument("--checkpoint", default=None,
+                       help="Self Forcing-style .pt or safetensors DiT weights over the folder's (real models)")
+    group.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing; see "
+                                                      "deepforcing presets)")
+    group.add_argument("--lora", default=None, help="LoRA file merged into the DiT weights (real models; LongLive)")
+    group.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="compute dtype of real models (default: bfloat16 on GPU, float32 on CPU)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    group.add_argument("--attention-backend", default=None, metavar="NAME",
+                       help="diffusers attention backend: native (default), flash, sage, xformers, _native_math, ...")
+    if threads:
+        group.add_argument("--threads", type=int, default=None,
+                           help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
+    return group
 
 

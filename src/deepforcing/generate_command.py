@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .pipeline.generate import VideoGenerator
-from .pipeline.resources import choose_threads
+from .model_spec import CheckedModel, ModelSpec, check_model, set_threads
+from .pipeline.generate import VideoGenerator, restart_policy_error
 from .pipeline.timeline import load_timeline, parse_timeline
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
@@ -35,7 +35,6 @@ DEFAULT_SECONDS = 60.0
 MAX_SECONDS = 24 * 3600.0
 """Longest video one request may ask for (a day); longer lengths are refused before anything is allocated."""
 MAX_LATENT_FRAMES = 10_000_000
-MINI_ONLY_IGNORED = ("checkpoint", "preset", "resolution", "dtype", "no_restart")
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -68,61 +67,6 @@ def _init_distributed(world: int) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return True
-
-
-def _resolve_device(name: str | None) -> str:
-    if name:
-        try:
-            device = torch.device(name)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device {name!r} is not supported; use cpu, cuda or cuda:N")
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {name} requested but CUDA is not available on this machine; use --device cpu")
-        return name
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return f"cuda:{local}"
-    return "cpu"
-
-
-def _build_generator(args: argparse.Namespace, device: str) -> VideoGenerator:
-    from deepforcing.mini.bundle import mini_generator
-
-    model = args.model
-    if model == "mini":
-        return mini_generator(None, device=device)
-    if Path(model).is_file() and _is_mini_file(model):
-        return mini_generator(model, device=device)
-    from deepforcing.models.bundle import wan_bundle
-
-    resolution = None
-    if args.resolution:
-        try:
-            height, width = (int(v) for v in args.resolution.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--resolution must look like 480x832, got {args.resolution!r}") from None
-        resolution = (height, width)
-    bundle = wan_bundle(model, checkpoint=args.checkpoint, preset=args.preset, dtype=args.dtype, device=device,
-                        resolution=resolution)
-    if getattr(args, "no_restart", False):
-        bundle.sampling = dataclasses.replace(bundle.sampling, restart_overlap=0)
-    return VideoGenerator(bundle, device=device)
-
-
-def _is_mini(args: argparse.Namespace) -> bool:
-    return args.model == "mini" or (Path(args.model).is_file() and _is_mini_file(args.model))
-
-
-def _is_mini_file(path: str) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return (f.metadata() or {}).get("format") == "deepforcing-mini-v1"
-    except Exception:  # not a safetensors file: let the real loader explain
-        return False
 
 
 def _is_file(text: str) -> bool:
@@ -164,20 +108,16 @@ def _prompts_of(job) -> list[str]:
     return [job] if isinstance(job, str) else [e.prompt for e in job]
 
 
-def _check_restart_policy(args: argparse.Namespace) -> None:
+def _check_restart_policy(args: argparse.Namespace, model: CheckedModel, policy) -> None:
     """A preset that restarts its rollout (CausVid) with another policy and a length known to exceed its window:
     refused now, before the weights load (lengths in seconds are checked by the generator, which knows the VAE)."""
-    from deepforcing.models.presets import get_preset
-    from deepforcing.pipeline.generate import restart_policy_error
-
-    preset = get_preset(args.preset or "self-forcing")
-    if not preset.restart_overlap or getattr(args, "no_restart", False) or args.frames is None \
+    preset = model.preset
+    if not preset.restart_overlap or not model.spec.restart or args.frames is None \
             or args.frames <= preset.window_frames:
         return
-    default = preset.product_policy()
-    window = getattr(args, "window", None)
-    if (args.policy or default["name"]) != default["name"] or (window is not None and window != default["window"]):
-        raise ValueError(restart_policy_error(default["window"], preset.restart_overlap, args.policy or default["name"]))
+    default = model.default_policy()
+    if policy.name != default["name"] or policy.window != default["window"]:
+        raise ValueError(restart_policy_error(default["window"], preset.restart_overlap, policy.name))
 
 
 def _check_length(args: argparse.Namespace, jobs) -> None:
@@ -193,30 +133,18 @@ def _check_length(args: argparse.Namespace, jobs) -> None:
                 raise ValueError(f"the timeline is longer than {MAX_SECONDS:g} s (a day); shorten its durations")
 
 
-def _check_model_options(args: argparse.Namespace, mini: bool, jobs) -> None:
+def _check_prompts(args: argparse.Namespace, mini: bool, jobs) -> None:
+    """Every word of every prompt for the mini model (its language is closed); a prompt at all for real models."""
     if mini:
-        used = [f"--{name}" for name in MINI_ONLY_IGNORED if getattr(args, name, None)]
-        if used:
-            raise ValueError(f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to real models "
-                             f"(--model /path/to/wan-folder); the mini model has fixed sizes and runs in float32")
         from deepforcing.mini.language import parse_prompt
 
         for job, _ in jobs:
             for text in _prompts_of(job):
                 parse_prompt(text)  # raises ValueError naming the unknown word and the valid ones
-    elif not Path(args.model).exists():
-        raise FileNotFoundError(f"model folder not found: {args.model}; pass --model mini or a local Wan2.1 folder")
-    elif Path(args.model).is_file():
-        raise ValueError(f"{args.model} is neither a deepforcing mini model file (safetensors with mini metadata; "
-                         f"this one is truncated, corrupt or of another kind) nor a model folder; pass --model mini, "
-                         f"a mini model file or a Wan2.1 folder")
     elif not any(_prompts_of(job) for job, _ in jobs):
         raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    from deepforcing.models.wan_causal import attention_backend
-
-    attention_backend(args.attention_backend)  # unknown names are refused before any model loads
 
 
 def _timeline_frames(job, generator: VideoGenerator) -> int | None:
@@ -249,18 +177,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     # ---- the whole request, before any model loads
     rank, world = _dist_env()
-    device = _resolve_device(args.device)
+    model = check_model(ModelSpec.from_args(args))  # options, device, paths; a mini model file is read here
     jobs = _jobs(args)
-    mini = _is_mini(args)
-    _check_model_options(args, mini, jobs)
+    _check_prompts(args, model.is_mini, jobs)
     _check_length(args, jobs)
-    if not mini:
-        _check_restart_policy(args)
-    if mini:  # the policy and its sizes need no weights: refuse impossible ones now
-        from deepforcing.cache import make_policy
-
-        sizes = {k: v for k, v in policy_sizes_from_args(args).items() if v is not None}
-        make_policy(args.policy or "deep-forcing", **sizes)
+    policy = model.policy(args.policy, **policy_sizes_from_args(args))  # built once, here, and passed down
+    if model.preset is not None:
+        _check_restart_policy(args, model, policy)
+    mini = model.is_mini
     outputs = [_output_path(args, prompt, seed, index, len(jobs), mini) for index, (prompt, seed) in enumerate(jobs)]
     mine = shard(list(zip(jobs, outputs)), rank, world)
     with ExitStack() as stack:
@@ -269,13 +193,8 @@ def run_generate(args: argparse.Namespace) -> int:
             stack.enter_context(output_lock(output))
         # ---- load and run
         distributed = _init_distributed(world)
-        generator = _build_generator(args, device)
-        generator.bundle.transformer.set_attention_backend_name(args.attention_backend)
-        threads = args.threads or (choose_threads(sum(p.numel() for p in generator.bundle.transformer.parameters()))
-                                   if torch.device(device).type == "cpu" else None)
-        if threads:
-            torch.set_num_threads(threads)
-        policy = generator.resolve_policy(args.policy, **policy_sizes_from_args(args))  # resolved once, passed down
+        generator = model.open()
+        set_threads(generator, args.threads)
         for index, ((prompt, seed), output) in mine:
             seconds = args.seconds if args.frames is None else None
             frames = args.frames

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from deepforcing.cli_options import add_model_arguments
+
 __all__ = ["add_bench_arguments", "run_bench", "bench_policy"]
 
 DEFAULT_POLICIES = ("self-forcing", "attention-sink", "rolling-sink", "deep-sink", "deep-forcing", "random-topc")
@@ -32,15 +34,16 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def bench_policy(generator, policy: str, latent_frames: int, seed: int = 0) -> dict:
-    """Generate one video of ``latent_frames`` with ``policy`` and return timing / memory statistics."""
+def bench_policy(generator, policy, latent_frames: int, seed: int = 0, prompt: str | None = None) -> dict:
+    """Generate one video of ``latent_frames`` with ``policy`` (a name or a built policy) from ``prompt`` (``None``:
+    the model's default) and return timing / memory statistics."""
     cuda = generator.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(generator.device)
     times, cache_tokens = [], []
     started = time.perf_counter()
     t_prev = started
-    for chunk in generator.stream(None, latent_frames=latent_frames, policy=policy, seed=seed):
+    for chunk in generator.stream(prompt, latent_frames=latent_frames, policy=policy, seed=seed):
         if cuda:
             torch.cuda.synchronize(generator.device)
         now = time.perf_counter()
@@ -52,7 +55,7 @@ def bench_policy(generator, policy: str, latent_frames: int, seed: int = 0) -> d
     steady = times[1:] or times
     frames_per_chunk = generator.bundle.pixel_frames(latent_frames) / len(times)
     return {
-        "policy": policy,
+        "policy": policy if isinstance(policy, str) else policy.name,
         "latent_frames": latent_frames,
         "chunks": len(times),
         "latency_mean_s": statistics.mean(steady),
@@ -70,12 +73,11 @@ def bench_policy(generator, policy: str, latent_frames: int, seed: int = 0) -> d
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--model", default="mini", help="'mini' (default) or a mini model file (real models: see README)")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated policy names")
     p.add_argument("--horizons", default="1,4,12,48", help="video lengths as multiples of the training horizon")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--prompt", default=None, help="prompt of every video (default: the model's; real models need one)")
+    add_model_arguments(p)
     p.add_argument("--out", default=None, help="write bench.json into this folder")
     p.add_argument("--load", type=int, default=0,
                    help="run N CPU-bound busy processes during the measurement (a machine shared with other jobs)")
@@ -97,11 +99,12 @@ def background_load(processes: int):
             proc.wait()
 
 
-def time_main_job(generator, seconds: float = 60.0) -> dict:
-    """The README main job (default prompt and policy, ``seconds`` of video) through ``generate``, file included."""
+def time_main_job(generator, seconds: float = 60.0, prompt: str | None = None) -> dict:
+    """The README main job (default policy, the model's default prompt unless ``prompt``, ``seconds`` of video)
+    through ``generate``, file included."""
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        result = generator.generate(None, output=Path(tmp) / "main.mp4", seconds=seconds)
+        result = generator.generate(prompt, output=Path(tmp) / "main.mp4", seconds=seconds)
         wall = time.perf_counter() - started
     video_seconds = result.pixel_frames / generator.bundle.fps
     return {"video_seconds": video_seconds, "wall_seconds": wall, "frames": result.pixel_frames,
@@ -109,7 +112,7 @@ def time_main_job(generator, seconds: float = 60.0) -> dict:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from deepforcing.mini.bundle import mini_generator
+    from deepforcing.model_spec import ModelSpec, check_model, set_threads
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -121,16 +124,16 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--horizons must be numbers like 1,4,12,48, got {args.horizons!r}") from None
     if not multiples or not all(math.isfinite(m) and 0 < m <= 10_000 for m in multiples):
         raise ValueError(f"--horizons must be positive multiples of the horizon (at most 10000), got {args.horizons!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    generator = mini_generator(None if args.model == "mini" else args.model, device=device)
-    horizon = generator.resolve_policy(None).window  # the training horizon = the preset's attention window
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    for p in policies:
-        generator.resolve_policy(p)  # fail early on bad names
+    model = check_model(ModelSpec.from_args(args))
+    if not model.is_mini and not args.prompt:
+        raise ValueError("a real model needs --prompt (the mini model has a default one)")
+    names = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = {name: model.policy(name) for name in names}  # built once each, before the weights load
+    horizon = model.policy().window  # the training horizon = the model's attention window
+    generator = model.open()
+    set_threads(generator, args.threads)
     with background_load(args.load):
-        return _run(args, generator, policies, multiples, horizon, device)
+        return _run(args, generator, policies, multiples, horizon, str(generator.device))
 
 
 def _run(args, generator, policies, multiples, horizon, device) -> int:
@@ -143,8 +146,8 @@ def _run(args, generator, policies, multiples, horizon, device) -> int:
     print("|" + "---|" * 8)
     for m in multiples:
         frames = max(generator.bundle.sampling.chunk_frames, int(round(m * horizon)))
-        for p in policies:
-            r = bench_policy(generator, p, frames, seed=args.seed)
+        for p, policy in policies.items():
+            r = bench_policy(generator, policy, frames, seed=args.seed, prompt=args.prompt)
             r["horizon_multiple"] = m
             rows.append(r)
             print(f"| {p} | {m:g}x ({frames} f) | {r['chunks']} | {r['latency_mean_s'] * 1e3:.1f} / "
@@ -152,7 +155,7 @@ def _run(args, generator, policies, multiples, horizon, device) -> int:
                   f"{r['kv_bytes'] / 2**20:.2f} | {r['cache_tokens_max']} | {r['policy_share']:.1%} |", flush=True)
     main_job = None
     if args.main_job:
-        main_job = time_main_job(generator)
+        main_job = time_main_job(generator, prompt=args.prompt)
         print(f"main job: {main_job['video_seconds']:.0f} s of video ({main_job['frames']} frames) generated, decoded "
               f"and written in {main_job['wall_seconds']:.1f} s = {main_job['fps']:.1f} frames/s, "
               f"{main_job['real_time_factor']:.2f}x real time")

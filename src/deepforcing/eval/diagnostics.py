@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepforcing.cli_options import add_model_arguments
+
 __all__ = ["AttentionMassProbe", "topc_selection_heatmap", "region_mass", "attention_regions", "add_diagnose_arguments",
            "run_diagnose"]
 
@@ -190,8 +192,8 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
 
 def add_diagnose_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", default=None, help="prompt (default: the model's default prompt)")
-    p.add_argument("--model", default="mini", help="'mini' or a mini model file")
-    p.add_argument("--policy", default="deep-forcing")
+    p.add_argument("--policy", default=None, help="cache policy name (default: the model's product default)")
+    add_model_arguments(p)
     p.add_argument("--frames", type=int, default=84, help="latent frames to roll out (default 84 = 4 windows)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/diagnostics", help="folder for JSON and PNGs")
@@ -199,10 +201,16 @@ def add_diagnose_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def run_diagnose(args: argparse.Namespace) -> int:
-    from deepforcing.mini.bundle import mini_generator
+    from deepforcing.model_spec import ModelSpec, check_model, set_threads
 
-    gen = mini_generator(None if args.model == "mini" else args.model)
-    policy = gen.resolve_policy(args.policy)
+    if args.frames < 1:
+        raise ValueError(f"--frames must be positive, got {args.frames}")
+    model = check_model(ModelSpec.from_args(args))
+    if not model.is_mini and not args.prompt:
+        raise ValueError("a real model needs a prompt (the mini model has a default one)")
+    policy = model.policy(args.policy)  # built once, before the weights load
+    gen = model.open()
+    set_threads(gen, args.threads)
     window = policy.window
     chunk = gen.bundle.sampling.chunk_frames
     last_start = (math.ceil(args.frames / chunk) - 1) * chunk

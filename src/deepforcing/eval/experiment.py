@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepforcing.cli_options import add_model_arguments
+
 from .experiment_arms import (  # noqa: F401  (re-exported: the study's public names)
     ARMS, CLAIMS, DEFAULT_HORIZONS, DRIFT_KEYS, SINK_SWEEP, WORLD_KEYS, Arm, horizon_key, select_arms,
 )
@@ -81,9 +83,11 @@ def _truth_video(prompt: str, seed: int, frames: int, size: int) -> torch.Tensor
 
 def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = DEFAULT_HORIZONS,
                    model: str | None = None, labels: list[str] | None = None, every_arm_long: bool = False,
-                   batch: int = 32, attention_pairs: int = 8, log=lambda line: print(line, flush=True)) -> dict:
+                   batch: int = 32, attention_pairs: int = 8, log=lambda line: print(line, flush=True),
+                   generator=None) -> dict:
     """Run the study, write ``metrics.json`` and the report (:mod:`.experiment_report`) to ``out``; return results.
-    ``attention_pairs``: the first held-out pairs on which the attention regions are measured (single rollouts)."""
+    ``attention_pairs``: the first held-out pairs on which the attention regions are measured (single rollouts).
+    ``generator``: the mini model already opened (else the file ``model``, or the shipped one)."""
     from deepforcing.cache import make_policy
     from deepforcing.mini.bundle import mini_generator
     from deepforcing.mini.language import parse_prompt
@@ -94,7 +98,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
     horizons = sorted(float(h) for h in horizons)
     arms = select_arms(labels, every_arm_long)
     started = time.perf_counter()
-    gen = mini_generator(model)
+    gen = generator if generator is not None else mini_generator(model)
     bundle = gen.bundle
     window = gen.resolve_policy(None).window  # the training horizon = the model's attention window
     fps = bundle.fps
@@ -206,8 +210,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--list", action="store_true", help="print the arms and exit")
     p.add_argument("--report-only", action="store_true",
                    help="redraw the tables and plots in --out from its metrics.json and strips.npz (no generation)")
-    p.add_argument("--model", default=None, help="mini model file (default: the shipped one)")
-    p.add_argument("--threads", type=int, default=None)
+    add_model_arguments(p)  # the mini model only: the scores need its world's ground truth
     return p
 
 
@@ -237,10 +240,17 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     select_arms(labels)  # unknown labels fail here, before the model loads
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    from deepforcing.model_spec import MINI, ModelSpec, check_model
+
+    model = check_model(ModelSpec.from_args(args))
+    if not model.is_mini:
+        raise ValueError("experiment scores videos against the mini world's ground truth, so it runs the mini model "
+                         "only (--model mini or a mini model file); measure a real model with bench and diagnose")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_experiment(Path(args.out), pairs=args.pairs, horizons=horizons, model=args.model, labels=labels,
-                   every_arm_long=args.every_arm_long)
+    run_experiment(Path(args.out), pairs=args.pairs, horizons=horizons, labels=labels,
+                   model=None if args.model == MINI else args.model, every_arm_long=args.every_arm_long,
+                   generator=model.open())
     print(Path(args.out, "summary.md").read_text())
     return 0
 

@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models import attention_dispatch
-from diffusers.models.attention_dispatch import AttentionBackendName
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from deepforcing.cache import CacheGeometry, CachePolicy, KVCache
@@ -361,26 +360,21 @@ class CausalWanTransformer(WanTransformer3DModel):
 
     def _cross_attention(self, attn, x, ck, cv) -> torch.Tensor:
         q = self._heads(_rms_norm(attn.to_q(x), attn.norm_q))
-        out = self.attention(q, ck.to(q.dtype), cv.to(q.dtype))
+        out = self.attention(q, ck.to(q.dtype), cv.to(q.dtype), module=attn)
         return attn.to_out[0](out.transpose(1, 2).flatten(2))
 
     # ---------------------------------------------------------------- attention
-    _dispatch_backend: AttentionBackendName | None = None  # None = diffusers' active backend (native SDPA)
-
-    @property
-    def attention_backend(self) -> str | None:
-        return self._dispatch_backend.value if self._dispatch_backend is not None else None
-
-    def set_attention_backend_name(self, name: str | None) -> None:
-        """Route every attention call (cached self-attention, block-causal, cross-attention) to backend ``name``."""
-        self._dispatch_backend = attention_backend(name)
-
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+                  module: torch.nn.Module | None = None) -> torch.Tensor:
         """Attention of ``[B, H, n, D]`` tensors through diffusers' ``dispatch_attention_fn`` (its layout is
-        ``[B, n, H, D]``), so a user picks flash / sage / native kernels like any diffusers model."""
-        out = attention_dispatch.dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                    backend=self._dispatch_backend)
+        ``[B, n, H, D]``) with the backend that diffusers' own ``set_attention_backend`` put on the processor of
+        ``module`` (default: the first self-attention, as the switch sets every processor alike); ``None`` there is
+        diffusers' active backend (native SDPA unless set). So ``model.set_attention_backend("flash")`` picks flash /
+        sage / native kernels here as for any diffusers model."""
+        processor = (module if module is not None else self.blocks[0].attn1).processor
+        out = attention_dispatch.dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                       attn_mask=mask,
+                                                       backend=getattr(processor, "_attention_backend", None))
         return out.transpose(1, 2)
 
     def _head(self, x: torch.Tensor, e: torch.Tensor, grid) -> torch.Tensor:
@@ -393,15 +387,3 @@ class CausalWanTransformer(WanTransformer3DModel):
         pt, ph, pw = self.config.patch_size
         out = out.reshape(b, f, hp, wp, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, out.shape[1], f * pt, hp * ph, wp * pw)
-
-
-def attention_backend(name: str | None) -> AttentionBackendName | None:
-    """diffusers' backend of that name (``native``, ``flash``, ``sage``, ``_native_math`` ...); ``ValueError`` listing
-    the choices for an unknown one. None = diffusers' active backend."""
-    if name is None:
-        return None
-    try:
-        return AttentionBackendName(name)
-    except ValueError:
-        choices = ", ".join(b.value for b in AttentionBackendName)
-        raise ValueError(f"unknown attention backend {name!r}; choose one of: {choices}") from None

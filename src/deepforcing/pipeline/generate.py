@@ -100,17 +100,11 @@ class VideoGenerator:
 
     # ----------------------------------------------------------------- helpers
     def resolve_policy(self, policy: str | CachePolicy | None, **sizes) -> CachePolicy:
+        """``policy`` itself when built already, else built against the bundle's product default
+        (:func:`policy_from_defaults`)."""
         if isinstance(policy, CachePolicy):
             return policy
-        window = self.bundle.default_policy.get("window")
-        if window is not None and sizes.get("window") is None:
-            sizes = {**sizes, "window": window}  # the preset's attention window unless the user sets one
-        if policy is None:
-            defaults = dict(self.bundle.default_policy)
-            name = defaults.pop("name")
-            defaults.update({k: v for k, v in sizes.items() if v is not None})
-            return make_policy(name, **defaults)
-        return make_policy(policy, **sizes)
+        return policy_from_defaults(self.bundle.default_policy, policy, **sizes)
 
     def context(self, prompt: str):
         """Cross-attention state of a prompt (cached per prompt)."""
@@ -401,6 +395,20 @@ class VideoGenerator:
             "device": str(self.device),
             "versions": _versions(),
         }
+
+
+def policy_from_defaults(defaults: dict, name: str | None, **sizes) -> CachePolicy:
+    """The cache policy ``name`` with ``sizes`` against a model's product default ``defaults`` (``{"name": ...,
+    "window": ..., <sizes>}``, a preset's :meth:`~deepforcing.models.presets.ModelPreset.product_policy`): ``None``
+    for ``name`` is the default policy with its sizes, overridden by the given ones; any policy gets the model's
+    attention window unless ``sizes`` sets one; ``None`` sizes are left to the policy."""
+    window = defaults.get("window")
+    if window is not None and sizes.get("window") is None:
+        sizes = {**sizes, "window": window}
+    if name is None:
+        base = {k: v for k, v in defaults.items() if k != "name"}
+        return make_policy(defaults["name"], **{**base, **{k: v for k, v in sizes.items() if v is not None}})
+    return make_policy(name, **sizes)
 
 
 def restart_policy_error(window: int | None, overlap: int, policy: str) -> str:

@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import socket
 
+from deepforcing.cli_options import add_model_arguments
+
 __all__ = ["add_serve_arguments", "run_serve"]
 
 
@@ -16,17 +18,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest video of one session (default 600 s)")
     p.add_argument("--lead", type=float, default=0.5,
                    help="seconds generation may run ahead of playback (default 0.5; smaller = faster prompt switches)")
-    model = p.add_argument_group("model (as for generate)")
-    model.add_argument("--model", default="mini",
-                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan model folder")
-    model.add_argument("--checkpoint", default=None, help="Self Forcing-style DiT weights (real models)")
-    model.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing)")
-    model.add_argument("--resolution", default=None, help="pixel size HxW for real models (preset: 480x832)")
-    model.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                       help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
-    model.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    model.add_argument("--threads", type=int, default=None,
-                       help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
+    add_model_arguments(p)
     return p
 
 
@@ -61,16 +53,13 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import torch
-
-    from deepforcing.generate_command import _build_generator, _resolve_device
-    from deepforcing.pipeline.resources import choose_threads
+    from deepforcing.model_spec import ModelSpec, check_model, set_threads
 
     _check(args)
-    device = _resolve_device(args.device)
-    generator = _build_generator(args, device)  # load now: a bad model path fails here, not on the first page
-    params = sum(p.numel() for p in generator.bundle.transformer.parameters())
-    torch.set_num_threads(args.threads or choose_threads(params))
+    model = check_model(ModelSpec.from_args(args))  # every refusal before the weights load (a mini file read once)
+    generator = model.open()  # load now: a bad checkpoint fails here, not on the first page
+    set_threads(generator, args.threads)
+    device = generator.device
 
     import uvicorn
 
