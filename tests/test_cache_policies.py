@@ -1,6 +1,7 @@
 """Schedules of every policy over 100 chunks: cache length, which tokens remain, which positions they present."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,12 +186,16 @@ FIFO_SETTINGS = {
 
 
 @pytest.mark.golden
+@pytest.mark.parametrize("source", ["in-repo", "shared"])  # tests/data/deep_forcing_trace; ../shared/golden
 @pytest.mark.parametrize("setting", list(FIFO_SETTINGS))
-def test_fifo_bookkeeping_matches_reference_traces(golden, setting):
-    """FIFO decisions do not depend on values: replay with random q/k/v and compare the recorded bookkeeping."""
-    trace = load_file(golden / "traces" / f"{setting}.safetensors")
-    meta = json.loads((golden / "traces" / f"{setting}.json").read_text())
-    cache = make_cache(FIFO_SETTINGS[setting](), layers=3, record_events=True)
+def test_fifo_bookkeeping_matches_reference_traces(request, source, setting):
+    """FIFO decisions do not depend on values: replay with random q/k/v and compare the bookkeeping recorded from the
+    Deep Forcing release (ea9961a; attention_sink_3 from Self-Forcing 33593df)."""
+    folder = Path(__file__).parent / "data" / "deep_forcing_trace" if source == "in-repo" else (
+        request.getfixturevalue("golden") / "traces")
+    trace = load_file(folder / f"{setting}.safetensors")
+    meta = json.loads((folder / f"{setting}.json").read_text())
+    cache = make_cache(FIFO_SETTINGS[setting](), layers=meta["n_layers"], record_events=True)
     lengths = torch.zeros_like(trace["cache_len"])
     slot_ids = torch.full_like(trace["slot_token_id"], -1)
     slot_pos = torch.zeros_like(trace["slot_rope_frame"])
