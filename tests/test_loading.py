@@ -91,7 +91,7 @@ def test_wrong_keys_error_names_file_and_first_mismatches(tmp_path, sd):
         load_causal_wan(path, config=dict(TINY_WAN_CONFIG))
     msg = str(err.value)
     assert "bad.safetensors" in msg and "blocks.0.attn1.to_q.weight" in msg and "q_proj" in msg
-    assert "1 missing" in msg and "1 unexpected" in msg
+    assert "missing 1 keys" in msg and "unexpected 1 keys" in msg
 
     wrong = dict(sd)
     wrong["blocks.1.ffn.0.weight"] = torch.zeros(7, 64)

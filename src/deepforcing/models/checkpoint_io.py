@@ -8,7 +8,8 @@
 * :func:`weight_files` / :func:`load_weights_folder` — a diffusers / transformers weights folder: the
   ``<name>.safetensors.index.json`` shards (all present) or ``<name>.safetensors`` for the usual names, else the
   folder's only ``*.safetensors``;
-* :func:`load_state_dict_strict` — every key and shape must match, else ``ValueError`` naming the file and keys.
+* :func:`check_state_dict` / :func:`load_state_dict_strict` — every key and shape must match, else ``ValueError``
+  naming the file and keys (the one key check: transformer, VAE, text encoder, mini model).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from safetensors.torch import load_file as _load_file
 
 __all__ = ["WEIGHT_NAMES", "load_file", "torch_load", "unwrap_state_dict", "weight_files", "load_weights_folder",
-           "load_state_dict_strict"]
+           "check_state_dict", "load_state_dict_strict"]
 
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' weight file names
 _SHOW = 8  # names listed in error messages
@@ -102,12 +103,11 @@ def load_weights_folder(folder: str | Path, names: Iterable[str] = WEIGHT_NAMES)
     return state
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state_dict`` into ``module`` (built on the meta device or not); every key and shape must match.
-
-    Raises ``ValueError`` naming ``source`` and the first keys that did not match.
-    """
-    expected = module.state_dict()
+def check_state_dict(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+                     source: str | Path) -> None:
+    """The one strict key check of every loader: the keys of ``state_dict`` must be those of ``expected`` (a module's
+    ``state_dict()``, meta tensors allowed) with the same shapes, else ``ValueError`` naming ``source`` and the first
+    keys that did not match."""
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     if missing or unexpected:
@@ -125,4 +125,9 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, tor
             f"{source}: {len(bad)} tensors have the wrong shape, first {k}: checkpoint "
             f"{tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}. Check the model config."
         )
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state_dict`` into ``module`` (built on the meta device or not) after :func:`check_state_dict`."""
+    check_state_dict(module.state_dict(), state_dict, source)
     module.load_state_dict(dict(state_dict), strict=True, assign=True)

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .checkpoint_io import load_file, load_weights_folder, torch_load, unwrap_state_dict
+from .checkpoint_io import check_state_dict, load_file, load_weights_folder, torch_load, unwrap_state_dict
 from .wan_causal import CausalWanTransformer
 
 __all__ = [
@@ -171,23 +171,6 @@ def load_checkpoint_state_dict(path: str | Path, *, use_ema: bool = True) -> tup
     return to_diffusers_keys(strip_wrapper_prefixes(sd)), config
 
 
-def _check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} (model {tuple(expected[k].shape)})" for k in expected
-             if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing, first: {missing[:_SHOW]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected, first: {unexpected[:_SHOW]}")
-        if wrong:
-            parts.append(f"{len(wrong)} with the wrong shape, first: {wrong[:_SHOW]}")
-        raise ValueError(f"{source}: weights do not match the model config; " + "; ".join(parts))
-
-
 def load_causal_wan(
     path: str | Path,
     *,
@@ -218,7 +201,7 @@ def load_causal_wan(
         raise ValueError(f"{path}: the file carries no model config; pass config= a config.json (Wan or diffusers)")
     with torch.device("meta"):
         model = CausalWanTransformer(**kwargs)
-    _check_keys(model, sd, str(path))
+    check_state_dict(model.state_dict(), sd, path)
     if lora is not None:
         sd = merge_lora(sd, load_lora_state_dict(lora), alpha=lora_alpha, scale=lora_scale, source=str(lora))
     keep_fp32 = tuple(CausalWanTransformer._keep_in_fp32_modules or ())
