@@ -48,6 +48,11 @@ CHUNK, STEPS, SHIFT, LOCAL, SINK, CONTEXT_NOISE = 3, (1000, 750, 500, 250), 5.0,
 PLAIN_FRAMES, EVENTS_FRAMES = 30, 33
 EVENTS_DSL = "first[3s] | second[3s#] | third"  # 3 s = int(3 * 16 / (4 * 3)) = 4 chunks per scene
 PROMPTS = ("first", "second", "third")
+QK_GAIN_SCALE = 1.0
+"""The self-attention q / k RMSNorm gains are drawn at N(0, 1) instead of ``fill_random``'s N(0, 0.1^2): at 0.1 the
+attention logits are ~1e-2, the softmax nearly uniform and RoPE positions almost invisible in the latents (a missing
+RoPE Cut moved them by 4e-4, a cut left off the clean pass by 3e-5); at 1 the same mistakes move them by 7.8e-2 and
+1.0e-3 (README)."""
 RELEASE_TOKENS_PER_FRAME = 1560
 
 
@@ -229,8 +234,11 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     model = causal_model.CausalWanModel(**TINY_CONFIG, local_attn_size=LOCAL, sink_size=SINK).eval()
     fill_random(model, g)
-    for block in model.blocks:
-        block.self_attn.max_attention_size = LOCAL * TINY_TOKENS
+    with torch.no_grad():
+        for block in model.blocks:
+            block.self_attn.max_attention_size = LOCAL * TINY_TOKENS
+            for norm in (block.self_attn.norm_q, block.self_attn.norm_k):
+                norm.weight.copy_(torch.randn(norm.weight.shape, generator=g) * QK_GAIN_SCALE)
     wrapper = tiny_wrapper(WanDiffusionWrapper, model, FlowMatchScheduler, SHIFT, 21 * TINY_TOKENS)  # its 32760
     prompts = {name: torch.randn(1, TINY_CONFIG["text_len"], TINY_CONFIG["text_dim"], generator=g) for name in PROMPTS}
     shape = (TINY_CONFIG["in_dim"], *TINY_LATENT_HW)
@@ -324,7 +332,7 @@ def record(observer: Observer, prompts, noise, latents, draws, draw_counts, pars
             "config": "configs/self_forcing_dmd.yaml + configs/default_config.yaml",
             "chunk_frames": CHUNK, "denoising_step_list": list(STEPS), "warp": True, "shift": SHIFT,
             "local_attn_size": LOCAL, "sink_size": SINK, "context_noise": CONTEXT_NOISE,
-            "latent_hw": list(TINY_LATENT_HW), "tokens_per_frame": TINY_TOKENS,
+            "latent_hw": list(TINY_LATENT_HW), "tokens_per_frame": TINY_TOKENS, "qk_gain_scale": QK_GAIN_SCALE,
             "frames": {"plain": PLAIN_FRAMES, "events": EVENTS_FRAMES}, "prompts": list(PROMPTS),
             "plain_prompt": "first", "events_prompt": EVENTS_DSL,
             "events_parsed": {"scene_prompts": scene_prompts, "scene_chunks": scene_chunks,
