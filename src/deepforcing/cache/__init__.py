@@ -15,6 +15,7 @@ from .policies import (
     TopCSelector,
 )
 from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
+from .rolling_sink import RollingSinkReplay
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
 from .session import CacheEvent, CacheGeometry, KVCache, LayerCache
@@ -40,6 +41,7 @@ __all__ = [
     "QueryWindow",
     "RandomTopC",
     "RollingForcingSink",
+    "RollingSinkReplay",
     "SelfForcing",
     "StreamEvent",
     "TemporalRope",

@@ -16,6 +16,8 @@ hook                        what the policy decides                             
                             tokens into slots (:meth:`LayerCache.put`)
 :meth:`key_positions`       pre-RoPE storage: the position each cached key is rotated at for this read   stored position
 :meth:`read`                the keys/values attention sees (e.g. paste an exact post-RoPE copy back)     rotate at read
+:meth:`after_attention`     after the call's attention (run lazily, before the cache is next touched):   nothing
+                            edits that the call itself must not see (Rolling Sink's archive replay)
 :meth:`react`               stream events: a prompt switch, a scene cut                                  engine default
 ==========================  ===========================================================================  ==============
 
@@ -240,6 +242,10 @@ class CachePolicy:
     def after_write(self, layer: "LayerCache", write: Write) -> None:
         """After every write (and the decision on a new chunk), before attention reads: a policy that re-inserts
         archived tokens or synthesizes memory tokens writes them here with :meth:`LayerCache.put`."""
+
+    def after_attention(self, layer: "LayerCache", write: Write) -> None:
+        """After the attention of the call that made ``write`` (the engine runs it before this layer's next call,
+        a restart, an event, or :meth:`KVCache.settle`): cache edits the call's own attention must not see."""
 
     def key_positions(self, layer: "LayerCache") -> torch.Tensor | None:
         """Pre-RoPE storage: temporal position ``[B, length]`` each cached key is rotated at for this read;

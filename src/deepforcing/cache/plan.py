@@ -1,6 +1,7 @@
 """Dry-run a policy without a model: what the cache holds after every chunk, and the positions it presents.
 
-The simulation drives the real :class:`~deepforcing.cache.KVCache` (same code path as generation) with random
+The simulation drives the real :class:`~deepforcing.cache.KVCache` (same code path as generation,
+:meth:`~deepforcing.cache.session.LayerCache.attend` with a temporal-only rotary embedding) with random
 queries/keys for one layer, one head: a new-chunk call (the first denoising step) and a clean pass per chunk. Frame
 counts do not depend on the random values; for score-based policies, *which* tokens Top-C keeps does. The regions
 (sink / kept / memory / recent) are the policy's own description of its slots (:meth:`CachePolicy.regions`).
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .base import KEPT, MEMORY, RECENT, SINK, CachePolicy
-from .rope import TemporalRope
+from .rope import TemporalCallRope, TemporalRope
 from .session import CacheGeometry, KVCache
 
 __all__ = ["ChunkReport", "simulate"]
@@ -56,9 +57,10 @@ def simulate(
         raise ValueError(f"--chunks must be positive, got {chunks}")
     geometry = CacheGeometry(tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames)
     heads, head_dim = 1, 8
+    rope = TemporalRope(pairs=2)
     cache = KVCache(
         policy, geometry, num_layers=1, batch=1, heads=heads, head_dim=head_dim,
-        rope=TemporalRope(pairs=2), seed=seed, record_events=True,
+        rope=rope, seed=seed, record_events=True,
     )
     gen = torch.Generator().manual_seed(seed)
     n = geometry.chunk_tokens
@@ -69,8 +71,9 @@ def simulate(
         events_before = len(cache.events)
         for clean in (False, True):
             q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen) for _ in range(3))
-            cache.begin_call(f0, chunk_frames, clean=clean)
-            layer.update(q, k, v)
+            cache.begin_call(f0, chunk_frames, clean=clean, rope=TemporalCallRope(rope, f0, tokens_per_frame))
+            layer.attend(q, k, v)
+        cache.settle()
         event = cache.events[events_before] if len(cache.events) > events_before else None
         store = layer.store
         regions = policy.regions(layer)[0]

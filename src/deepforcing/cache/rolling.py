@@ -88,6 +88,9 @@ class RollingCache:
     def begin_call(self, start_frame: int, num_frames: int, clean: bool = False, rope: CallRope | None = None) -> None:
         self.call = _Call(start_frame, num_frames, clean, rope)
 
+    def settle(self) -> None:
+        """Nothing is deferred in this cache (the :class:`~deepforcing.cache.KVCache` interface)."""
+
     @property
     def length(self) -> int:
         """Cached tokens of layer 0 (anchor + working chunks)."""

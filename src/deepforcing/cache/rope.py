@@ -19,7 +19,7 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["inverse_frequencies", "rotate_pairs", "TemporalRope", "CallRope"]
+__all__ = ["inverse_frequencies", "rotate_pairs", "TemporalRope", "CallRope", "TemporalCallRope"]
 
 
 def inverse_frequencies(dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -111,3 +111,21 @@ class CallRope(Protocol):
         """``x`` ``[B, H, m, D]`` rotated at temporal positions ``frames`` and spatial indices ``spatial``
         (``[m]`` or ``[B, m]`` each)."""
         ...
+
+
+@dataclass(frozen=True)
+class TemporalCallRope:
+    """A :class:`CallRope` that rotates only the temporal channels (no spatial axes): what a model-free dry run
+    (:func:`deepforcing.cache.plan.simulate`) needs to drive :meth:`~deepforcing.cache.session.LayerCache.attend`."""
+
+    rope: TemporalRope
+    start_frame: int
+    tokens_per_frame: int
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.start_frame + torch.arange(x.shape[2], device=x.device) // self.tokens_per_frame
+        return self.at(x, frames, frames)
+
+    def at(self, x: torch.Tensor, frames: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(frames, device=x.device)
+        return self.rope.rotate(x, frames if frames.dim() == 2 else frames.expand(x.shape[0], -1))

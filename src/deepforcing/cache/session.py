@@ -81,10 +81,20 @@ class LayerCache:
         self.state: dict = {}
         self.global_end = 0  # absolute token index after the last write (the release's global_end_index)
         self.attended: tuple[torch.Tensor, torch.Tensor] | None = None  # the keys/values of the last read
+        self.rope: CallRope | None = None  # the model's rotary embedding of the last ``attend`` (for ``put``)
+        self._after_attention: Write | None = None  # the last attend's write, until its after_attention hook ran
         qset = owner.policy.query_set
         self.queries = QueryWindow(owner.policy.query_frames) if qset is not None else None
 
+    def settle(self) -> None:
+        """Run the policy's :meth:`~deepforcing.cache.CachePolicy.after_attention` hook of the last call, if it has
+        not run yet (it runs lazily: before the next call of this layer, a restart, an event, or a read by tools)."""
+        write, self._after_attention = self._after_attention, None
+        if write is not None:
+            self.owner.policy.after_attention(self, write)
+
     def reset(self) -> None:
+        self._after_attention = None
         self.store.length = 0
         self.store.token_ids.fill_(-1)
         self.state.clear()
@@ -94,6 +104,7 @@ class LayerCache:
 
     def restart(self, resume_frame: int, keep_sink: bool) -> None:
         """Drop everything but (optionally) the sink and continue writing at ``resume_frame`` (prompt re-cache)."""
+        self.settle()
         store = self.store
         sink_tokens = min(store.anchor_tokens, store.length) if keep_sink else 0
         store.length = sink_tokens
@@ -138,9 +149,11 @@ class LayerCache:
             q_rot = call.rope.apply(q)
         else:
             q_rot = call.rope.at(q, self._call_frames(positions), self._call_spatial(q))
+        self.rope = call.rope
         stored = k if self.store.pre_rope else call.rope.apply(k)
         keys, values = self._write(q_rot, stored, v, raw_keys=k)
         keys, values = policy.read(self, keys, values)
+        self._after_attention = self._last_write
         return q_rot, *self._attended(call, q_rot, keys, values)
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +170,7 @@ class LayerCache:
 
     def _write(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, raw_keys: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.settle()
         call = self.owner.call
         if call is None:
             raise RuntimeError("KVCache.begin_call(start_frame, num_frames, clean) must be called before each forward")
@@ -193,7 +207,8 @@ class LayerCache:
             ids = torch.arange(start_token, end_token, device=k.device)
             store.write(store.length - n, k, v, ids)
         raw = raw_keys is not None
-        self.owner.policy.after_write(self, Write(call, new_chunk, store.length - n, raw_keys if raw else k, v, raw))
+        self._last_write = Write(call, new_chunk, store.length - n, raw_keys if raw else k, v, raw)
+        self.owner.policy.after_write(self, self._last_write)
         return store.view()
 
     # --------------------------------------------------------- policy helpers
@@ -212,7 +227,7 @@ class LayerCache:
         if positions is None:
             positions = store.positions[:, :length]
         spatial = store.token_ids[:, :length] % store.tokens_per_frame
-        return self.owner.call.rope.at(keys, positions, spatial)
+        return self.rope.at(keys, positions, spatial)
 
     def put(self, slot: int, keys: torch.Tensor, values: torch.Tensor, token_ids: torch.Tensor,
             positions: torch.Tensor, *, insert: bool = False) -> None:
@@ -226,7 +241,7 @@ class LayerCache:
         positions = torch.as_tensor(positions, device=keys.device).expand(keys.shape[0], -1)
         token_ids = torch.as_tensor(token_ids, device=keys.device)
         if not store.pre_rope:
-            keys = self.owner.call.rope.at(keys, positions, token_ids % store.tokens_per_frame)
+            keys = self.rope.at(keys, positions, token_ids % store.tokens_per_frame)
         if insert:
             store.insert(slot, keys.shape[2])
         store.write(slot, keys, values, token_ids, positions=positions)
@@ -374,7 +389,14 @@ class KVCache:
 
     def notify(self, event: StreamEvent) -> Reaction:
         """Tell the policy about a stream event (prompt switch, scene cut); see :meth:`CachePolicy.react`."""
+        self.settle()
         return self.policy.react(event, self)
+
+    def settle(self) -> None:
+        """Run every layer's pending :meth:`~deepforcing.cache.CachePolicy.after_attention` hook (before reading the
+        cache from outside the model, e.g. to report it)."""
+        for layer in self.layers:
+            layer.settle()
 
     def restart(self, resume_frame: int, keep_sink: bool = True) -> None:
         """Truncate every layer to its sink (or to nothing) and resume writing at ``resume_frame``.

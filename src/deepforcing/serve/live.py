@@ -147,6 +147,7 @@ class LiveSession:
 
     def _cache_makeup(self, chunk_start: int) -> dict[str, float]:
         """Frames' worth of tokens per region in layer 0's cache after the chunk (the new chunk counts as recent)."""
+        self.rollout.cache.settle()
         layer = self.rollout.cache.layers[0]
         seg = _SEGMENT_OF_REGION[self.policy.regions(layer)[0].long().cpu()]
         per_frame = layer.store.tokens_per_frame
