@@ -126,3 +126,27 @@ def test_generate_gives_a_layout_model_its_prompts_layout_and_the_prompt_only_mo
     assert mini_generator(path, start_layout=False).start_condition("a red circle", 3).abs().sum() == 0
     chunks = list(gen.stream("a red circle", latent_frames=6, policy="self-forcing"))
     assert len(chunks) == 2 and torch.isfinite(chunks[1].frames).all()
+
+
+def test_rolled_out_context_keeps_the_true_first_chunk_and_rolls_out_the_rest():
+    from deepforcing.mini.train import TrainConfig, rolled_out_context
+
+    torch.manual_seed(0)
+    model = MiniModel(LAYOUT_MINI)
+    model.train()
+    c, s = TINY_MINI.channels, TINY_MINI.latent_size
+    clean, layout = torch.randn(4, c, 9, s, s), torch.randn(4, c, 1, s, s)
+    ids = model.text_encoder.token_ids(["a red circle"] * 4)
+    steps = {"denoising_steps": [1000.0, 500.0], "warp": False, "solver": "euler"}
+    off = TrainConfig(model=LAYOUT_MINI, probe_sampling=steps)
+    assert rolled_out_context(model, off, clean, ids, torch.Generator().manual_seed(0), layout) is clean
+    cfg = TrainConfig(model=LAYOUT_MINI, probe_sampling=steps, rollout_context=0.5)
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.rand(4, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert 0 < pick.sum() < 4  # this seed picks some clips, not all
+    out = rolled_out_context(model, cfg, clean, ids, gen, layout)
+    assert model.training  # back in training mode
+    assert torch.equal(out[:, :, :3], clean[:, :, :3])  # the true first chunk stays
+    assert torch.equal(out[~pick], clean[~pick])  # clips not picked keep their true context
+    assert (out[pick][:, :, 3:] - clean[pick][:, :, 3:]).abs().mean() > 0.1  # the rest is the model's own
+    assert torch.isfinite(out).all()

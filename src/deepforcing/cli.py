@@ -165,6 +165,17 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
                    "learns to repair the model's errors instead of copying them (default 0: true context)")
     p.add_argument("--self-context-sigma", default=",".join(f"{v:g}" for v in d.self_context_sigma),
                    help="LO,HI noise levels the context is re-generated from (default %(default)s)")
+    p.add_argument("--rollout-context", type=float, default=d.rollout_context,
+                   help="fraction of clips whose chunks after the first are the model's own rollout from the true "
+                   "first chunk, the true continuation staying the target (Self Forcing's exposure; default 0)")
+    p.add_argument("--world", choices=("original", "v5"), default=d.world,
+                   help="scene mix drawn: 'original' (1-3 objects, v1-v4) or 'v5' (mostly 1-2 medium/big objects, "
+                   "no near-identical colours; default %(default)s)")
+    p.add_argument("--start-layout", action="store_true",
+                   help="condition frame 0 on the prompt's start layout (extra input channels, v5; grown from "
+                   "--init-from with the new channels at zero)")
+    p.add_argument("--layout-dropout", type=float, default=d.layout_dropout,
+                   help="with --start-layout: fraction of clips trained without it (prompt-only mode; default %(default)s)")
     p.add_argument("--rollout-probe-every", type=int, default=0,
                    help="score free rollouts from the prompt every N steps (0: off)")
     p.add_argument("--euler-steps", default="",
@@ -193,7 +204,7 @@ def _run_train_mini(args: argparse.Namespace) -> int:
         raise ValueError(f"need 0 <= --self-context <= 1 and 0 < LO <= HI <= 1, got {args.self_context} and "
                          f"{args.self_context_sigma!r}")
     model = MiniConfig(codec=args.codec, patch=args.patch, dim=args.dim, ffn_dim=2 * args.dim, layers=args.layers,
-                       text_layers=args.text_layers)
+                       text_layers=args.text_layers, start_layout=args.start_layout)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift, run_dir=args.run_dir,
                       output=args.output, max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
                       curriculum=curriculum, codec_weights=args.codec_weights,
@@ -201,7 +212,7 @@ def _run_train_mini(args: argparse.Namespace) -> int:
                       rollout_probe_every=args.rollout_probe_every, ema_decay=args.ema,
                       first_chunk_batch=args.first_chunk_batch, object_weight=args.object_weight,
                       init_from=args.init_from, self_context=args.self_context, self_context_sigma=(lo, hi),
-                      probe_sampling=sampling, model=model)
+                      probe_sampling=sampling, world=args.world, rollout_context=args.rollout_context, layout_dropout=args.layout_dropout, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")
     return 0

@@ -269,8 +269,10 @@ class PredictionScores:
         return self.__dict__.copy()
 
 
-def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_chunks: int, seed: int) -> torch.Tensor:
-    """Sample the chunk after ``context_chunks`` true chunks; ``clip_frames`` ``[T, 3, H, W]``; returns ``[f, 3, H, W]``."""
+def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_chunks: int, seed: int,
+                       layout_seed: int | None = None) -> torch.Tensor:
+    """Sample the chunk after ``context_chunks`` true chunks; ``clip_frames`` ``[T, 3, H, W]``; returns ``[f, 3, H, W]``.
+    A layout model gets the start layout of ``layout_seed`` (the clip's world seed; default ``seed``)."""
     from deepforcing.cache import make_policy
     from deepforcing.pipeline.rollout import VideoRollout
 
@@ -278,9 +280,11 @@ def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_c
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text([prompt]))
         uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
+        condition = None if bundle.start_condition is None else bundle.start_condition(
+            [prompt], [seed if layout_seed is None else layout_seed])
         rollout = VideoRollout(model=bundle.transformer, policy=make_policy("full"), context=ctx,
                                latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed],
-                               uncond_context=uncond)
+                               uncond_context=uncond, condition=condition)
         latents = bundle.codec.encode(clip_frames.permute(1, 0, 2, 3)[None])  # [1, C, T, h, w]
         for c in range(context_chunks):
             rollout._call(latents[:, :, c * chunk:(c + 1) * chunk], bundle.sampling.context_noise, c * chunk, clean=True)
@@ -317,11 +321,11 @@ def quality_bar(bundle, untrained_bundle=None, clips: int = 32, context_chunks: 
         scene = sample_scene(np.random.default_rng(50_000 + seed + k))
         clip = render_clip(scene, seed=seed + k, num_frames=t0 + chunk, size=size)
         prompt = scene.to_prompt()
-        rows["model"].append(_score(predict_next_chunk(bundle, clip.frames, prompt, context_chunks, k), clip, t0))
+        rows["model"].append(_score(predict_next_chunk(bundle, clip.frames, prompt, context_chunks, k, seed + k), clip, t0))
         copy = clip.frames[t0 - 1:t0].expand(chunk, -1, -1, -1)
         rows["copy_last_frame"].append(_score(copy, clip, t0))
         if untrained_bundle is not None:
-            pred = predict_next_chunk(untrained_bundle, clip.frames, prompt, context_chunks, k)
+            pred = predict_next_chunk(untrained_bundle, clip.frames, prompt, context_chunks, k, seed + k)
             rows["untrained"].append(_score(pred, clip, t0))
     out = {}
     for name, scores in rows.items():

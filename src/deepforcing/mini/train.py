@@ -25,6 +25,7 @@ Ctrl-C; running again continues from it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -78,6 +79,7 @@ class TrainConfig:
     self_context: float = 0.0  # fraction of long clips whose context is the model's own re-generation of it
     self_context_sigma: tuple[float, float] = (0.3, 0.9)  # noise levels the context is re-generated from
     self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
+    rollout_context: float = 0.0  # fraction of long clips whose chunks after the first are the model's own rollout
     world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
     layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
@@ -237,6 +239,57 @@ def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tens
     if isinstance(model.codec, torch.nn.Module):
         model.codec.eval()
     return torch.where(pick[:, None, None, None, None], x, clean)
+
+
+@torch.no_grad()
+def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids: torch.Tensor,
+                       gen: torch.Generator, layout: torch.Tensor | None = None) -> torch.Tensor:
+    """The clean half of a teacher-forcing batch where, for ``rollout_context`` of the clips, every chunk after the
+    first is the model's own free continuation of the clip's true first chunk: the true chunk 0 is written to a KV
+    cache by the clean pass and the rest is generated chunk by chunk with the model's sampler
+    (``probe_sampling``), through the same rollout a user runs (:class:`~deepforcing.pipeline.rollout.VideoRollout`).
+
+    Why (Self Forcing, arXiv 2506.08009 §3: train on the model's own rollouts, not on ground-truth context): the
+    next chunk's loss is then taken on the context the model will really have — its own fading, slowed or
+    colour-bled chunks — while its target stays the world's true continuation, which the true first chunk fixes
+    (same objects, same start velocities), so the model learns to pull its rollout back to the true trajectory
+    instead of carrying its errors forward. Unlike Self Forcing's distribution-matching loss this needs no teacher:
+    the world's ground truth is the target. Sampling runs without gradient (Self Forcing back-propagates only
+    through the last denoising step; here not at all)."""
+    if cfg.rollout_context <= 0:  # off: no random draws either
+        return clean
+    from deepforcing.cache import make_policy
+    from deepforcing.models.contract import SamplingConfig
+    from deepforcing.pipeline.rollout import VideoRollout
+
+    b, _, frames, h, w = clean.shape
+    pick = torch.rand(b, generator=gen) < cfg.rollout_context
+    if not pick.any() or frames <= cfg.chunk_frames:
+        return clean
+    rows = pick.nonzero()[:, 0]
+    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in (cfg.probe_sampling or {}).items()})
+    sampling = dataclasses.replace(sampling, guidance=1.0, first_chunk_guidance=None)  # a cache per video, no side branch
+    was_training = model.training
+    model.eval()
+    tr = model.transformer
+    context = tr.encode_context(model.text_encoder.embed_ids(token_ids[rows]))
+    seeds = torch.randint(0, 2**31 - 1, (len(rows),), generator=gen).tolist()
+    rollout = VideoRollout(model=tr, policy=make_policy("full"), context=context, latent_shape=(clean.shape[1], h, w),
+                           sampling=sampling, seeds=seeds, max_frames=frames,
+                           condition=None if layout is None else layout[rows])
+    first = clean[rows, :, : cfg.chunk_frames]
+    rollout._call(first, sampling.context_noise, 0, clean=True)
+    rollout.next_chunk = 1
+    chunks = [first]
+    while rollout.next_frame < frames:
+        chunks.append(rollout.step().latents)
+    model.train(was_training)
+    if isinstance(model.codec, torch.nn.Module):
+        model.codec.eval()
+    out = clean.clone()
+    out[rows] = torch.cat(chunks, dim=2)[:, :, :frames].to(clean.dtype)
+    return out
 
 
 def _drop_layout(cfg: TrainConfig, layout: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor | None:
@@ -423,6 +476,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 s = sigma[:, None, :, None, None]
                 noisy = (1 - s) * clean + s * noise
                 context = self_generated_context(model, cfg, clean, ids, gen, layout)
+                context = rolled_out_context(model, cfg, context, ids, gen, layout)
                 flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames, layout=layout)
                 error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
                 per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
