@@ -172,3 +172,12 @@ def test_attention_backend_is_diffusers_own_switch(tiny_mini, monkeypatch):
     list(plain.stream("a red circle", latent_frames=3, policy="self-forcing"))
     assert set(seen) == {None}  # no switch: diffusers' active backend
     assert torch.get_num_threads() >= 1
+
+
+def test_the_bundle_runs_the_preset_sampler(wan_folder):
+    from deepforcing.models.presets import get_preset
+
+    gen = check_model(ModelSpec(str(wan_folder), preset="causvid", resolution="32x48")).open()
+    assert gen.bundle.sampling is get_preset("causvid").sampling  # not a copy made field by field
+    no_restart = check_model(ModelSpec(str(wan_folder), preset="causvid", resolution="32x48", restart=False)).open()
+    assert no_restart.bundle.sampling.restart_overlap == 0 and get_preset("causvid").sampling.restart_overlap == 3

@@ -183,3 +183,16 @@ def test_presets_cite_sources_and_do_not_invent():
                                                        "shift"))
     with pytest.raises(ValueError, match="self-forcing"):
         get_preset("nope")
+
+
+def test_a_preset_holds_its_release_sampler():
+    """One SamplingConfig per preset (its fields read through as the preset's), handed to the bundle as it is."""
+    from deepforcing.models.contract import SamplingConfig
+
+    rf, ll, cv = get_preset("rolling-forcing"), get_preset("longlive"), get_preset("causvid")
+    assert all(isinstance(p.sampling, SamplingConfig) for p in PRESETS.values())
+    assert (rf.sampling.solver, ll.sampling.recache, cv.sampling.restart_overlap) == ("rolling-forcing", "joint", 3)
+    assert rf.chunk_frames == rf.sampling.chunk_frames == 3 and rf.solver == "rolling-forcing"
+    assert get_preset("self-forcing").sampling == SamplingConfig()  # Self Forcing's sampler is the default one
+    with pytest.raises(AttributeError, match="no attribute 'chunk_frame'"):
+        rf.chunk_frame  # noqa: B018  (a misspelt name is not read through)

@@ -303,15 +303,14 @@ def _run_presets(args: argparse.Namespace) -> int:
     from .models.presets import PRESETS
 
     for preset in PRESETS.values():
-        unknown = lambda v: "unknown" if v is None else v  # noqa: E731
-        steps = unknown(preset.denoising_steps)
+        sampling = preset.sampling
         default = preset.product_policy()
         sizes = {k: v for k, v in default.items() if k not in ("name", "window")}
-        extra = f", first chunk steps {preset.first_chunk_steps}" if preset.first_chunk_steps else ""
-        if preset.restart_overlap:
-            extra += f", restarts every window from {preset.restart_overlap} frames"
-        print(f"{preset.name}: chunk {unknown(preset.chunk_frames)}, window {unknown(preset.window_frames)}, "
-              f"steps {steps}{extra}, warp {unknown(preset.warp)}, shift {unknown(preset.shift)}, default policy "
+        extra = f", first chunk steps {sampling.first_chunk_steps}" if sampling.first_chunk_steps else ""
+        if sampling.restart_overlap:
+            extra += f", restarts every window from {sampling.restart_overlap} frames"
+        print(f"{preset.name}: chunk {sampling.chunk_frames}, window {preset.window_frames}, "
+              f"steps {sampling.denoising_steps}{extra}, warp {sampling.warp}, shift {sampling.shift}, default policy "
               f"{default['name']} {sizes or ''}".rstrip() + f" (release: {preset.policy} {preset.policy_sizes or ''}"
               .rstrip() + ")")
         for note in preset.notes:

@@ -112,12 +112,12 @@ def _check_restart_policy(args: argparse.Namespace, model: CheckedModel, policy)
     """A preset that restarts its rollout (CausVid) with another policy and a length known to exceed its window:
     refused now, before the weights load (lengths in seconds are checked by the generator, which knows the VAE)."""
     preset = model.preset
-    if not preset.restart_overlap or not model.spec.restart or args.frames is None \
+    if not preset.sampling.restart_overlap or not model.spec.restart or args.frames is None \
             or args.frames <= preset.window_frames:
         return
     default = model.default_policy()
     if policy.name != default["name"] or policy.window != default["window"]:
-        raise ValueError(restart_policy_error(default["window"], preset.restart_overlap, policy.name))
+        raise ValueError(restart_policy_error(default["window"], preset.sampling.restart_overlap, policy.name))
 
 
 def _check_length(args: argparse.Namespace, jobs) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from deepforcing.models.contract import ModelBundle, SamplingConfig
+from deepforcing.models.contract import ModelBundle
 
 from .loading import load_causal_wan
 from .presets import get_preset
@@ -61,11 +61,6 @@ def wan_bundle(
             f"layout)"
         )
     spec = get_preset(preset or "self-forcing")
-    unknown = [k for k in ("chunk_frames", "window_frames", "denoising_steps", "warp", "shift")
-               if getattr(spec, k) is None]
-    if unknown:
-        raise ValueError(f"preset {spec.name!r} leaves {', '.join(unknown)} unknown (see its notes); "
-                         f"use a preset that defines them")
     torch_dtype = parse_dtype(dtype, device)
     use_ema = spec.use_ema if use_ema is None else use_ema
     source = _transformer_source(model_dir)
@@ -86,11 +81,6 @@ def wan_bundle(
         if height % stride or width % stride:
             raise ValueError(f"resolution {height}x{width} must be a multiple of {stride} (VAE stride x patch)")
         latent_hw = (height // vae.spatial_scale, width // vae.spatial_scale)
-    sampling = SamplingConfig(denoising_steps=tuple(spec.denoising_steps), warp=bool(spec.warp),
-                              shift=float(spec.shift), chunk_frames=int(spec.chunk_frames),
-                              context_noise=int(spec.context_noise), solver=spec.solver,
-                              recache=spec.recache, restart_overlap=spec.restart_overlap,
-                              first_chunk_steps=spec.first_chunk_steps)
     policy = spec.product_policy()  # the preset's default (self-forcing: deep-forcing; LongLive: its own sink)
     return ModelBundle(
         name=f"{spec.name} ({model_dir.name})",
@@ -98,7 +88,7 @@ def wan_bundle(
         encode_text=lambda prompts: text.encode(prompts),
         codec=vae,
         latent_shape=(transformer.config.in_channels, *latent_hw),
-        sampling=sampling,
+        sampling=spec.sampling,  # the preset's sampler as it is
         fps=16,
         temporal_scale=vae.temporal_scale,
         display_scale=1,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so presets (which hold a SamplingConfig) load without it
+    import torch
 
-from .schedule import FlowMatchSchedule
+    from .schedule import FlowMatchSchedule
 
 __all__ = ["SamplingConfig", "ModelBundle"]
 
@@ -95,6 +96,8 @@ class SamplingConfig:
 
     def timesteps(self, schedule: FlowMatchSchedule, chunk: int | None = None) -> torch.Tensor:
         """The timesteps of every chunk, or of chunk ``chunk`` (chunk 0 may have its own)."""
+        import torch
+
         steps = self.first_chunk_steps if chunk == 0 and self.first_chunk_steps else self.denoising_steps
         if self.warp:
             return schedule.warp(steps)

@@ -1,5 +1,6 @@
 """Named model/rollout presets. Every value cites the release file it was read from (``ModelPreset.sources``:
-repository@commit:file:line); a value no release states would be ``None`` with a note — never guessed.
+repository@commit:file:line); a value no release states is never guessed (a preset that would need one is not
+offered).
 
 Sources: the public code releases of Self Forcing, the Deep Forcing release (commit ea9961a), CausVid, LongLive 1.0 and
 Causal Forcing, and the Deep Forcing paper (arXiv 2512.05081) with its project page.
@@ -12,7 +13,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import SamplingConfig
+
 __all__ = ["WAN21_T2V_1_3B", "ModelPreset", "PRESETS", "get_preset", "preset_names"]
+
+_SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingConfig))
 
 # Wan2.1-T2V-1.3B (its ``config.json``) in CausalWanTransformer kwargs, named as in diffusers' WanTransformer3DModel.
 WAN21_T2V_1_3B: dict[str, Any] = {
@@ -35,22 +40,21 @@ WAN21_T2V_1_3B: dict[str, Any] = {
 class ModelPreset:
     """Everything a rollout needs besides weights and prompt.
 
-    Sizes are latent frames. ``policy`` + ``policy_sizes`` are the cache of the model's own release and go to
-    :func:`deepforcing.cache.make_policy`; ``default_policy`` (+ ``default_policy_sizes``) is what ``deepforcing
-    generate`` uses when the user names no policy (``None``: the release's policy);
-    ``denoising_steps`` are nominal steps, warped through the shift-``shift`` table when ``warp`` is true
-    (:class:`deepforcing.models.schedule.FlowMatchSchedule`). ``use_ema`` picks ``generator_ema`` (else
+    Sizes are latent frames. ``sampling`` is the sampler of the release (:class:`~deepforcing.models.contract.
+    SamplingConfig`: nominal ``denoising_steps`` warped through the shift-``shift`` table when ``warp`` is true,
+    ``chunk_frames``, solver, re-cache, restart, first-chunk steps; the clean context pass at t = 0, as in every
+    release), handed to the bundle as it is; its fields also read as the preset's (``preset.chunk_frames``).
+    ``window_frames`` is the attention window. ``policy`` + ``policy_sizes`` are the cache of the model's own release
+    and go to :func:`deepforcing.cache.make_policy`; ``default_policy`` (+ ``default_policy_sizes``) is the product
+    default every command uses when the user names no policy (``None``: the release's policy). ``use_ema`` picks ``generator_ema`` (else
     ``generator``) of a training checkpoint, as the release's inference script does. ``sources`` names the release
     file each value was read from; ``notes`` says what differs from the release and what is unknown.
     """
 
     name: str
     model_config: dict[str, Any]
-    chunk_frames: int | None
-    window_frames: int | None
-    denoising_steps: tuple[int, ...] | None
-    warp: bool | None
-    shift: float | None
+    sampling: SamplingConfig
+    window_frames: int
     policy: str
     policy_sizes: dict[str, Any] = field(default_factory=dict)
     default_policy: str | None = None
@@ -58,15 +62,10 @@ class ModelPreset:
     latent_height: int = 60  # 480 px / VAE stride 8 (Self Forcing renders 480 x 832)
     latent_width: int = 104  # 832 px / 8
     num_train_timesteps: int = 1000  # FlowMatchScheduler table (Self Forcing's pipeline/causal_inference.py)
-    context_noise: float = 0.0  # clean pass at t = 0 (context_noise 0 in Self Forcing's configs; SF issue #87)
     seed: int | None = None
     use_ema: bool = True
     lora_rank: int | None = None
     lora_alpha: float | None = None
-    solver: str = "self-forcing"  # the rollout loop: Self Forcing's chunk by chunk, or Rolling Forcing's windows
-    recache: str = "chunkwise"  # prompt switch: re-cache chunk by chunk, or in one joint pass (LongLive)
-    restart_overlap: int = 0  # CausVid: restart the rollout every window from this many frames (pipeline.restart)
-    first_chunk_steps: tuple[int, ...] | None = None  # chunk 0's own nominal steps (Causal Forcing++ 1/2-step)
     notes: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # value -> "repo@commit:file:line" it was read from
 
@@ -78,6 +77,12 @@ class ModelPreset:
 
     def replace(self, **changes) -> "ModelPreset":
         return dataclasses.replace(self, **changes)
+
+    def __getattr__(self, name: str) -> Any:
+        """The sampler's settings read through (``preset.chunk_frames`` is ``preset.sampling.chunk_frames``)."""
+        if name in _SAMPLING_FIELDS:
+            return getattr(self.sampling, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 _SF = "guandeh17/Self-Forcing@33593df"  # Self Forcing release
@@ -94,12 +99,9 @@ def _causal_forcing_framewise(name: str, steps: tuple[int, ...], first_chunk_ste
     return ModelPreset(
         name=name,
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=1,
+        sampling=SamplingConfig(chunk_frames=1, denoising_steps=steps, first_chunk_steps=first_chunk_steps, warp=True,
+                                shift=5.0),
         window_frames=21,
-        denoising_steps=steps,
-        first_chunk_steps=first_chunk_steps,
-        warp=True,
-        shift=5.0,
         policy="self-forcing",
         use_ema=True,
         notes=(f"checkpoint: zhuhz22/Causal-Forcing (Hugging Face) {checkpoint}, 'generator_ema' (its README runs it "
@@ -118,11 +120,9 @@ PRESETS: dict[str, ModelPreset] = {
     "self-forcing": ModelPreset(
         name="self-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,
+        # warped -> t = [1000, 937.5, 833.3, 625]
+        sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 750, 500, 250), warp=True, shift=5.0),
         window_frames=21,
-        denoising_steps=(1000, 750, 500, 250),
-        warp=True,  # -> t = [1000, 937.5, 833.3, 625]
-        shift=5.0,
         policy="self-forcing",
         default_policy="deep-forcing",  # the product default: the release's sizes were set for this 21-frame window
         seed=1356145,  # Deep Forcing inference.py default; Self Forcing's own default is 0
@@ -148,14 +148,11 @@ PRESETS: dict[str, ModelPreset] = {
     "causvid": ModelPreset(
         name="causvid",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,
+        sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 757, 522), warp=False, shift=8.0,
+                                restart_overlap=3),
         window_frames=21,
-        denoising_steps=(1000, 757, 522),
-        warp=False,
-        shift=8.0,
         policy="self-forcing",
         use_ema=False,
-        restart_overlap=3,
         notes=(
             "checkpoint: tianweiy/CausVid (Hugging Face) autoregressive_checkpoint/model.pt, key 'generator' (no EMA)",
             "long videos as its release makes them: a fresh cache (RoPE from 0) every 21 frames, started from the "
@@ -180,17 +177,14 @@ PRESETS: dict[str, ModelPreset] = {
     "longlive": ModelPreset(
         name="longlive",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,
+        sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 750, 500, 250), warp=True, shift=5.0,
+                                recache="joint"),
         window_frames=12,
-        denoising_steps=(1000, 750, 500, 250),
-        warp=True,
-        shift=5.0,
         policy="attention-sink",
         policy_sizes={"sink": 3},
         use_ema=False,
         lora_rank=256,
         lora_alpha=256.0,
-        recache="joint",
         notes=(
             "weights: Efficient-Large-Model/LongLive longlive_base.pt + lora.pt (PEFT, rank 256, alpha 256 on the 10 "
             "linears of each block); the release keeps the LoRA unmerged, we merge it (W0 + B A, scale 1)",
@@ -217,14 +211,12 @@ PRESETS: dict[str, ModelPreset] = {
     "rolling-forcing": ModelPreset(
         name="rolling-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,
+        # warped -> t = [1000, 952.4, 882.4, 769.2, 555.6]: the window's five noise levels
+        sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 800, 600, 400, 200), warp=True, shift=5.0,
+                                solver="rolling-forcing"),
         window_frames=21,
-        denoising_steps=(1000, 800, 600, 400, 200),
-        warp=True,  # -> t = [1000, 952.4, 882.4, 769.2, 555.6]: the window's five noise levels
-        shift=5.0,
         policy="rolling-sink",
         policy_sizes={"sink": 3},
-        solver="rolling-forcing",
         use_ema=True,
         notes=(
             "checkpoint: TencentARC/RollingForcing (Hugging Face) checkpoints/rolling_forcing_dmd.pt, generator_ema "
@@ -246,11 +238,8 @@ PRESETS: dict[str, ModelPreset] = {
     "causal-forcing": ModelPreset(
         name="causal-forcing",
         model_config=WAN21_T2V_1_3B,
-        chunk_frames=3,
+        sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 750, 500, 250), warp=True, shift=5.0),
         window_frames=21,
-        denoising_steps=(1000, 750, 500, 250),
-        warp=True,
-        shift=5.0,
         policy="self-forcing",
         default_policy="deep-forcing",  # Deep Forcing runs on it by setting the sink (project page, its issue #3)
         use_ema=False,
