@@ -41,6 +41,8 @@ def policy_from_args(args: argparse.Namespace):
     from .cache import make_policy
 
     return make_policy(args.policy, **policy_sizes_from_args(args))
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True) -> argparse._ArgumentGroup:
     """The model options of every command that runs one (``generate``, ``serve``, ``bench``, ``diagnose``, ``eval``,
     ``experiment``): the fields of :class:`deepforcing.model_spec.ModelSpec`, plus ``--threads``."""
@@ -63,5 +65,3 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True
         group.add_argument("--threads", type=int, default=None,
                            help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
     return group
-
-
