@@ -15,6 +15,7 @@ from .policies import (
     TopCSelector,
 )
 from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
+from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
@@ -37,6 +38,7 @@ __all__ = [
     "KVCache",
     "LayerCache",
     "LayerKVStore",
+    "MemRope",
     "PolicyOption",
     "QueryWindow",
     "RandomTopC",

@@ -78,7 +78,8 @@ def simulate(
         store = layer.store
         regions = policy.regions(layer)[0]
         sink, topc, memory, rest = (regions == code for code in (SINK, KEPT, MEMORY, RECENT))
-        pos = store.positions[0, : store.length]
+        read_at = policy.key_positions(layer) if store.pre_rope else None  # pre-RoPE: where the read rotates
+        pos = (store.positions if read_at is None else read_at)[0, : store.length]
         F = tokens_per_frame
         reports.append(
             ChunkReport(

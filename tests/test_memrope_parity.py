@@ -1,0 +1,67 @@
+"""MemRoPE (arXiv 2603.12513) replays its release trace: YoungRaeKimm/MemRoPE@b89bf5b (recorded by
+``scripts/record_memrope_trace.py``: 10 chunks, the first memory initialisation at chunk 4 and five EMA updates)
+through the ``memrope`` policy, same weights, noise and re-noising draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepforcing.cache import make_policy
+from deepforcing.cache.base import MEMORY, REGIONS
+from deepforcing.models.contract import SamplingConfig
+from deepforcing.models.loading import load_causal_wan
+from deepforcing.models.presets import get_preset
+from deepforcing.pipeline.rollout import VideoRollout
+from test_causvid_parity import ReplayedNoise, _chunks
+
+TRACE = Path(__file__).parent / "data" / "memrope_trace"
+RELEASE = "YoungRaeKimm/MemRoPE@b89bf5b"
+
+
+@pytest.fixture(scope="module")
+def replay():
+    meta, t = json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    assert meta["release"] == RELEASE
+    spec = get_preset("self-forcing")
+    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
+                              chunk_frames=meta["chunk_frames"])
+    model = load_causal_wan(TRACE)
+    policy = make_policy("memrope", window=meta["local_attn_size"], sink=meta["sink_size"],
+                         alpha_long=meta["ema_alpha_long"], alpha_short=meta["ema_alpha_short"])
+    assert policy == make_policy("memrope")  # the release's defaults are the policy's
+    with torch.no_grad():
+        rollout = VideoRollout(model=model, policy=policy, context=model.encode_context(t["context"]),
+                               latent_shape=tuple(t["noise"].shape[2:]), sampling=sampling,
+                               noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
+        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    return meta, t, ours, rollout.cache
+
+
+def test_memrope_replays_its_release_trace(replay):
+    meta, t, ours, _ = replay
+    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    assert len(err) == 10 and err.max() < 1e-5, err
+
+
+def test_the_memories_and_the_cache_are_the_releases(replay):
+    meta, t, _, cache = replay
+    F = meta["tokens_per_frame"]
+    for layer in range(2):
+        c = cache.layers[layer]
+        (long_k, long_v), (short_k, short_v) = c.state["memory"]
+        expected = t["memory"][-1, layer]  # [long/short, k/v, H, D] after the last update
+        for got, want in ((long_k, expected[0, 0]), (long_v, expected[0, 1]), (short_k, expected[1, 0]),
+                          (short_v, expected[1, 1])):
+            assert (got[0, :, 0] - want).abs().max() < 1e-6
+        k, v = (x.permute(1, 0, 2) for x in (t["cache_k_final"][layer], t["cache_v_final"][layer]))
+        assert c.store.length == 12 * F
+        assert (c.store.keys[0, :, : c.store.length] - k).abs().max() < 1e-5  # pre-RoPE, as the release stores
+        assert (c.store.values[0, :, : c.store.length] - v).abs().max() < 1e-5
+    regions = cache.policy.regions(cache.layers[0])[0, ::F].tolist()
+    assert [REGIONS[r] for r in regions] == ["sink"] * 3 + ["memory"] * 2 + ["recent"] * 7
+    assert int((cache.policy.regions(cache.layers[0]) == MEMORY).sum()) == 2 * F
