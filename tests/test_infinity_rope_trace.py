@@ -5,7 +5,8 @@ Checked from the trace alone: shapes and chunk counts; every model call chained 
 (x_next = (1 - s) x0 + s eps, s = t / 1000); the KV Flush at chunk 4 and the flush + RoPE Cut at chunk 8 where the
 prompt DSL puts them; the cross-attention cache rebuilt exactly there; the temporal RoPE positions of queries and
 keys (block-relativistic; 45..47 on the cut chunk); which frame each window slot holds at read; and the stored
-rotations reproduced in float64 complex from Wan's RoPE table.
+rotations reproduced in float64 complex from Wan's RoPE table. One replay through the engine: the plain video is
+``rolling-forcing-sink`` at sink 1, window 6 (RoPE scores depend on position differences only).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from deepforcing.cache import make_policy
+from deepforcing.models.loading import load_causal_wan
+from deepforcing.models.presets import get_preset
+from deepforcing.pipeline.rollout import VideoRollout
+from test_causvid_parity import ReplayedNoise, _chunks
 
 TRACE = Path(__file__).parent / "data" / "infinity_rope_trace"
 VIDEOS = ("plain", "events")
@@ -90,7 +97,8 @@ def test_flush_and_cut_are_where_the_prompt_dsl_puts_them(trace):
     for video, firsts in (("plain", [0]), ("events", [0, *boundaries])):  # cross-attention K/V rebuilt only there
         calls = _calls(t, video)
         fresh = t["call_crossattn_fresh"][calls].nonzero().flatten()
-        assert (t["call_start_frame"][calls][fresh] // 3).tolist() == firsts and (t["call_kind"][calls][fresh] == 0).all()
+        assert (t["call_start_frame"][calls][fresh] // 3).tolist() == firsts
+        assert (t["call_kind"][calls][fresh] == 0).all()
         flushed = t["call_local_end_before"][calls][fresh[1:]]
         assert (flushed == 3).all()  # the flush leaves sink + 2 frames: local_end = 3 frames
     cut_calls = _calls(t, "events")[t["call_start_frame"][_calls(t, "events")] == 8 * 3]
@@ -152,3 +160,28 @@ def test_rotations_are_float64_complex_products_at_the_recorded_positions(trace,
         assert torch.equal(rotated.flatten(2).float(), out), f"{example} {name}"
         wrong = torch.view_as_real(torch.view_as_complex(x.double().reshape(*x.shape[:2], -1, 2)) * table.conj())
         assert (wrong.flatten(2).float() - out).abs().max() > 1e-2  # the check can tell positions apart
+
+
+def test_plain_rollout_replays_through_the_rolling_forcing_sink_timeline(trace):
+    """Block-relativistic RoPE only shifts every position of a read by one constant (keys 0..5, queries 3..5 instead
+    of the contiguous 3c-3..3c+2 / 3c..3c+2 of a sink re-placed before the window's oldest frame), and RoPE scores
+    depend on differences only: the plain video is ``rolling-forcing-sink`` at sink 1, window 6, to float rounding.
+    A sink left at position 0 (``attention-sink``) is off from chunk 2 on."""
+    t, meta = trace
+    model = load_causal_wan(TRACE)
+    sampling = get_preset("self-forcing").sampling
+    assert list(sampling.denoising_steps) == meta["denoising_step_list"] and sampling.shift == meta["shift"]
+    with torch.no_grad():
+        context = model.encode_context(t["context_first"])
+    errors = {}
+    for name in ("rolling-forcing-sink", "attention-sink"):
+        noise = ReplayedNoise(_chunks(t["noise_plain"]), t["renoise"][: meta["renoise_draws"]["plain"]])
+        rollout = VideoRollout(model=model, policy=make_policy(name, window=meta["local_attn_size"], sink=1),
+                               context=context, sampling=sampling, noise=noise,
+                               latent_shape=tuple(t["noise_plain"].shape[2:]))
+        with torch.no_grad():
+            ours = torch.cat([rollout.step().latents for _ in range(meta["events"]["plain"]["chunks"])], dim=2)
+        assert not noise.initial_draws and not noise.renoise_draws
+        errors[name] = (ours.permute(0, 2, 1, 3, 4) - t["latents_plain"]).abs().max().item()
+    assert errors["rolling-forcing-sink"] < 1e-5, errors
+    assert errors["attention-sink"] > 1e-3, errors
