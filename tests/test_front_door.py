@@ -34,13 +34,14 @@ def real(folder) -> list[str]:
     return ["--model", str(folder), "--resolution", "32x48"]
 
 
-@pytest.mark.parametrize("command", ["generate", "serve", "bench", "diagnose", "experiment"])
+@pytest.mark.parametrize("command", ["generate", "serve", "bench", "diagnose", "experiment", "eval"])
 def test_every_command_takes_the_same_model_options(command):
     parser = build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     dests = {a.dest for a in sub._actions}
-    assert MODEL_DESTS | {"threads"} <= dests
-    args = parser.parse_args([command, "--model", "/m", "--preset", "causvid", "--attention-backend", "flash"])
+    assert MODEL_DESTS | ({"threads"} if command != "eval" else set()) <= dests  # eval runs no model
+    videos = ["v.mp4"] if command == "eval" else []
+    args = parser.parse_args([command, *videos, "--model", "/m", "--preset", "causvid", "--attention-backend", "flash"])
     assert ModelSpec.from_args(args) == ModelSpec("/m", preset="causvid", attention_backend="flash")
 
 
@@ -181,3 +182,25 @@ def test_the_bundle_runs_the_preset_sampler(wan_folder):
     assert gen.bundle.sampling is get_preset("causvid").sampling  # not a copy made field by field
     no_restart = check_model(ModelSpec(str(wan_folder), preset="causvid", resolution="32x48", restart=False)).open()
     assert no_restart.bundle.sampling.restart_overlap == 0 and get_preset("causvid").sampling.restart_overlap == 3
+
+
+@pytest.mark.parametrize("model, window", [("mini", 21), ("wan", 1 + 4 * 20), (None, 81)])
+def test_eval_windows_are_the_training_horizon_of_model(model, window, tiny_mini, wan_folder, tmp_path):
+    """eval --model: the first window is that model's attention window in pixel frames (the mini model decodes one
+    frame per latent frame, the Wan VAE 1 + 4 (F - 1)); no --model: Self Forcing's 81 frames."""
+    import av
+    import numpy as np
+
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.height = stream.width = 32
+        stream.pix_fmt = "yuv420p"
+        for t in range(90):
+            frame = np.full((32, 32, 3), (t * 2) % 256, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    named = {"mini": ["--model", str(tiny_mini)], "wan": ["--model", str(wan_folder)], None: []}[model]
+    assert main(["eval", str(video), *named, "--out", str(tmp_path / "report")]) == 0
+    (result,) = json.loads((tmp_path / "report" / "metrics.json").read_text())["videos"]
+    assert result["window_frames"] == window

@@ -43,13 +43,16 @@ def policy_from_args(args: argparse.Namespace):
     return make_policy(args.policy, **policy_sizes_from_args(args))
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True) -> argparse._ArgumentGroup:
+def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True, model: str | None = "mini",
+                        title: str = "model (the embedded mini model unless --model names another)"
+                        ) -> argparse._ArgumentGroup:
     """The model options of every command that runs one (``generate``, ``serve``, ``bench``, ``diagnose``, ``eval``,
-    ``experiment``): the fields of :class:`deepforcing.model_spec.ModelSpec`, plus ``--threads``."""
-    group = parser.add_argument_group("model (the embedded mini model unless --model names another)")
-    group.add_argument("--model", default="mini",
-                       help="'mini' (embedded, default), a mini model .safetensors file, or a Wan2.1 model folder "
-                            "(original or diffusers layout)")
+    ``experiment``): the fields of :class:`deepforcing.model_spec.ModelSpec`, plus ``--threads``; ``model`` is the
+    default of ``--model`` (``None``: no model unless named, as for ``eval``)."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--model", default=model,
+                       help="'mini' (the embedded mini model), a mini model .safetensors file, or a Wan2.1 model "
+                            f"folder (original or diffusers layout){'; default mini' if model == 'mini' else ''}")
     group.add_argument("--checkpoint", default=None,
                        help="Self Forcing-style .pt or safetensors DiT weights over the folder's (real models)")
     group.add_argument("--preset", default=None, help="model preset for real models (default: self-forcing; see "

@@ -132,6 +132,19 @@ class CheckedModel:
 
         return policy_from_defaults(self.default_policy(), name, **sizes)
 
+    def horizon_pixel_frames(self) -> int:
+        """Pixel frames of the model's training horizon (its attention window through its codec), without loading
+        weights: the first window ``eval --model`` holds the rest of a video against."""
+        window = self.policy().window
+        if self.is_mini:
+            return self._mini_bundle().pixel_frames(window)
+        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
+
+        layout, path = resolve_vae_path(self.spec.model)
+        config = WanVAEConfig() if layout == "original" else \
+            WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+        return 1 + config.temporal_scale * (window - 1)
+
     def open(self) -> "VideoGenerator":
         """Load the weights: the generator, with the attention backend set."""
         from deepforcing.pipeline.generate import VideoGenerator

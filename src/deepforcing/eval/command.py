@@ -1,4 +1,4 @@
-"""``deepforcing eval VIDEO... [--window-seconds S] [--label L] [--out DIR] [--vbench] [--json]``.
+"""``deepforcing eval VIDEO... [--window-seconds S] [--model M] [--label L] [--out DIR] [--vbench] [--json]``.
 
 Evaluates each video over windows (metrics.py), writes metrics.json, metrics.md and PNG drift curves (report.py)
 to ``--out`` (default: ``<first video's folder>/<first video's name>_eval``) and prints the markdown table (or the
@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from deepforcing.cli_options import add_model_arguments
 from deepforcing.eval.metrics import SELF_FORCING_HORIZON_FRAMES, EvalConfig, evaluate_video
 from deepforcing.eval.report import write_report
 from deepforcing.eval.vbench_adapter import VBenchUnavailable, check_vbench, evaluate_vbench
@@ -25,8 +26,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="window length in seconds (overrides --window-frames); the first window is the reference",
     )
     parser.add_argument(
-        "--window-frames", type=int, default=SELF_FORCING_HORIZON_FRAMES, metavar="N",
-        help=f"window length in frames (default {SELF_FORCING_HORIZON_FRAMES}: Self Forcing's training horizon)",
+        "--window-frames", type=int, default=None, metavar="N",
+        help=f"window length in frames (default: the training horizon of --model, else {SELF_FORCING_HORIZON_FRAMES}: "
+             f"Self Forcing's)",
     )
     parser.add_argument(
         "--label", action="append", default=None, metavar="L",
@@ -36,7 +38,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--vbench", action="store_true", help="also compute VBench scores (needs vbench, CUDA, weights)")
     parser.add_argument("--prompt", default=None, help="text prompt, for VBench overall consistency")
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of the markdown table")
+    add_model_arguments(parser, threads=False, model=None,
+                        title="model whose training horizon is the window (no weights are loaded)")
     return parser
+
+
+def _window_frames(args: argparse.Namespace) -> int:
+    """``--window-frames``, else the training horizon of ``--model`` in pixel frames, else Self Forcing's."""
+    if args.window_frames is not None:
+        return args.window_frames
+    if args.model is None:
+        return SELF_FORCING_HORIZON_FRAMES
+    from deepforcing.model_spec import ModelSpec, check_model
+
+    return check_model(ModelSpec.from_args(args)).horizon_pixel_frames()
 
 
 def _labels(args: argparse.Namespace) -> list[str]:
@@ -56,7 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run the ``eval`` command; returns the process exit code (0 ok, 2 bad input or unavailable VBench)."""
     try:
         labels = _labels(args)
-        config = EvalConfig(window_frames=args.window_frames, window_seconds=args.window_seconds)
+        config = EvalConfig(window_frames=_window_frames(args), window_seconds=args.window_seconds)
         if args.vbench:
             check_vbench()  # fail before minutes of work, not after
         evaluations, vbench = [], {}

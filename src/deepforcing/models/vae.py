@@ -70,6 +70,11 @@ class WanVAEConfig:
         if any(s <= 0 for s in self.latents_std):
             raise ValueError("latents_std must be positive")
 
+    @property
+    def temporal_scale(self) -> int:
+        """Pixel frames per latent frame after the first (Wan2.1: 4), from the config alone (no weights)."""
+        return 2 ** sum(bool(t) for t in self.temperal_downsample)
+
     def diffusers_kwargs(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -265,7 +270,7 @@ class WanVAE(torch.nn.Module):
 
     @property
     def temporal_scale(self) -> int:
-        return 2 ** sum(bool(t) for t in self.config.temperal_downsample)
+        return self.config.temporal_scale
 
     def num_pixel_frames(self, num_latent_frames: int) -> int:
         """1 + 4(F - 1): the first latent frame decodes to one frame, each later one to ``temporal_scale``."""
