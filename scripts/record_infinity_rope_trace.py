@@ -18,6 +18,9 @@ run unchanged except for what a CPU run of a tiny model needs, patched from the 
 3. its Gaussian draws (``torch.randn_like``) come from a seeded generator and are recorded; the text encoder is a
    table of fixed random embeddings, one per prompt; latents are compared, never pixels.
 
+The tiny model itself differs from the other traces' in one choice (not a patch): its q / k RMSNorm gains are
+N(0, 1) (``QK_GAIN_SCALE``), so that RoPE positions show in the latents.
+
 Everything else is observed, not changed: every model call's input, timestep and x0 output; per self-attention call
 the cache indices, which frame (and which model call's write) sits in each window slot at read, whether it is stored
 post-RoPE, and the temporal RoPE position each query / key frame was rotated at, measured from the rotation itself
