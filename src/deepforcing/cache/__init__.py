@@ -15,6 +15,7 @@ from .policies import (
     TopCSelector,
 )
 from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
+from .infinity_rope import InfinityRope
 from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
@@ -35,6 +36,7 @@ __all__ = [
     "DeepSink",
     "FifoSelector",
     "FullCache",
+    "InfinityRope",
     "KVCache",
     "LayerCache",
     "LayerKVStore",

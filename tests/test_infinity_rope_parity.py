@@ -1,0 +1,63 @@
+"""∞-RoPE (arXiv 2511.20649) replays its release trace: yesiltepe-hidir/infinity-rope@63d7b84 (recorded by
+``scripts/record_infinity_rope_trace.py``): a plain 10-chunk rollout, and an 11-chunk one with a KV Flush at chunk 4
+and a KV Flush + RoPE Cut at chunk 8 (the release's prompt DSL ``first[3s] | second[3s#] | third``), through the
+``infinity-rope`` policy with the flush and the cut driven by ``VideoRollout.switch_prompt``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepforcing.cache import make_policy
+from deepforcing.models.loading import load_causal_wan
+from deepforcing.models.presets import get_preset
+from deepforcing.pipeline.rollout import VideoRollout
+from test_causvid_parity import ReplayedNoise, _chunks
+
+TRACE = Path(__file__).parent / "data" / "infinity_rope_trace"
+RELEASE = "yesiltepe-hidir/infinity-rope@63d7b84"
+
+
+@pytest.fixture(scope="module")
+def trace():
+    meta, t = json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    assert meta["release"] == RELEASE
+    return meta, t, load_causal_wan(TRACE)
+
+
+def _replay(meta, t, model, video: str, policy=None) -> torch.Tensor:
+    draws = meta["renoise_draws"]
+    first = 0 if video == "plain" else draws["plain"]
+    noise = ReplayedNoise(_chunks(t[f"noise_{video}"]), t["renoise"][first:first + draws[video]])
+    with torch.no_grad():
+        contexts = [model.encode_context(t[f"context_{p}"]) for p in meta["prompts"]]
+        prompts = t[f"chunk_prompt_{video}"].tolist()
+        rollout = VideoRollout(model=model, policy=policy or make_policy("infinity-rope"), context=contexts[prompts[0]],
+                               sampling=get_preset("self-forcing").sampling, noise=noise,
+                               latent_shape=tuple(t[f"noise_{video}"].shape[2:]))
+        out = []
+        for c in range(meta["events"][video]["chunks"]):
+            if c and prompts[c] != prompts[c - 1]:
+                rollout.switch_prompt(contexts[prompts[c]], cut=bool(t[f"chunk_cut_{video}"][c]))
+            out.append(rollout.step().latents)
+    assert not noise.initial_draws and not noise.renoise_draws
+    return torch.cat(out, dim=2).permute(0, 2, 1, 3, 4)
+
+
+@pytest.mark.parametrize("video", ["plain", "events"])
+def test_infinity_rope_replays_its_release_trace(trace, video):
+    meta, t, model = trace
+    err = (_replay(meta, t, model, video) - t[f"latents_{video}"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(1)
+    assert len(err) == meta["events"][video]["chunks"] and err.max() < 1e-5, err
+
+
+def test_without_the_cut_the_events_video_is_off(trace):
+    """The cut matters: a policy whose cut jumps nowhere (cut_to = the chunk's own slots) misses from chunk 8 on."""
+    meta, t, model = trace
+    ours = _replay(meta, t, model, "events", make_policy("infinity-rope", cut_to=3))
+    err = (ours - t["latents_events"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(1)
+    assert err[:8].max() < 1e-5 and err[8:].max() > 1e-4, err
