@@ -61,3 +61,25 @@ def test_without_the_cut_the_events_video_is_off(trace):
     ours = _replay(meta, t, model, "events", make_policy("infinity-rope", cut_to=3))
     err = (ours - t["latents_events"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(1)
     assert err[:8].max() < 1e-5 and err[8:].max() > 1e-4, err
+
+
+def test_a_cut_in_the_timeline_reaches_the_policy(tiny_mini, monkeypatch):
+    """``cut <duration>: <prompt>`` in a timeline: the policy hears a scene cut, then the prompt switch, at that
+    entry's first chunk (∞-RoPE's RoPE Cut positions on that chunk only)."""
+    from deepforcing.cache import InfinityRope
+    from deepforcing.mini.bundle import mini_generator
+    from deepforcing.pipeline.timeline import parse_timeline
+
+    cuts = [e.cut for e in parse_timeline("6f: a red circle; cut 6f: a blue square; cut the cake")]
+    assert cuts == [False, True, False]
+    heard, react = [], InfinityRope.react
+
+    def spy(self, event, cache):
+        heard.append((event.kind, event.frame))
+        return react(self, event, cache)
+
+    monkeypatch.setattr(InfinityRope, "react", spy)
+    pieces = list(mini_generator(tiny_mini).stream("6f: a red circle; cut 6f: a blue square; a green triangle",
+                                                   latent_frames=15, policy="infinity-rope"))
+    assert heard == [("scene-cut", 6), ("prompt-switch", 6), ("prompt-switch", 12)]
+    assert pieces[-1].cache.layers[0].state["cut"] == 6

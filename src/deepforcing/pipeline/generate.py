@@ -164,7 +164,8 @@ class VideoGenerator:
             at = min(rollout.next_frame // self.bundle.sampling.chunk_frames, total - 1)
             if active[at] != current:
                 current = active[at]
-                rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch)
+                rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch,
+                                      cut=timeline[current].cut)
             res = rollout.step()
             if not torch.isfinite(res.latents).all():
                 bad = (~torch.isfinite(res.latents)).float().mean().item()

@@ -137,8 +137,8 @@ class RestartingRollout:
             frames = torch.cat([frames, *self._held], dim=1)  # the video ends here: nothing re-makes the tail
         return ChunkResult(self.next_chunk - 1, start, latents, self.prompt_index, frames=frames)
 
-    def switch_prompt(self, context: object, *, keep_sink: bool = True) -> None:
+    def switch_prompt(self, context: object, *, keep_sink: bool = True, cut: bool = False) -> None:
         """A new prompt from this chunk on, for this segment (LongLive's re-cache) and every later one."""
         self.context = context
         self.prompt_index += 1
-        self.rollout.switch_prompt(context, keep_sink=keep_sink)
+        self.rollout.switch_prompt(context, keep_sink=keep_sink, cut=cut)

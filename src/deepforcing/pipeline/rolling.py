@@ -126,6 +126,6 @@ class RollingForcingRollout:
         for _ in range(num_chunks):
             yield self.step()
 
-    def switch_prompt(self, context: object, *, keep_sink: bool = True) -> None:
+    def switch_prompt(self, context: object, *, keep_sink: bool = True, cut: bool = False) -> None:
         raise ValueError("Rolling Forcing's loop denoises several chunks at once; prompt timelines are not supported "
                          "with it")

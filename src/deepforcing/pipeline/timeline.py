@@ -8,6 +8,9 @@ Two equivalent forms:
 * file: one entry per line in the same ``<duration>: <prompt>`` form (``#`` starts a comment), or a JSON list of
   ``{"prompt": ..., "seconds": ...}`` / ``{"prompt": ..., "frames": ...}`` objects.
 
+An entry written ``cut <duration>: <prompt>`` (or ``cut: <prompt>``; JSON ``"cut": true``) starts with a **scene
+cut**: the cache policy hears of it before the prompt switch (∞-RoPE's RoPE Cut; other policies ignore it).
+
 Durations become whole chunks: a switch happens at the first chunk boundary at or after the requested time.
 """
 
@@ -31,6 +34,7 @@ class TimelineEntry:
     prompt: str
     seconds: float | None = None
     frames: int | None = None
+    cut: bool = False  # a scene cut at the entry's start (a policy event, see CachePolicy.react)
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
@@ -44,14 +48,20 @@ class TimelineEntry:
 def _entry(text: str, where: str) -> TimelineEntry:
     head, sep, prompt = text.partition(":")
     if sep:
+        words = head.split()
+        cut = bool(words) and words[0].lower() == "cut" and (len(words) == 1 or bool(_DURATION.match(head.strip()[3:])))
+        if cut:
+            head = head.strip()[3:]
+            if not head.strip():
+                return TimelineEntry(prompt.strip(), cut=True)
         m = _DURATION.match(head)
         if m:
             value, unit = float(m.group(1)), m.group(2).lower()
             if unit.startswith("f"):
                 if value != int(value):
                     raise ValueError(f"{where}: a frame count must be a whole number, got {head.strip()!r}")
-                return TimelineEntry(prompt.strip(), frames=int(value))
-            return TimelineEntry(prompt.strip(), seconds=value)
+                return TimelineEntry(prompt.strip(), frames=int(value), cut=cut)
+            return TimelineEntry(prompt.strip(), seconds=value, cut=cut)
     return TimelineEntry(text.strip())
 
 
@@ -74,7 +84,8 @@ def load_timeline(path: str | Path) -> list[TimelineEntry]:
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
-            entries = [TimelineEntry(str(it["prompt"]), it.get("seconds"), it.get("frames")) for it in items]
+            entries = [TimelineEntry(str(it["prompt"]), it.get("seconds"), it.get("frames"), bool(it.get("cut", False)))
+                       for it in items]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a JSON list of {{'prompt', 'seconds'|'frames'}} objects ({err})") from None
     else:
