@@ -115,3 +115,15 @@ def test_registering_another_class_under_a_taken_name_is_refused():
 
     with pytest.raises(ValueError, match="registered twice"):
         register_policy(Impostor)
+
+
+def test_plan_shows_each_2026_method_by_its_own_regions_and_read_positions():
+    from deepforcing.cache.plan import simulate
+
+    r = simulate(make_policy("rolling-sink-replay"), 21)[-1]  # the release's slot map after chunk 20
+    assert (r.topc_frames, r.recent_frames, r.topc_positions, r.recent_positions) == (18, 3, [42, 59], [60, 62])
+    r = simulate(make_policy("memrope"), 6)[-1]  # block-relative: memory at slots 3-4, the rest up to slot 11
+    assert (r.sink_frames, r.memory_frames, r.recent_frames) == (3, 2, 7)
+    assert (r.memory_positions, r.recent_positions) == ([3, 4], [5, 11])
+    r = simulate(make_policy("infinity-rope"), 6)[-1]  # window slots 0..5, never the frames 15..17
+    assert (r.sink_frames, r.recent_frames, r.sink_positions, r.recent_positions) == (1, 5, [0, 0], [1, 5])

@@ -62,6 +62,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     print(f"policy {policy.name}: " + ", ".join(f"{k}={v}" for k, v in policy.describe().items() if k != "policy"))
     header = f"{'chunk':>5} {'frames':>8} {'event':>8} {'cache':>6} {'sink':>5} {'top-c':>6} {'recent':>6}  " \
              f"{'sink pos':>10} {'top-c pos':>10} {'recent pos':>10} {'shift':>5}"
+    memory = bool(policy.layout.get("memory"))  # synthesized memory frames (MemRoPE): two more columns
+    header += f" {'memory':>6} {'mem pos':>8}" if memory else ""
     print(header)
     print("-" * len(header))
     for r in reports:
@@ -70,6 +72,7 @@ def _run_plan(args: argparse.Namespace) -> int:
             f"{r.chunk:>5} {frames:>8} {r.event:>8} {r.cache_frames:>6g} {r.sink_frames:>5g} {r.topc_frames:>6g} "
             f"{r.recent_frames:>6g}  {_fmt_span(r.sink_positions):>10} {_fmt_span(r.topc_positions):>10} "
             f"{_fmt_span(r.recent_positions):>10} {r.sink_delta:>+5d}"
+            + (f" {r.memory_frames:>6g} {_fmt_span(r.memory_positions):>8}" if memory else "")
         )
     return 0
 
