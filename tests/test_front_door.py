@@ -204,3 +204,20 @@ def test_eval_windows_are_the_training_horizon_of_model(model, window, tiny_mini
     assert main(["eval", str(video), *named, "--out", str(tmp_path / "report")]) == 0
     (result,) = json.loads((tmp_path / "report" / "metrics.json").read_text())["videos"]
     assert result["window_frames"] == window
+
+
+def test_each_layer_follows_its_own_processor(tiny_mini, monkeypatch):
+    """The backend is read from the processor of the layer that attends (a hand-set processor is followed too)."""
+    from diffusers.models import attention_dispatch
+
+    seen = []
+    real_dispatch = attention_dispatch.dispatch_attention_fn
+    monkeypatch.setattr(attention_dispatch, "dispatch_attention_fn",
+                        lambda *a, backend=None, **k: seen.append(backend) or real_dispatch(*a, backend=backend, **k))
+    gen = check_model(ModelSpec(str(tiny_mini))).open()
+    last = gen.bundle.transformer.blocks[-1]
+    monkeypatch.setattr(last.attn1.processor, "_attention_backend", attention_dispatch.AttentionBackendName._NATIVE_MATH)
+    list(gen.stream("a red circle", latent_frames=3, policy="self-forcing"))
+    math_calls = seen.count(attention_dispatch.AttentionBackendName._NATIVE_MATH)
+    assert math_calls > 0 and seen.count(None) == len(seen) - math_calls
+    assert len(seen) == math_calls * 2 * gen.bundle.transformer.num_layers  # per model call: L self- and L cross-

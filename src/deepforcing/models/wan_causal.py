@@ -255,7 +255,7 @@ class CausalWanTransformer(WanTransformer3DModel):
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, keys, values = cache.layers[i].attend(q, k, v)  # pre-RoPE in; the cache's policy places them
-            return self.attention(q, keys.to(q.dtype), values.to(q.dtype))
+            return self.attention(q, keys.to(q.dtype), values.to(q.dtype), module=self.blocks[i].attn1)
 
         return self._run(x, e, e0, grid, angles, context, attend, rotate=False)
 
@@ -282,7 +282,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         allowed = chunk[None, :] <= chunk[:, None]  # [queries, keys]
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return self.attention(q, k, v, mask=allowed)
+            return self.attention(q, k, v, mask=allowed, module=self.blocks[i].attn1)
 
         return self._run(x, e, e0, grid, angles, context, attend)
 
@@ -368,8 +368,8 @@ class CausalWanTransformer(WanTransformer3DModel):
                   module: torch.nn.Module | None = None) -> torch.Tensor:
         """Attention of ``[B, H, n, D]`` tensors through diffusers' ``dispatch_attention_fn`` (its layout is
         ``[B, n, H, D]``) with the backend that diffusers' own ``set_attention_backend`` put on the processor of
-        ``module`` (default: the first self-attention, as the switch sets every processor alike); ``None`` there is
-        diffusers' active backend (native SDPA unless set). So ``model.set_attention_backend("flash")`` picks flash /
+        ``module`` (the layer's attention; default: the first self-attention, as the switch sets every processor
+        alike); ``None`` there is diffusers' active backend (native SDPA unless set). So ``model.set_attention_backend("flash")`` picks flash /
         sage / native kernels here as for any diffusers model."""
         processor = (module if module is not None else self.blocks[0].attn1).processor
         out = attention_dispatch.dispatch_attention_fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
