@@ -220,3 +220,21 @@ def test_a_policy_that_handles_the_prompt_switch_replaces_the_recache(generator)
     assert layer.store.frames()[0, ::F].tolist() == [7, 8, 9, 10, 11, 12, 13, 14]
     _, default = _latents(generator, make_policy("self-forcing", window=9), frames=15, switch_at=9)
     assert default.cache.layers[0].store.frames()[0, ::F].tolist() == [6, 7, 8, 9, 10, 11, 12, 13, 14]
+
+
+def test_attention_probe_records_the_policys_regions_and_reports_memory(generator):
+    """The diagnostics read regions from the policy: a memory policy's probe record carries them and the attention
+    mass by region gets a ``memory`` share (all shares sum to 1)."""
+    from deepforcing.eval.diagnostics import AttentionMassProbe, region_mass
+
+    probe = AttentionMassProbe(chunk_starts={15}, layers={0})
+    rollout = generator.open_rollout("a red circle", make_policy("memrope"), seed=5, max_frames=18)
+    rollout.cache.attention_observer = probe
+    for _ in range(6):
+        rollout.step()
+    record = probe.records[0]
+    F = rollout.cache.geometry.tokens_per_frame
+    assert record["regions"][::F] == [0] * 3 + [MEMORY] * 2 + [3] * 7
+    shares = region_mass(record, 3, 3, F)
+    assert set(shares) == {"sink", "middle", "previous", "own", "memory"} and shares["memory"] > 0
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-5)

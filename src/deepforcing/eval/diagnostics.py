@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepforcing.cache import REGIONS
+
 from deepforcing.cli_options import add_model_arguments
 
 __all__ = ["AttentionMassProbe", "topc_selection_heatmap", "region_mass", "attention_regions", "add_diagnose_arguments",
@@ -92,17 +94,19 @@ def topc_selection_heatmap(events, layers: int) -> torch.Tensor:
 def region_mass(record: dict, sink_frames: int, chunk_frames: int, tokens_per_frame: int) -> dict[str, float]:
     """Head-averaged attention mass of one probe record split by cache region: the ``sink`` (the first
     ``sink_frames`` frames' slots), the chunk's ``own`` frames, the ``previous`` chunk (the ``chunk_frames`` source
-    frames right before it) and the ``middle`` (Top-C picks or the older FIFO tail; everything else)."""
+    frames right before it) and the ``middle`` (Top-C picks or the older FIFO tail; everything else). A record
+    whose policy reports synthesized ``memory`` slots (its ``regions``) also gets a ``memory`` share."""
     mass = torch.tensor(record["mass"]).mean(dim=0)  # [L]
     frames = torch.tensor(record["frames"])
     start = record["chunk_start"]
     sink = torch.zeros_like(frames, dtype=torch.bool)
     sink[: sink_frames * tokens_per_frame] = True
-    own = ~sink & (frames >= start)
-    previous = ~sink & (frames < start) & (frames >= start - chunk_frames)
-    middle = ~(sink | own | previous)
-    return {name: float(mass[m].sum()) for name, m in
-            (("sink", sink), ("middle", middle), ("previous", previous), ("own", own))}
+    memory = torch.tensor(record["regions"]) == REGIONS.index("memory") if "regions" in record else sink & False
+    own = ~sink & ~memory & (frames >= start)
+    previous = ~sink & ~memory & (frames < start) & (frames >= start - chunk_frames)
+    middle = ~(sink | memory | own | previous)
+    shares = (("sink", sink), ("middle", middle), ("previous", previous), ("own", own))
+    return {name: float(mass[m].sum()) for name, m in shares + ((("memory", memory),) if memory.any() else ())}
 
 
 @torch.no_grad()
@@ -130,13 +134,14 @@ def attention_regions(gen, pairs: list[tuple[str, int]], *, frames: int, policie
                 if r["chunk_start"] >= policy.window:
                     layers.setdefault(r["layer"], []).append(region_mass(r, policy.sink_frames, chunk, F))
             heat = topc_selection_heatmap(cache.events, len(cache.layers))
-            topc = getattr(policy, "topc_frames", None)
+            topc = policy.layout["kept"]  # frames of Top-C picks (the heatmap is empty for other policies)
             if heat.numel() and topc:
                 picks = [e for e in cache.events if e.decision.selected is not None]
                 start = policy.sink_frames * F
                 near = heat[:, start:start + topc * F].sum() / heat.sum()
                 # uniform picking: each compression's C frames out of its candidate span (the span varies per event)
-                uniform = np.mean([min(1.0, topc * F / (e.total - start - policy.recent * F)) for e in picks])
+                recent = policy.layout["recent"]
+                uniform = np.mean([min(1.0, topc * F / (e.total - start - recent * F)) for e in picks])
                 near_ratios.append(float(near / uniform))
         regions = {layer: {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
                    for layer, rows in sorted(layers.items())}
