@@ -29,7 +29,7 @@ def trace():
     return meta, t, load_causal_wan(TRACE)
 
 
-def _replay(meta, t, model, video: str, policy=None) -> torch.Tensor:
+def _replay(meta, t, model, video: str, policy=None, observer=None) -> torch.Tensor:
     draws = meta["renoise_draws"]
     first = 0 if video == "plain" else draws["plain"]
     noise = ReplayedNoise(_chunks(t[f"noise_{video}"]), t["renoise"][first:first + draws[video]])
@@ -39,6 +39,7 @@ def _replay(meta, t, model, video: str, policy=None) -> torch.Tensor:
         rollout = VideoRollout(model=model, policy=policy or make_policy("infinity-rope"), context=contexts[prompts[0]],
                                sampling=get_preset("self-forcing").sampling, noise=noise,
                                latent_shape=tuple(t[f"noise_{video}"].shape[2:]))
+        rollout.cache.attention_observer = observer
         out = []
         for c in range(meta["events"][video]["chunks"]):
             if c and prompts[c] != prompts[c - 1]:
@@ -53,6 +54,29 @@ def test_infinity_rope_replays_its_release_trace(trace, video):
     meta, t, model = trace
     err = (_replay(meta, t, model, video) - t[f"latents_{video}"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(1)
     assert len(err) == meta["events"][video]["chunks"] and err.max() < 1e-5, err
+
+
+def test_slots_and_positions_are_the_releases_at_every_attention_call(trace):
+    """Every one of the trace's 210 self-attention reads (2 layers x 105 calls, plain then events): the frame in each
+    window slot, the filled length, and the temporal positions of keys and queries (0..5 / 3..5; 0, 1, 2, 45..47 on
+    the cut chunk) are the release's."""
+    meta, t, model = trace
+    rows = []
+
+    def observe(layer, call, q):
+        policy, F = layer.policy, layer.store.tokens_per_frame
+        pad = lambda x, n: x + [-1] * (n - len(x))  # noqa: E731  (the trace's -1 = slot not read)
+        rows.append((layer.index, pad(policy.query_positions(layer).tolist(), 3),
+                     pad(policy.key_positions(layer)[0, ::F].tolist(), 6),
+                     pad(layer.store.frames()[0, ::F].tolist(), 6), layer.store.length // F))
+
+    for video in ("plain", "events"):
+        _replay(meta, t, model, video, observer=observe)
+    ours = [torch.tensor([r[i] for r in rows]) for i in range(5)]
+    assert len(rows) == meta["attention_calls"]
+    for mine, key in zip(ours, ("layer", "query_pos", "key_pos", "slot_frame", "local_end_after")):
+        assert torch.equal(mine, t[f"attn_{key}"]), key
+    assert (t["attn_key_pos"] == 45).any() and (t["attn_query_pos"] == 45).any()  # the cut chunk is among them
 
 
 def test_without_the_cut_the_events_video_is_off(trace):

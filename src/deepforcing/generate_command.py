@@ -27,7 +27,7 @@ import torch
 
 from .model_spec import CheckedModel, ModelSpec, check_model, set_threads
 from .pipeline.generate import VideoGenerator, restart_policy_error
-from .pipeline.timeline import load_timeline, parse_timeline
+from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
 
@@ -184,6 +184,9 @@ def run_generate(args: argparse.Namespace) -> int:
     policy = model.policy(args.policy, **policy_sizes_from_args(args))  # built once, here, and passed down
     if model.preset is not None:
         _check_restart_policy(args, model, policy)
+    for job, _ in jobs:  # a timeline's prompt switches and scene cuts, against the policy (∞-RoPE's cut)
+        if isinstance(job, list):
+            check_timeline_events(job, policy, model.chunk_frames)
     mini = model.is_mini
     outputs = [_output_path(args, prompt, seed, index, len(jobs), mini) for index, (prompt, seed) in enumerate(jobs)]
     mine = shard(list(zip(jobs, outputs)), rank, world)

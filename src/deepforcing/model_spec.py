@@ -125,6 +125,16 @@ class CheckedModel:
             return self.preset.product_policy()
         return dict(self._mini_bundle().default_policy)
 
+    @property
+    def chunk_frames(self) -> int:
+        """Latent frames per chunk (the preset's, or the sampler stored in the mini model file), without weights."""
+        if self.preset is not None:
+            return self.preset.sampling.chunk_frames
+        from deepforcing.mini.bundle import sampling_from_metadata
+
+        meta = self.mini[0]
+        return sampling_from_metadata({k: json.loads(v) for k, v in meta.items() if k != "format"}).chunk_frames
+
     def policy(self, name: str | None = None, **sizes) -> "CachePolicy":
         """The cache policy ``name`` (``None``: the product default) with ``sizes`` (``None`` values: defaults; the
         model's window unless one is given), built once here and passed down; impossible sizes raise ``ValueError``."""

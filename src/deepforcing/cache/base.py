@@ -18,7 +18,8 @@ hook                        what the policy decides                             
 :meth:`read`                the keys/values attention sees (e.g. paste an exact post-RoPE copy back)     rotate at read
 :meth:`after_attention`     after the call's attention (run lazily, before the cache is next touched):   nothing
                             edits that the call itself must not see (Rolling Sink's archive replay)
-:meth:`react`               stream events: a prompt switch, a scene cut                                  engine default
+:meth:`react`               stream events: a prompt switch, a scene cut (:meth:`validate_event` checks   engine default
+                            beforehand that the policy can take them on this model)
 ==========================  ===========================================================================  ==============
 
 And a policy describes itself: :meth:`options` (name, type, default, help — the command-line flags),
@@ -156,6 +157,8 @@ class CachePolicy:
     name: ClassVar[str] = "base"
     aliases: ClassVar[tuple[str, ...]] = ()  # old names that keep working
     source: ClassVar[str] = ""  # paper section / release file the policy follows (shown by `plan` and the README)
+    own_window: ClassVar[bool] = False  # the window is part of the method (∞-RoPE's 6 frames): a model's attention
+    # window does not replace its default (pipeline.generate.policy_from_defaults); --window still does
     window: int = option(21, "attention window in latent frames (Self Forcing: 21, its training length)")
 
     def __post_init__(self) -> None:
@@ -264,6 +267,11 @@ class CachePolicy:
         the new prompt, LongLive's recipe; a scene cut does nothing); ``"handled"``: the policy changed the cache
         itself (e.g. ∞-RoPE's KV flush)."""
         return "default"
+
+    def validate_event(self, kind: str, chunk_frames: int) -> None:
+        """Raise ``ValueError`` (one line saying what to change) if the policy cannot react to a ``kind`` event
+        (:class:`StreamEvent`) on a model making ``chunk_frames``-frame chunks; a timeline's events are checked with
+        it before any weights load. Default: every event is fine."""
 
     # ------------------------------------------------------------ the pieces
     def select(self, ctx: ChunkContext) -> Decision:

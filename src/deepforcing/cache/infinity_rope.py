@@ -1,20 +1,27 @@
-"""∞-RoPE (arXiv 2511.20649; release ``yesiltepe-hidir/infinity-rope`` @ 63d7b84, ``wan/modules/causal_model.py``
+"""∞-RoPE (arXiv 2511.20649; release ``yesiltepe-hidir/infinity-rope`` @ 63d7b84: ``wan/modules/causal_model.py``
 ``block_relativistic_rope`` / ``rope_cut``, ``pipeline/causal_inference.py`` ``kv_flush``; settings
 ``configs/self_forcing_dmd.yaml``: ``local_attn_size 6``, ``sink_size 1``).
 
 A ``window``-frame cache (1 sink frame, then a FIFO) whose keys are stored **pre-RoPE** and rotated at every read at
 their window slot, 0..n-1 (*block-relativistic RoPE*); the chunk's queries sit at its slots (``window - chunk ..
-window - 1`` once full), so no position ever exceeds ``window - 1``. Events:
+window - 1`` once full), so no position ever exceeds ``window - 1``. The window is the method's (6 frames), not the
+model's attention window (``own_window``). Events (the release's prompt DSL ``scene[Ns]``, ``#`` for a cut; here a
+``--timeline`` entry, ``cut 10s: ...`` for a cut):
 
-* **KV Flush** at a prompt switch: the cross-attention is rebuilt from the new prompt and the cache keeps the sink and
-  the last frames computed under the old prompt, with no re-cache (in the release's configuration the flush equals
-  the ordinary roll, so the policy only has to stop the engine's LongLive re-cache);
-* **RoPE Cut** at a scene cut (``#`` in the release's prompt DSL): on every call of the first chunk after it, that
-  chunk's queries and keys jump to ``cut_to ..`` (the release's ``transition_from`` 45) while the sink and the kept
-  frames stay at their slots, so the new scene reads the old one as far in the past.
+* **KV Flush** at a prompt switch: the cross-attention is rebuilt from the new prompt (the rollout swaps the context)
+  and the self-attention cache keeps the sink and the last ``flush_keep`` frames (the release's ``kv_flush``: slots
+  1..2 <- the buffer's last 2, ``local_end`` = 3 frames), computed under the old prompt, with **no re-cache**. With
+  the release's 3-frame chunks and 6-frame window that is exactly the ordinary roll (its trace shows the same slots
+  at a flush as at any rolling chunk); with 1-frame chunks it drops the window to sink + 2, as the release does;
+* **RoPE Cut** at a scene cut: on every call of the first chunk after it, that chunk's queries and keys jump to
+  ``cut_to ..`` (the release's ``transition_from`` 45) while the sink and the kept frames stay at their slots, so
+  the new scene reads the old one as far in the past. The release moves exactly 3 frames (``rope_cut``'s
+  ``transition_frames``) and fails on 1-frame blocks, so a cut needs 3-frame chunks (:meth:`validate_event`).
 
 The release stores the sink frame post-RoPE at position 0 and pastes it back at every read; that is bit-equal to
 rotating it at slot 0 like every other key (measured on its trace), so every key is stored pre-RoPE here.
+Not reproduced: a flush before the window is full copies the release's still-zero buffer slots over frames 1..2
+(here the last frames computed are kept); the paper's flush keeps sink + 1 frame (``--flush-keep 1``).
 """
 
 from __future__ import annotations
@@ -38,10 +45,20 @@ class InfinityRope(FifoSelector):
     """∞-RoPE: sink + FIFO, pre-RoPE keys read at window slots, KV Flush and RoPE Cut (module docstring)."""
 
     name: ClassVar[str] = "infinity-rope"
-    source: ClassVar[str] = "arXiv 2511.20649; yesiltepe-hidir/infinity-rope@63d7b84 wan/modules/causal_model.py"
+    source: ClassVar[str] = ("arXiv 2511.20649; yesiltepe-hidir/infinity-rope@63d7b84 wan/modules/causal_model.py, "
+                             "pipeline/causal_inference.py")
+    own_window: ClassVar[bool] = True
+    cut_frames: ClassVar[int] = 3  # the release's rope_cut transition_frames: the frames a RoPE Cut moves
     window: int = 6
     sink: int = 1
     cut_to: int = option(45, "infinity-rope: position the first chunk after a scene cut jumps to (release: 45)")
+    flush_keep: int = option(2, "infinity-rope: frames after the sink a prompt switch's KV Flush keeps "
+                                "(release: 2; the paper: 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_positive("flush_keep", self.flush_keep, allow_zero=True)
+        self._check_positive("cut_to", self.cut_to, allow_zero=True)
 
     def key_storage(self, layer: int) -> str:
         return "pre-rope"
@@ -64,9 +81,27 @@ class InfinityRope(FifoSelector):
             frames[-own:] = self.cut_to + torch.arange(own)
         return frames.repeat_interleave(F).expand(store.positions.shape[0], -1)
 
+    def validate_event(self, kind: str, chunk_frames: int) -> None:
+        if kind == "scene-cut" and chunk_frames != self.cut_frames:
+            raise ValueError(
+                f"{self.name}: a scene cut needs {self.cut_frames}-frame chunks (the release's RoPE Cut moves "
+                f"{self.cut_frames} frames and fails on {chunk_frames}-frame blocks); this model makes "
+                f"{chunk_frames}-frame chunks: drop 'cut' from the timeline or use a chunk-wise preset")
+
     def react(self, event: StreamEvent, cache) -> Reaction:
         if event.kind == "scene-cut":
+            self.validate_event(event.kind, cache.geometry.chunk_frames)
             for layer in cache.layers:
                 layer.state["cut"] = event.frame
             return "default"
-        return "handled"  # KV Flush: the new prompt's cross-attention, the cache as it is (no re-cache)
+        for layer in cache.layers:  # KV Flush: sink + the last flush_keep frames, as they are (no re-cache)
+            self._flush(layer.store)
+        return "handled"
+
+    def _flush(self, store) -> None:
+        F = store.tokens_per_frame
+        sink, keep = self.sink * F, self.flush_keep * F
+        if store.length <= sink + keep:
+            return
+        kept = torch.cat([torch.arange(sink), torch.arange(store.length - keep, store.length)])
+        store.keep(kept.to(store.token_ids.device).expand(store.token_ids.shape[0], -1))

@@ -23,12 +23,12 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from deepforcing.cache import CachePolicy, KVCache, make_policy
+from deepforcing.cache import POLICIES, CachePolicy, KVCache, make_policy
 from deepforcing.models.contract import ModelBundle, SamplingConfig  # noqa: F401  (re-exported)
 
 from .resources import available_memory_bytes, format_bytes
 from .rollout import VideoRollout
-from .timeline import TimelineEntry, parse_timeline, schedule_chunks
+from .timeline import TimelineEntry, check_timeline_events, parse_timeline, schedule_chunks
 from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
 
 __all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator", "NonFiniteOutputError"]
@@ -152,6 +152,7 @@ class VideoGenerator:
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
                                  self.bundle.latent_frames_for_seconds)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
+        check_timeline_events(timeline, policy_obj, self.bundle.sampling.chunk_frames)
         rollout = self.open_rollout(timeline[active[0]].prompt, policy_obj, seed=seed,
                                     max_frames=total * self.bundle.sampling.chunk_frames, record_events=record_events)
         rollout.cache.attention_observer = attention_observer
@@ -402,9 +403,11 @@ def policy_from_defaults(defaults: dict, name: str | None, **sizes) -> CachePoli
     """The cache policy ``name`` with ``sizes`` against a model's product default ``defaults`` (``{"name": ...,
     "window": ..., <sizes>}``, a preset's :meth:`~deepforcing.models.presets.ModelPreset.product_policy`): ``None``
     for ``name`` is the default policy with its sizes, overridden by the given ones; any policy gets the model's
-    attention window unless ``sizes`` sets one; ``None`` sizes are left to the policy."""
+    attention window unless ``sizes`` sets one or its window is part of the method (``own_window``, e.g. ∞-RoPE's 6
+    frames); ``None`` sizes are left to the policy."""
     window = defaults.get("window")
-    if window is not None and sizes.get("window") is None:
+    own = name is not None and name in POLICIES and POLICIES[name].own_window
+    if window is not None and sizes.get("window") is None and not own:
         sizes = {**sizes, "window": window}
     if name is None:
         base = {k: v for k, v in defaults.items() if k != "name"}

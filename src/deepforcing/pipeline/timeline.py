@@ -9,7 +9,9 @@ Two equivalent forms:
   ``{"prompt": ..., "seconds": ...}`` / ``{"prompt": ..., "frames": ...}`` objects.
 
 An entry written ``cut <duration>: <prompt>`` (or ``cut: <prompt>``; JSON ``"cut": true``) starts with a **scene
-cut**: the cache policy hears of it before the prompt switch (∞-RoPE's RoPE Cut; other policies ignore it).
+cut**: the cache policy hears of it before the prompt switch (∞-RoPE's RoPE Cut; other policies ignore it). A
+policy that cannot take a timeline's events on a model (∞-RoPE's cut on 1-frame chunks) refuses it before any
+weights load (:func:`check_timeline_events`).
 
 Durations become whole chunks: a switch happens at the first chunk boundary at or after the requested time.
 """
@@ -22,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TimelineEntry", "parse_timeline", "load_timeline", "schedule_chunks"]
+__all__ = ["TimelineEntry", "parse_timeline", "load_timeline", "schedule_chunks", "check_timeline_events"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds|f|frames)\s*$", re.IGNORECASE)
 
@@ -125,3 +127,13 @@ def schedule_chunks(
             k += 1
         out.append(k)
     return out
+
+
+def check_timeline_events(entries: list[TimelineEntry], policy, chunk_frames: int) -> None:
+    """Every event the timeline brings (a prompt switch into each later entry, a scene cut where marked) against
+    the policy (:meth:`~deepforcing.cache.CachePolicy.validate_event`), for a model making ``chunk_frames``-frame
+    chunks: ``ValueError`` saying what to change, before anything is generated."""
+    for e in entries[1:]:
+        if e.cut:
+            policy.validate_event("scene-cut", chunk_frames)
+        policy.validate_event("prompt-switch", chunk_frames)
