@@ -115,11 +115,9 @@ class RestartingRollout:
             self._open_segment(self._next_prefix())
         r = self.rollout
         f0 = r.next_frame
-        if self._prefix:  # CausVid feeds the prefix blocks one per call, at t = context_noise (0)
+        if self._prefix:  # CausVid feeds the prefix blocks one per call, at t = context_noise (0): a prefill
             latents = self._prefix.pop(0)
-            r._call(latents, self.sampling.context_noise, f0, clean=True)
-            r._remember(latents)
-            r.next_chunk += 1
+            r.prefill(latents)
         else:
             latents = r.step().latents
         self._latents.append(latents)

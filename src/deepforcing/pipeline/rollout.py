@@ -156,9 +156,12 @@ class VideoRollout:
         self._recent: list[torch.Tensor] = []  # clean latents of recent chunks, for re-caching
         self._recent_frames = self.policy.window
 
+    _prefill_offset = 0  # frames of the prefill short of whole chunks (prefill: a lone image latent is one call)
+
     @property
     def next_frame(self) -> int:
-        return self.next_chunk * self.sampling.chunk_frames
+        """The first latent frame of the next chunk (positions count from the first frame, given or sampled)."""
+        return self.next_chunk * self.sampling.chunk_frames + self._prefill_offset
 
     def _with_unconditional(self, context):
         """Prompt and empty-prompt cross-attention states as one batch (prompt rows first)."""
@@ -246,6 +249,37 @@ class VideoRollout:
     def chunks(self, num_chunks: int) -> Iterator[ChunkResult]:
         for _ in range(num_chunks):
             yield self.step()
+
+    @torch.no_grad()
+    def prefill(self, latents: torch.Tensor) -> list[ChunkResult]:
+        """Write given clean latents ``[B, C, F, h, w]`` into the cache as the video's next frames, before the next
+        sampled chunk (image-to-video and video extension; CausVid's restart prefix).
+
+        Self Forcing's ``pipeline/causal_inference.py`` ``initial_latent`` path (33593df): each prefix block is one
+        model call at the clean timestep (``context_noise``, 0) at its own temporal position, chunk-sized blocks in
+        order; when ``F`` is not a multiple of the chunk, the leading ``F mod chunk`` frames go first in one call
+        (its ``independent_first_frame`` branch: a lone image latent, then chunks). Nothing is sampled: the blocks
+        are returned as the video's chunks, as given, and remembered for prompt-switch re-caching. Sampling then
+        continues after them with the rollout's policy; positions are counted from the first given frame.
+        """
+        chunk = self.sampling.chunk_frames
+        frames = latents.shape[2] if latents.dim() == 5 else 0
+        if frames == 0 or tuple(latents.shape[3:]) != tuple(self.latent_shape[1:]):
+            raise ValueError(f"prefill latents must be [B, {self.latent_shape[0]}, F >= 1, "
+                             f"{self.latent_shape[1]}, {self.latent_shape[2]}], got {tuple(latents.shape)}")
+        lead = frames % chunk
+        whole = list(latents[:, :, lead:].split(chunk, dim=2)) if frames >= chunk else []
+        blocks = ([latents[:, :, :lead]] if lead else []) + whole
+        out = []
+        for block in blocks:
+            start = self.next_frame
+            self._call(block, self.sampling.context_noise, start, clean=True)
+            self._remember(block)
+            if block.shape[2] != chunk:
+                self._prefill_offset += block.shape[2] - chunk
+            out.append(ChunkResult(self.next_chunk, start, block, self.prompt_index))
+            self.next_chunk += 1
+        return out
 
     @torch.no_grad()
     def switch_prompt(self, context: object, *, keep_sink: bool = True, cut: bool = False) -> None:
