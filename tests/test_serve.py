@@ -2,6 +2,7 @@
 
 import io
 import json
+import time
 
 import av
 import numpy as np
@@ -114,6 +115,19 @@ def test_stream_switch_prompt_and_download(generator):
     (json.dumps({"type": "start", "seed": "x"}), "seed must be a whole number"),
     (json.dumps({"type": "start", "window": 1.5}), "window must be a whole number"),
     (json.dumps({"type": "start", "prompt": "a red circle " * 400}), "over the limit"),
+    ("x" * (1 << 20), "1048576 bytes is over the limit of 4096"),
+    ("[" * 3000 + "]" * 3000, "over the limit"),
+    ("[" * 2000 + "]" * 2000, "must be JSON objects"),  # nested past Python's recursion limit
+    (json.dumps({"type": "start", "window": 10**9}), "window must be between 1 and 84 latent frames on this server"),
+    (json.dumps({"type": "start", "window": 0}), "window must be between 1 and 84"),
+    (json.dumps({"type": "start", "sink": -1}), "sink must be between 0 and 84"),
+    (json.dumps({"type": "start", "budget": 1e300}), "budget must be between 1 and 84"),
+    (json.dumps({"type": "start", "recent": "9" * 5000}), "over the limit"),
+    (json.dumps({"type": "start", "recent": "9" * 50}), "recent must be between 1 and 84"),
+    (json.dumps({"type": "start", "seed": 2**64}), "seed must be between 0 and 9223372036854775807"),
+    (json.dumps({"type": "start", "seed": True}), "seed must be a whole number, got True"),
+    (json.dumps({"type": "start", "prompt": 42}), "prompt and policy must be text"),
+    (json.dumps({"type": "prompt", "prompt": None}), "start a stream before"),
 ])
 def test_bad_messages_are_reported_and_the_session_goes_on(generator, message, expected):
     with _client(generator) as client, client.websocket_connect("/ws") as ws:
@@ -124,6 +138,156 @@ def test_bad_messages_are_reported_and_the_session_goes_on(generator, message, e
         ws.send_text(json.dumps({"type": "start", "prompt": "a red circle"}))
         _next(ws, "started")
         assert len(frames_from_message(_next(ws, "chunk"))) == 3
+
+
+def test_binary_frames_are_an_error_and_the_session_goes_on(generator):
+    with _client(generator) as client, client.websocket_connect("/ws") as ws:
+        _next(ws, "hello")
+        for payload in (b"\x00\xff" * 10, json.dumps({"type": "start"}).encode(), b"\x00" * (1 << 20)):
+            ws.send_bytes(payload)
+            error = json.loads(ws.receive_text())
+            assert error == {"type": "error", "message": "binary frames are not accepted; send JSON text messages"}
+        ws.send_text(json.dumps({"type": "start", "prompt": "a red circle"}))
+        assert len(frames_from_message(_next(ws, "chunk"))) == 3
+
+
+def test_a_window_at_the_bound_runs_and_the_full_cache_stops_at_it(generator):
+    with _client(generator, max_cache_factor=1) as client, client.websocket_connect("/ws") as ws:
+        hello = _next(ws, "hello")
+        assert hello["max_cache_frames"] == 21 and "arXiv 2512.05081" in hello["policy_descriptions"]["deep-forcing"]
+        assert hello["policy_descriptions"]["memrope"].endswith("[arXiv 2603.12513; YoungRaeKimm/MemRoPE@b89bf5b "
+                                                               "wan/modules/causal_model.py]")
+        ws.send_text(json.dumps({"type": "start", "policy": "deep-forcing", "window": 21.0}))  # JS numbers
+        assert _next(ws, "started")["policy"]["window"] == 21
+        time.sleep(1.0)
+        ws.send_text(json.dumps({"type": "start", "policy": "full"}))  # keeps every frame: capped at 21
+        _next(ws, "started")
+        chunks, m = 0, None
+        while (m := json.loads(ws.receive_text()))["type"] == "chunk":
+            chunks += 1
+        assert m["type"] == "stopped" and m["reason"].startswith("cache limit of 21 latent frames reached (full")
+        assert chunks == 7  # 21 latent frames in chunks of 3
+
+
+def test_rapid_starts_are_refused_not_queued(generator):
+    with _client(generator, start_interval=30.0) as client, client.websocket_connect("/ws") as ws:
+        _next(ws, "hello")
+        for seed in range(20):
+            ws.send_text(json.dumps({"type": "start", "prompt": "a red circle", "seed": seed}))
+        started, refused = [], 0
+        while len(started) + refused < 20:
+            m = json.loads(ws.receive_text())
+            if m["type"] == "started":
+                started.append(m)
+            elif m["type"] == "error":
+                assert m["message"].startswith("too many starts: wait ")
+                refused += 1
+        assert len(started) == 1 and started[0]["seed"] == 0 and refused == 19
+        assert _next(ws, "chunk")["index"] >= 0  # the first stream plays on
+
+
+def test_an_idle_or_stopped_tab_is_closed_and_frees_its_slot(generator):
+    from starlette.websockets import WebSocketDisconnect
+
+    with _client(generator, max_sessions=1, idle_timeout=0.6, lead_seconds=0.0) as client:
+        with client.websocket_connect("/ws") as ws:  # never sends a message
+            t0 = time.monotonic()
+            _next(ws, "hello")
+            closed = json.loads(ws.receive_text())
+            assert closed["type"] == "closed" and closed["reason"].startswith("idle for 0.6 s")
+            assert 0.5 < time.monotonic() - t0 < 3.0
+            with pytest.raises(WebSocketDisconnect) as info:
+                ws.receive_text()
+            assert info.value.code == 4000
+        assert client.app.state.sessions == {}
+        with client.websocket_connect("/ws") as ws:  # streaming (paced at real time) is not idle; stopping is
+            _next(ws, "hello")
+            ws.send_text(json.dumps({"type": "start", "prompt": "a red circle"}))
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.5:
+                assert json.loads(ws.receive_text())["type"] in ("started", "chunk")
+            ws.send_text(json.dumps({"type": "stop"}))
+            while (m := json.loads(ws.receive_text()))["type"] != "closed":
+                assert m["type"] in ("chunk", "stopped")
+        assert client.app.state.sessions == {}
+
+
+def test_a_token_guards_the_page_the_api_and_the_socket(generator):
+    from starlette.websockets import WebSocketDisconnect
+
+    token = "s3cret-token-for-the-test"
+    with _client(generator, token=token) as client:
+        assert client.get("/").status_code == 401 and "token" in client.get("/").text
+        assert client.get("/?token=wrong").status_code == 401
+        assert client.get("/api/info").status_code == 401
+        with client.websocket_connect("/ws") as ws:
+            m = json.loads(ws.receive_text())
+            assert m["type"] == "error" and "access token" in m["message"]
+            with pytest.raises(WebSocketDisconnect) as info:
+                ws.receive_text()
+            assert info.value.code == 4401
+        assert client.app.state.sessions == {}
+        page = client.get(f"/?token={token}")  # sets the cookie the page's own requests carry
+        assert page.status_code == 200 and page.cookies.get("deepforcing_token") == token
+        assert client.get("/api/info").status_code == 200
+        with client.websocket_connect("/ws") as ws:
+            assert _next(ws, "hello")["model"]
+
+
+def test_a_socket_from_another_site_is_refused(generator):
+    from starlette.websockets import WebSocketDisconnect
+
+    with _client(generator) as client:
+        with client.websocket_connect("/ws", headers={"origin": "http://evil.example"}) as ws:
+            assert "server's own page" in json.loads(ws.receive_text())["message"]
+            with pytest.raises(WebSocketDisconnect):
+                ws.receive_text()
+        with client.websocket_connect("/ws", headers={"origin": "http://testserver"}) as ws:
+            assert _next(ws, "hello")
+
+
+def test_a_frame_over_uvicorns_limit_closes_only_that_socket(generator, capfd):
+    """On a real uvicorn (as `deepforcing serve` runs it): a 1 MiB frame closes that socket with 1009 (message too
+    big), no traceback, its slot is freed, and the next client streams."""
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn")
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from deepforcing.serve.app import MAX_FRAME_BYTES
+
+    app = create_app(lambda: generator, ServeConfig(max_sessions=1, lead_seconds=60.0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           ws_max_size=MAX_FRAME_BYTES))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            assert json.loads(ws.recv())["type"] == "hello"
+            ws.send("x" * (1 << 20))
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=10)
+            assert info.value.rcvd.code == 1009
+        for _ in range(100):
+            if not app.state.sessions:
+                break
+            time.sleep(0.05)
+        assert app.state.sessions == {}
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            assert json.loads(ws.recv())["type"] == "hello"
+            ws.send(json.dumps({"type": "start", "prompt": "a red circle"}))
+            kinds = [json.loads(ws.recv(timeout=30))["type"] for _ in range(2)]
+            assert kinds == ["started", "chunk"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_session_limit_says_busy_and_frees_the_slot(generator):
@@ -163,3 +327,19 @@ def test_serve_command_checks_before_loading(tmp_path, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", "--port", str(port)]) == 2
         assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 serves the page beyond this machine: give --token SECRET"),
+    (["--host", "::"], "--host :: serves the page beyond this machine"),
+    (["--token", "short"], "--token must be at least 16 printable characters"),
+    (["--token", "a b c d e f g h i j k"], "without spaces"),
+    (["--idle-timeout", "0"], "--idle-timeout must be positive"),
+])
+def test_serve_refuses_the_network_without_a_token(argv, expected, capsys, monkeypatch):
+    from deepforcing.cli import main
+
+    monkeypatch.delenv("DEEPFORCING_SERVE_TOKEN", raising=False)
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1

@@ -6,13 +6,20 @@ Protocol (JSON text messages on ``/ws``):
   optional but the type), ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
 * server → client: ``{"type": "hello", ...model facts}``, ``{"type": "started", "session", "policy", ...}``, one
   ``{"type": "chunk", "frames": [base64 JPEG, ...], telemetry...}`` per chunk, ``{"type": "stopped", "reason"}`` and
-  ``{"type": "error", "message"}`` (the session stays usable after an error in a client message).
+  ``{"type": "error", "message"}`` (the session stays usable after an error in a client message) and, before
+  the server closes an idle socket, ``{"type": "closed", "reason"}``.
 
 The rollout of a session runs chunk by chunk in a worker thread; generation is paced to stay at most
 ``lead_seconds`` ahead of real-time playback, so a prompt switch shows within about one chunk. A client that does
 not read for ``send_timeout`` seconds, closes its tab or drops its socket ends its session: the rollout stops and
 its cache and video file are freed. No client input is ever used as a file path; the MP4 of a session (the
 progressive writer's fragments so far) is served by its random session id only.
+
+The server trusts no client (:class:`ServeConfig` holds every limit): binary or oversized frames and malformed
+fields are errors on the page, never a dropped socket; the policy sizes are bounded (a window of 10^9 frames would
+hold the memory of a whole video); a tab that streams nothing for ``idle_timeout`` seconds is closed and frees its
+slot; starts closer than ``start_interval`` are refused instead of queued; a cross-site page cannot open the socket
+(Origin check), and with a ``token`` every request must carry it (the page sets it as a cookie).
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
+import math
 import secrets
 import shutil
 import tempfile
@@ -31,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from deepforcing.cache import POLICIES
@@ -40,9 +49,15 @@ from deepforcing.pipeline.writer import Mp4StreamWriter
 
 from .live import SEGMENTS, LiveOptions, LiveSession, encode_frame
 
-__all__ = ["ServeConfig", "create_app"]
+__all__ = ["ServeConfig", "create_app", "TOKEN_COOKIE", "CLOSE_IDLE", "CLOSE_UNAUTHORIZED", "MAX_FRAME_BYTES"]
 
 PAGE = Path(__file__).with_name("page.html")
+TOKEN_COOKIE = "deepforcing_token"
+CLOSE_IDLE = 4000  # WebSocket close codes the page reads: idle (no automatic reconnect), refused token
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_BUSY = 1013  # "try again later"
+MAX_SEED = 2**63 - 1
+MAX_FRAME_BYTES = 1 << 16  # uvicorn closes the socket (code 1009) on a larger frame, before the app reads it
 
 
 @dataclass
@@ -53,7 +68,12 @@ class ServeConfig:
     lead_seconds: float = 0.5  # generation may run this far ahead of real-time playback
     send_timeout: float = 20.0  # a client that reads nothing for this long is dropped
     max_seconds: float = 600.0  # longest video of one session
-    max_message_bytes: int = 4096
+    max_message_bytes: int = 4096  # a larger text frame is an error (uvicorn closes frames over 64 KiB: code 1009)
+    idle_timeout: float = 120.0  # a session streaming nothing, with no message for this long, is closed
+    start_interval: float = 1.0  # a start this soon after the previous one is refused (rapid starts do not queue)
+    max_cache_factor: int = 4  # policy sizes (window, sink, budget, recent) up to this many times the model's
+    # default window; a policy without a bound (``full``) stops when its cache reaches that many frames
+    token: str | None = None  # when set, every page, API call and socket must carry it (cookie or ?token=)
     workdir: str | None = None  # where session MP4s are written (a fresh temporary folder by default)
 
 
@@ -64,6 +84,8 @@ class _Session:
     live: LiveSession | None = None
     writer: Mp4StreamWriter | None = None
     producer: asyncio.Task | None = None
+    active_at: float = field(default_factory=time.monotonic)  # last client message or end of a stream
+    started_at: float = -math.inf  # last accepted start
     lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time per session
 
 
@@ -71,31 +93,46 @@ class _ClientError(ValueError):
     """A bad client message: reported on the page, the session goes on."""
 
 
-def _int_or_none(message: dict, key: str) -> int | None:
+def _int_or_none(message: dict, key: str, low: int, high: int, unit: str = "latent frames") -> int | None:
+    """A whole number in ``[low, high]`` or ``None`` when absent (the page sends "" or null for "default")."""
     value = message.get(key)
+    of = f" of {unit}" if unit else ""
     if value in (None, ""):
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON numbers from JavaScript: 12.0 is 12
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _ClientError(f"{key} must be a whole number of latent frames, got {value!r}")
+        raise _ClientError(f"{key} must be a whole number{of}, got {value!r}")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise _ClientError(f"{key} must be a whole number of latent frames, got {value!r}") from None
+        raise _ClientError(f"{key} must be a whole number{of}, got {value!r}") from None
+    if not low <= number <= high:
+        raise _ClientError(f"{key} must be between {low} and {high}{' ' + unit if unit else ''} on this server, "
+                           f"got {number}")
+    return number
 
 
-def _options(message: dict, max_seconds: float) -> LiveOptions:
+def _options(message: dict, max_seconds: float, max_frames: int) -> LiveOptions:
+    """The client's start request as :class:`LiveOptions`, every field type-checked and bounded (sizes at most
+    ``max_frames`` latent frames)."""
     prompt = message.get("prompt") or ""
     policy = message.get("policy") or None
     if not isinstance(prompt, str) or (policy is not None and not isinstance(policy, str)):
         raise _ClientError("prompt and policy must be text")
     if policy is not None and policy not in POLICIES:
         raise _ClientError(f"unknown policy {policy!r}; choose one of {', '.join(sorted(POLICIES))}")
-    seed = _int_or_none(message, "seed") or 0
-    if not 0 <= seed < 2**63:
-        raise _ClientError(f"seed must be between 0 and 2^63 - 1, got {seed}")
-    return LiveOptions(prompt=prompt, policy=policy, seed=seed, window=_int_or_none(message, "window"),
-                       sink=_int_or_none(message, "sink"), budget=_int_or_none(message, "budget"),
-                       recent=_int_or_none(message, "recent"), max_seconds=max_seconds)
+    seed = _int_or_none(message, "seed", 0, MAX_SEED, unit="") or 0
+    sizes = {key: _int_or_none(message, key, 0 if key == "sink" else 1, max_frames)
+             for key in ("window", "sink", "budget", "recent")}
+    return LiveOptions(prompt=prompt, policy=policy, seed=seed, max_seconds=max_seconds, max_cache_frames=max_frames,
+                       **sizes)
+
+
+def _policy_description(cls: type) -> str:
+    """A policy's own description for the page: its docstring's first paragraph and its ``source``, if any."""
+    doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+    return f"{doc} [{cls.source}]" if cls.source else doc
 
 
 def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeConfig | None = None):
@@ -115,7 +152,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
             shutil.rmtree(workdir, ignore_errors=True)
 
     app = FastAPI(title="deepforcing serve", lifespan=lifespan)
-    state: dict[str, VideoGenerator] = {}
+    state: dict = {}
     model_lock = threading.Lock()
     app.state.sessions = sessions
     app.state.config = cfg
@@ -126,24 +163,63 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 state["generator"] = generator_factory()
             return state["generator"]
 
+    def max_cache_frames() -> int:
+        """The largest policy size a client may ask for: ``max_cache_factor`` times the model's default window."""
+        if "max_cache_frames" not in state:
+            state["max_cache_frames"] = cfg.max_cache_factor * generator().resolve_policy(None).window
+        return state["max_cache_frames"]
+
     def facts() -> dict:
         gen = generator()
         bundle = gen.bundle
+        names = sorted(POLICIES)  # the registry: a policy registered by a plugin shows here too
         return {"model": bundle.name, "default_prompt": bundle.default_prompt, "fps": bundle.fps,
                 "display_scale": bundle.display_scale, "chunk_frames": bundle.sampling.chunk_frames,
-                "default_policy": bundle.default_policy, "policies": sorted(POLICIES),
+                "default_policy": bundle.default_policy, "policies": names,
+                "policy_descriptions": {name: _policy_description(POLICIES[name]) for name in names},
+                "max_cache_frames": max_cache_frames(), "idle_timeout": cfg.idle_timeout,
                 "max_sessions": cfg.max_sessions, "active_sessions": len(sessions), "segments": list(SEGMENTS)}
 
+    # ------------------------------------------------------------------ access
+    def authorized(token: str | None) -> bool:
+        return cfg.token is None or (token is not None and secrets.compare_digest(token, cfg.token))
+
+    def request_token(conn: Request | WebSocket) -> str | None:
+        return conn.query_params.get("token") or conn.cookies.get(TOKEN_COOKIE)
+
+    def same_origin(ws: WebSocket) -> bool:
+        """A browser sends the page's origin: a socket opened by another site's page is refused (cross-site
+        WebSocket hijacking); clients without an Origin header (scripts) pass."""
+        origin = ws.headers.get("origin")
+        if origin is None:
+            return True
+        return origin.split("://", 1)[-1].rstrip("/") == ws.headers.get("host", "")
+
+    def unauthorized_page() -> HTMLResponse:
+        return HTMLResponse("<!doctype html><meta charset=utf-8><title>deepforcing serve</title><p>This server needs "
+                            "its access token: open the address <code>deepforcing serve</code> printed "
+                            "(<code>/?token=…</code>).</p>", status_code=401)
+
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+    def page(request: Request) -> Response:
+        token = request_token(request)
+        if not authorized(token):
+            return unauthorized_page()
+        response = HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        if cfg.token is not None:  # the page's own requests (socket, download) carry it from now on
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
 
     @app.get("/api/info")
-    def info() -> JSONResponse:
+    def info(request: Request) -> JSONResponse:
+        if not authorized(request_token(request)):
+            return JSONResponse({"error": "this server needs its access token"}, status_code=401)
         return JSONResponse(facts())
 
     @app.get("/api/sessions/{sid}/video.mp4")
-    def video(sid: str) -> Response:
+    def video(sid: str, request: Request) -> Response:
+        if not authorized(request_token(request)):
+            return JSONResponse({"error": "this server needs its access token"}, status_code=401)
         session = sessions.get(sid)
         if session is None or session.writer is None or session.writer.chunks_written == 0:
             return JSONResponse({"error": "no video for this session (not started, or already closed)"},
@@ -153,6 +229,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="deepforcing_{sid[:8]}.mp4"'})
 
+    # ------------------------------------------------------------------ sessions
     async def send(ws: WebSocket, payload: dict) -> None:
         await asyncio.wait_for(ws.send_text(json.dumps(payload)), timeout=cfg.send_timeout)
 
@@ -160,6 +237,9 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         if session.producer is not None:
             session.producer.cancel()
             session.producer = None
+
+    def streaming(session: _Session) -> bool:
+        return session.producer is not None and not session.producer.done()
 
     def release(session: _Session) -> None:
         """Free the rollout (cache) and the session's folder."""
@@ -200,7 +280,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 ahead = video_seconds - (time.perf_counter() - clock)
                 if ahead > cfg.lead_seconds:  # pace: stay near real time so prompt switches show quickly
                     await asyncio.sleep(ahead - cfg.lead_seconds)
-            await send(ws, {"type": "stopped", "reason": f"length limit of {cfg.max_seconds:g} s reached"})
+            await send(ws, {"type": "stopped", "reason": live.limit_reason})
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:  # the client stopped reading: drop it
@@ -210,12 +290,18 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 await send(ws, {"type": "error", "message": f"generation stopped: {err}"})
             except Exception:  # noqa: BLE001
                 pass
+        finally:
+            session.active_at = time.monotonic()  # the idle clock runs from the end of the stream
 
     async def handle(ws: WebSocket, session: _Session, message: dict) -> None:
         kind = message.get("type")
         if kind == "start":
-            options = _options(message, cfg.max_seconds)
+            wait = session.started_at + cfg.start_interval - time.monotonic()
+            if wait > 0:
+                raise _ClientError(f"too many starts: wait {wait:.1f} s before starting again")
+            options = _options(message, cfg.max_seconds, max_cache_frames())
             live = await asyncio.to_thread(LiveSession, generator(), options)  # a bad request keeps the old stream
+            session.started_at = time.monotonic()  # only a start that got a stream counts against the next one
             release_live(session)
             session.video_path.parent.mkdir(parents=True, exist_ok=True)
             with session.lock:
@@ -248,13 +334,53 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 session.writer.partial_path.unlink(missing_ok=True)
             session.live, session.writer = None, None
 
+    def parse(frame: dict) -> dict:
+        """One received WebSocket frame as a message dict; anything else is a :class:`_ClientError`."""
+        if frame.get("text") is None:
+            raise _ClientError("binary frames are not accepted; send JSON text messages")
+        text = frame["text"]
+        if len(text) > cfg.max_message_bytes:
+            raise _ClientError(f"message of {len(text)} bytes is over the limit of {cfg.max_message_bytes}")
+        try:
+            message = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise _ClientError("messages must be JSON objects") from None
+        if not isinstance(message, dict):
+            raise _ClientError("messages must be JSON objects")
+        return message
+
+    async def next_frame(ws: WebSocket, session: _Session) -> dict | None:
+        """The next frame from the client, or ``None`` once the session has been idle for ``idle_timeout``
+        (streaming nothing and sending nothing); the wait is cut into short polls so a stream that ends starts the
+        idle clock."""
+        while True:
+            if streaming(session):
+                timeout = 1.0
+            else:
+                timeout = cfg.idle_timeout - (time.monotonic() - session.active_at)
+                if timeout <= 0:
+                    return None
+            try:  # cancelling a pending receive loses no message (uvicorn's and the test client's queues)
+                return await asyncio.wait_for(ws.receive(), timeout=min(timeout, 1.0))
+            except asyncio.TimeoutError:
+                continue
+
     @app.websocket("/ws")
     async def websocket(ws: WebSocket) -> None:
         await ws.accept()
+        if not same_origin(ws):
+            await ws.send_text(json.dumps({"type": "error", "message": "this socket is for the server's own page"}))
+            await ws.close(code=CLOSE_UNAUTHORIZED)
+            return
+        if not authorized(request_token(ws)):
+            await ws.send_text(json.dumps({"type": "error", "message": "this server needs its access token: open "
+                                           "the address deepforcing serve printed (/?token=…)"}))
+            await ws.close(code=CLOSE_UNAUTHORIZED)
+            return
         if len(sessions) >= cfg.max_sessions:
             await ws.send_text(json.dumps({"type": "error", "message": f"busy: {len(sessions)} of "
                                            f"{cfg.max_sessions} sessions are running; try again later"}))
-            await ws.close(code=1013)
+            await ws.close(code=CLOSE_BUSY)
             return
         sid = secrets.token_urlsafe(16)
         session = _Session(sid, workdir / sid / "session.mp4")
@@ -262,18 +388,17 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         try:
             await send(ws, {"type": "hello", "session": sid, **facts()})
             while True:
-                text = await ws.receive_text()
+                frame = await next_frame(ws, session)
+                if frame is None:
+                    await send(ws, {"type": "closed", "reason": f"idle for {cfg.idle_timeout:g} s: the session was "
+                                                                f"closed to free its slot; Start reconnects"})
+                    await ws.close(code=CLOSE_IDLE)
+                    return
+                if frame["type"] == "websocket.disconnect":
+                    return
+                session.active_at = time.monotonic()
                 try:
-                    if len(text) > cfg.max_message_bytes:
-                        raise _ClientError(f"message of {len(text)} bytes is over the limit of "
-                                           f"{cfg.max_message_bytes}")
-                    try:
-                        message = json.loads(text)
-                    except json.JSONDecodeError:
-                        raise _ClientError("messages must be JSON objects") from None
-                    if not isinstance(message, dict):
-                        raise _ClientError("messages must be JSON objects")
-                    await handle(ws, session, message)
+                    await handle(ws, session, parse(frame))
                 except ValueError as err:  # _ClientError, unknown words, impossible policy sizes, memory
                     await send(ws, {"type": "error", "message": str(err)})
         except (WebSocketDisconnect, asyncio.TimeoutError, RuntimeError):

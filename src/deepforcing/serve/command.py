@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import socket
+import sys
 
 from deepforcing.cli_options import add_model_arguments
 
-__all__ = ["add_serve_arguments", "run_serve"]
+__all__ = ["add_serve_arguments", "run_serve", "TOKEN_ENV", "MIN_TOKEN_CHARS"]
+
+TOKEN_ENV = "DEEPFORCING_SERVE_TOKEN"
+MIN_TOKEN_CHARS = 16
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -18,6 +23,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest video of one session (default 600 s)")
     p.add_argument("--lead", type=float, default=0.5,
                    help="seconds generation may run ahead of playback (default 0.5; smaller = faster prompt switches)")
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="close a tab that streams nothing for this long, freeing its slot (default 120 s)")
+    p.add_argument("--token", default=None,
+                   help=f"access token (at least {MIN_TOKEN_CHARS} characters; or set {TOKEN_ENV}): the page opens "
+                        f"at /?token=TOKEN. Required when --host is not a loopback address")
     add_model_arguments(p)
     return p
 
@@ -37,6 +47,16 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-seconds must be positive, got {args.max_seconds}")
     if not args.lead >= 0:
         raise ValueError(f"--lead must be >= 0, got {args.lead}")
+    if not args.idle_timeout > 0:
+        raise ValueError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    args.token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    if args.token is not None and (len(args.token) < MIN_TOKEN_CHARS or not args.token.isprintable()
+                                   or any(c.isspace() for c in args.token)):
+        raise ValueError(f"--token must be at least {MIN_TOKEN_CHARS} printable characters without spaces; "
+                         f"make one with: python -c 'import secrets; print(secrets.token_urlsafe())'")
+    if args.token is None and not _loopback(args.host):
+        raise ValueError(f"--host {args.host} serves the page beyond this machine: give --token SECRET (or set "
+                         f"{TOKEN_ENV}) so only people you give the address to can use it, or bind --host 127.0.0.1")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     try:
@@ -52,6 +72,16 @@ def _check(args: argparse.Namespace) -> None:
                              f"choose another --port or stop the program using it") from None
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or 0.0.0.0-like wildcard: assume the network can reach it
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from deepforcing.model_spec import ModelSpec, check_model, set_threads
 
@@ -63,12 +93,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import ServeConfig, create_app
+    from .app import MAX_FRAME_BYTES, ServeConfig, create_app
 
     app = create_app(lambda: generator, ServeConfig(max_sessions=args.max_sessions, max_seconds=args.max_seconds,
-                                                    lead_seconds=args.lead))
+                                                    lead_seconds=args.lead, idle_timeout=args.idle_timeout,
+                                                    token=args.token))
     where = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"deepforcing serve: {generator.bundle.name} on {device}; open http://{where}:{args.port}/ (Ctrl-C stops)",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=1 << 16)
+    query = f"?token={args.token}" if args.token else ""
+    if not _loopback(args.host):
+        print(f"warning: serving on {args.host}: the page is reachable from the network over plain http (the token "
+              f"travels unencrypted; on networks you do not trust use an SSH tunnel or a TLS proxy)",
+              file=sys.stderr, flush=True)
+    print(f"deepforcing serve: {generator.bundle.name} on {device}; open http://{where}:{args.port}/{query} "
+          f"(Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=MAX_FRAME_BYTES)
     return 0

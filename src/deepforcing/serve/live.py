@@ -37,7 +37,8 @@ _SEGMENT_OF_REGION = torch.tensor([SEGMENTS.index(r if r != "kept" else "compres
 @dataclass(frozen=True)
 class LiveOptions:
     """What a client may choose: the prompt (mini words for the mini model), the policy and its sizes in latent
-    frames (``None``: the model's defaults), the seed, and the longest video the session may run."""
+    frames (``None``: the model's defaults), the seed; and the server's limits: the longest video of the session and
+    the largest cache (a policy without a bound, ``full``, ends the session when its cache reaches it)."""
 
     prompt: str = ""
     policy: str | None = None
@@ -47,6 +48,7 @@ class LiveOptions:
     budget: int | None = None
     recent: int | None = None
     max_seconds: float = 600.0
+    max_cache_frames: int | None = None
 
     def sizes(self) -> dict:
         return {k: v for k, v in (("window", self.window), ("sink", self.sink), ("budget", self.budget),
@@ -88,6 +90,10 @@ class LiveSession:
             raise ValueError("a prompt is required for this model")
         self.policy = generator.resolve_policy(options.policy, **options.sizes())  # validated by its cache below
         self.max_frames = bundle.latent_frames_for_seconds(options.max_seconds)
+        self.cache_capped = (not self.policy.bounded and options.max_cache_frames is not None
+                             and options.max_cache_frames < self.max_frames)
+        if self.cache_capped:
+            self.max_frames = options.max_cache_frames
         self.rollout = generator.open_rollout(self.prompt, self.policy, seed=options.seed, max_frames=self.max_frames)
         self.decoder = bundle.codec.streaming_decoder()
         self.decoder.reset()
@@ -101,6 +107,14 @@ class LiveSession:
     @property
     def finished(self) -> bool:
         return self.rollout.next_frame >= self.max_frames
+
+    @property
+    def limit_reason(self) -> str:
+        """Why the session ends at :attr:`max_frames` (the page shows it)."""
+        if self.cache_capped:
+            return (f"cache limit of {self.max_frames} latent frames reached ({self.policy.name} keeps every frame; "
+                    f"a policy with a window runs up to {self.options.max_seconds:g} s)")
+        return f"length limit of {self.options.max_seconds:g} s reached"
 
     def request_prompt(self, prompt: str) -> None:
         """Switch to ``prompt`` at the next chunk boundary; unknown words raise ``ValueError`` now."""
