@@ -101,6 +101,8 @@ def test_every_policy_describes_its_regions():
     assert make_policy("deep-forcing").layout == {"sink": 10, "kept": 2, "memory": 0, "recent": 4}
     assert make_policy("attention-sink").layout == {"sink": 3, "kept": 0, "memory": 0, "recent": 18}
     assert make_policy("full").layout["recent"] is None
+    assert "YoungRaeKimm/MemRoPE@b89bf5b" in make_policy("memrope").describe()["source"]  # the sidecar names it
+    assert "source" not in make_policy("deep-forcing").describe()  # unchanged sidecar for the paper's policies
 
 
 def test_registering_another_class_under_a_taken_name_is_refused():

@@ -218,7 +218,8 @@ class CachePolicy:
             )
 
     def describe(self) -> dict:
-        return {"policy": self.name, **dataclasses.asdict(self)}
+        """Name and options (the sidecar's ``policy`` entry), and the source when the policy names one."""
+        return {"policy": self.name, **dataclasses.asdict(self), **({"source": self.source} if self.source else {})}
 
     # ------------------------------------------------------------------ hooks
     def key_storage(self, layer: int) -> KeyStorage:
