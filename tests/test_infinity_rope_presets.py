@@ -111,3 +111,33 @@ def test_the_cli_refuses_a_cut_on_frame_wise_presets_before_loading(preset, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "infinity-rope: a scene cut needs 3-frame chunks" in err and "chunk-wise preset" in err
+
+
+def test_the_live_page_lists_it_and_its_sessions_flush(tiny_mini):
+    """The live page's policy list (the registry) names infinity-rope with its release; a live session with it
+    switches prompt by a KV Flush: the cache keeps the sink + 2 frames and nothing is re-run."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from deepforcing.mini.bundle import mini_generator
+    from deepforcing.serve.app import ServeConfig, create_app
+    from deepforcing.serve.live import LiveOptions, LiveSession
+
+    generator = mini_generator(tiny_mini)
+    with TestClient(create_app(lambda: generator, ServeConfig())) as client:
+        info = client.get("/api/info").json()
+    assert "infinity-rope" in info["policies"]
+    assert "yesiltepe-hidir/infinity-rope@63d7b84" in info["policy_sources"]["infinity-rope"]
+    live = LiveSession(generator, LiveOptions(prompt="a red circle", policy="infinity-rope"))
+    for _ in range(3):
+        live.next_chunk()
+    calls = []
+    model = generator.bundle.transformer
+    inner = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or inner(*a, **k)  # counts the model calls of the switch chunk
+    live.request_prompt("a blue square")
+    switched = live.next_chunk()
+    del model.forward
+    steps = len(generator.bundle.sampling.denoising_steps)
+    assert switched.switched and len(calls) == steps + 1  # the chunk's steps + its clean pass: no re-cache
+    assert (switched.cache_frames["sink"], switched.cache_frames["recent"]) == (1, 5)

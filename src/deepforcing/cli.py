@@ -91,7 +91,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt-file", default=None,
                      help="file with one prompt per line: one video per prompt (sharded across torchrun ranks)")
     src.add_argument("--timeline", default=None,
-                     help="prompt timeline: compact form '10s: prompt; 20s: prompt' or a file (lines or JSON)")
+                     help="prompt timeline: compact form '10s: prompt; 20s: prompt' or a file (lines or JSON); "
+                          "'cut 10s: prompt' starts that entry with a scene cut (infinity-rope's RoPE Cut)")
     src.add_argument("--drop-sink-on-switch", action="store_true",
                      help="re-cache the sink too when the prompt changes (default: keep it)")
     length = src.add_mutually_exclusive_group()
