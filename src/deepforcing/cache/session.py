@@ -83,6 +83,7 @@ class LayerCache:
         self.attended: tuple[torch.Tensor, torch.Tensor] | None = None  # the keys/values of the last read
         self.rope: CallRope | None = None  # the model's rotary embedding of the last ``attend`` (for ``put``)
         self._after_attention: Write | None = None  # the last attend's write, until its after_attention hook ran
+        self._last_write: Write | None = None
         qset = owner.policy.query_set
         self.queries = QueryWindow(owner.policy.query_frames) if qset is not None else None
 
@@ -238,6 +239,9 @@ class LayerCache:
         exactly as a release rotating pre-RoPE keys (never a delta on post-RoPE keys). ``insert=True`` shifts slots
         ``slot ..`` right to make room; otherwise the slots are overwritten."""
         store = self.store
+        if not store.pre_rope and slot < store.anchor_tokens:
+            raise ValueError(f"{self.owner.policy.name}: put() into the sink of a post-RoPE store would spoil its exact "
+                             f"copy; store keys pre-RoPE (key_storage) to place tokens there")
         positions = torch.as_tensor(positions, device=keys.device).expand(keys.shape[0], -1)
         token_ids = torch.as_tensor(token_ids, device=keys.device)
         if not store.pre_rope:
