@@ -12,7 +12,7 @@ from ._version import __version__
 __all__ = ["main", "build_parser", "add_policy_arguments", "policy_from_args"]
 
 from .cli_options import (  # noqa: F401
-    add_model_arguments, add_policy_arguments, policy_from_args, policy_sizes_from_args,
+    add_model_arguments, add_policy_arguments, add_start_arguments, policy_from_args, policy_sizes_from_args,
 )
 
 
@@ -99,6 +99,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--seconds", type=float, default=None, help="video length in seconds (default 60)")
     length.add_argument("--frames", type=int, default=None, help="video length in latent frames")
     src.add_argument("--seed", type=int, default=0, help="random seed (video k of a prompt file uses seed + k)")
+    add_start_arguments(p)
     add_policy_arguments(p, default=None)
     model = add_model_arguments(p)
     model.add_argument("--no-restart", action="store_true",

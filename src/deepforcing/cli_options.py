@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args", "add_model_arguments"]
+__all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args", "add_model_arguments",
+           "add_start_arguments", "start_from_args"]
 
 
 def _parse_bool(text: str) -> bool:
@@ -68,3 +69,26 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, threads: bool = True
         group.add_argument("--threads", type=int, default=None,
                            help="CPU threads (default: 1 for small models such as the mini model, all cores otherwise)")
     return group
+
+
+def add_start_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--image`` / ``--video`` / ``--keep-input``: start the video from given frames (image-to-video, video
+    extension; :mod:`deepforcing.pipeline.start`), read with :func:`start_from_args`."""
+    group = parser.add_argument_group("start from given frames (image-to-video, video extension)")
+    given = group.add_mutually_exclusive_group()
+    given.add_argument("--image", default=None, metavar="PATH",
+                       help="start from this image (PNG / JPEG, 8 bits per channel), resized to the model's size")
+    given.add_argument("--video", default=None, metavar="PATH",
+                       help="continue this video (MP4; at most the attention window long), resized to the model's size")
+    group.add_argument("--keep-input", action="store_true",
+                       help="write the given frames at the start of the output (default: only the continuation)")
+    return group
+
+
+def start_from_args(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``("image" | "video", path)`` of ``--image`` / ``--video``, or ``None``."""
+    if getattr(args, "image", None):
+        return "image", args.image
+    if getattr(args, "video", None):
+        return "video", args.video
+    return None

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .model_spec import CheckedModel, ModelSpec, check_model, set_threads
+from .model_spec import CheckedModel, ModelSpec, _resolution, check_model, set_threads
 from .pipeline.generate import VideoGenerator, restart_policy_error
+from .pipeline.start import StartFrames, StartGeometry, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
@@ -187,6 +188,7 @@ def run_generate(args: argparse.Namespace) -> int:
     for job, _ in jobs:  # a timeline's prompt switches and scene cuts, against the policy (∞-RoPE's cut)
         if isinstance(job, list):
             check_timeline_events(job, policy, model.chunk_frames)
+    start = _start_frames(args, model, policy)  # --image / --video read, checked and resized before weights load
     mini = model.is_mini
     outputs = [_output_path(args, prompt, seed, index, len(jobs), mini) for index, (prompt, seed) in enumerate(jobs)]
     mine = shard(list(zip(jobs, outputs)), rank, world)
@@ -217,6 +219,8 @@ def run_generate(args: argparse.Namespace) -> int:
                         progress=not args.quiet, save_latents_to=output.with_suffix(".latents.safetensors")
                         if args.save_latents else None, keep_sink_on_switch=not args.drop_sink_on_switch,
                         save_frames_to=output.with_suffix("") if args.save_frames else None,
+                        start_image=start if args.image else None, start_video=start if args.video else None,
+                        keep_input=args.keep_input,
                     )
             except KeyboardInterrupt:
                 partial = output.with_name(output.stem + ".partial.mp4")
@@ -232,6 +236,48 @@ def run_generate(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def _start_frames(args: argparse.Namespace, model: CheckedModel, policy) -> StartFrames | None:
+    """``--image`` / ``--video`` read, checked against the model (its size, codec, chunk and ``policy``'s window)
+    and resized, before any weights load; ``--keep-input`` alone is refused. What the resize changed is printed."""
+    from .cli_options import start_from_args
+
+    given = start_from_args(args)
+    if given is None:
+        if getattr(args, "keep_input", False):
+            raise ValueError("--keep-input writes the given frames: use it with --image or --video")
+        return None
+    preset = model.preset
+    if preset is not None and preset.sampling.restart_overlap and model.spec.restart:
+        raise ValueError(f"--{given[0]} needs one rolling cache, but preset {preset.name} restarts its rollout every "
+                         f"window; pass --no-restart")
+    if preset is not None and preset.sampling.solver == "rolling-forcing":
+        raise ValueError(f"--{given[0]} is not supported by preset {preset.name}: Rolling Forcing's sampler has its "
+                         f"own cache and loop")
+    start = load_start(given[1], given[0], _start_geometry(model, policy))
+    if start.note and not args.quiet:
+        print(f"note: {start.note}", file=sys.stderr)
+    return start
+
+
+def _start_geometry(model: CheckedModel, policy) -> StartGeometry:
+    """What a start must fit, without loading a Wan model: its pixel size (``--resolution`` or the preset's), the
+    VAE's temporal scale (its config), the chunk and ``policy``'s window. (The mini model is small and read already.)"""
+    if model.is_mini:
+        bundle = model._mini_bundle()
+        _, h, w = bundle.latent_shape
+        scale = getattr(bundle.codec, "spatial_scale", 1)
+        return StartGeometry(h * scale, w * scale, bundle.temporal_scale, bundle.sampling.chunk_frames, policy.window)
+    from .models.vae import WanVAEConfig, resolve_vae_path
+
+    layout, path = resolve_vae_path(model.spec.model)
+    config = WanVAEConfig() if layout == "original" else \
+        WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+    spatial = 2 ** (len(config.dim_mult) - 1)
+    size = _resolution(model.spec.resolution) or (model.preset.latent_height * spatial,
+                                                 model.preset.latent_width * spatial)
+    return StartGeometry(size[0], size[1], config.temporal_scale, model.chunk_frames, policy.window)
 
 
 def _check_output(output: Path, *, overwrite: bool) -> None:
@@ -295,7 +341,8 @@ def _request_hash(args: argparse.Namespace, prompt, seed: int) -> str:
     text = prompt if isinstance(prompt, str) or prompt is None else [e.__dict__ for e in prompt]
     key = {"prompt": text, "seed": seed, "model": args.model, "checkpoint": args.checkpoint, "policy": args.policy,
            "sizes": policy_sizes_from_args(args), "seconds": args.seconds, "frames": args.frames,
-           "preset": args.preset, "resolution": args.resolution, "dtype": args.dtype}
+           "preset": args.preset, "resolution": args.resolution, "dtype": args.dtype,
+           **{k: getattr(args, k) for k in ("image", "video", "keep_input") if getattr(args, k, None)}}
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

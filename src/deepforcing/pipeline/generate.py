@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from deepforcing.models.contract import ModelBundle, SamplingConfig  # noqa: F40
 
 from .resources import available_memory_bytes, format_bytes
 from .rollout import VideoRollout
+from .start import StartFrames, StartGeometry, load_start
 from .timeline import TimelineEntry, check_timeline_events, parse_timeline, schedule_chunks
 from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
 
@@ -49,6 +51,7 @@ class ChunkOutput:
     frames: torch.Tensor  # [B, T, 3, H, W] in [-1, 1] (before display upscaling)
     seconds: float  # wall time of this chunk (denoise + decode + write)
     cache: KVCache | None = None  # the rollout's KV cache after this chunk (for observers: bench, diagnose, tests)
+    given: object = None  # uint8 [T, H0, W0, 3]: a given start's frames as given (``keep_input``), else None
 
 
 @dataclass
@@ -63,6 +66,7 @@ class GenerationResult:
     interrupted: bool = False
     error: str | None = None
     cache: dict | None = None  # what the policy did (cache_summary)
+    start: dict | None = None  # the given start image / video (what was given, its latent frames, what changed)
 
     @property
     def fps(self) -> float:
@@ -143,26 +147,52 @@ class VideoGenerator:
         keep_sink_on_switch: bool = True,
         record_events: bool = False,
         attention_observer=None,
+        start_image=None,
+        start_video=None,
+        keep_input: bool = False,
+        start: StartFrames | None = None,
         **policy_sizes,
     ) -> Iterator[ChunkOutput]:
         """Yield decoded chunks of one video as they are generated; each carries the rollout's cache.
-        ``attention_observer`` is attached to that cache (see ``deepforcing.eval.diagnostics``)."""
+        ``attention_observer`` is attached to that cache (see ``deepforcing.eval.diagnostics``).
+
+        ``start_image`` / ``start_video`` (a path or an array, :func:`~deepforcing.pipeline.start.load_start`; or
+        ``start``, already loaded) start the video from given frames: resized to the model's size, encoded by its
+        codec and written into the cache at the clean timestep (:meth:`VideoRollout.prefill`); ``seconds`` /
+        ``latent_frames`` then count the continuation, positions count from the first given frame, and with
+        ``keep_input`` the given frames are the first chunk yielded (``ChunkOutput.given``)."""
         timeline = self._timeline(prompt)
         total = self.num_chunks(seconds, latent_frames)
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
                                  self.bundle.latent_frames_for_seconds)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
         check_timeline_events(timeline, policy_obj, self.bundle.sampling.chunk_frames)
+        start = start if start is not None else self.load_start(start_image, start_video, policy_obj)
+        start_latents = None if start is None else start.encode(self.bundle.codec, self.device, self._dtype)
+        given = 0 if start_latents is None else start_latents.shape[2]
+        end = given + total * self.bundle.sampling.chunk_frames
         rollout = self.open_rollout(timeline[active[0]].prompt, policy_obj, seed=seed,
-                                    max_frames=total * self.bundle.sampling.chunk_frames, record_events=record_events)
+                                    max_frames=end, record_events=record_events)
         rollout.cache.attention_observer = attention_observer
         decoder = self.bundle.codec.streaming_decoder()
         decoder.reset()
         current = active[0]
         i = 0
-        while rollout.next_frame < total * self.bundle.sampling.chunk_frames:  # a restart's prefix adds no frames
+        if start_latents is not None:
+            if not hasattr(rollout, "prefill"):
+                raise ValueError(f"a start image / video needs the rolling cache; this model's sampler "
+                                 f"({type(rollout).__name__}) has its own loop (pass --no-restart for CausVid)")
             t0 = time.perf_counter()
-            at = min(rollout.next_frame // self.bundle.sampling.chunk_frames, total - 1)
+            rollout.prefill(start_latents.to(self._dtype))
+            with torch.no_grad():  # the decoder sees the given latents first (a causal decoder's context)
+                decoded = decoder.decode_chunk(start_latents.permute(0, 2, 1, 3, 4))
+            if keep_input:
+                yield ChunkOutput(i, 0, timeline[current].prompt, start_latents, start.frames[None].to(decoded),
+                                  time.perf_counter() - t0, rollout.cache, given=start.given)
+                i += 1
+        while rollout.next_frame < end:  # a restart's prefix adds no frames
+            t0 = time.perf_counter()
+            at = min((rollout.next_frame - given) // self.bundle.sampling.chunk_frames, total - 1)
             if active[at] != current:
                 current = active[at]
                 rollout.switch_prompt(self.context(timeline[current].prompt), keep_sink=keep_sink_on_switch,
@@ -183,6 +213,33 @@ class VideoGenerator:
             yield ChunkOutput(i, res.start_frame, timeline[current].prompt, res.latents, frames,
                               time.perf_counter() - t0, rollout.cache)
             i += 1
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The transformer's floating dtype (latents given to it are cast to it)."""
+        return next((p.dtype for p in self.bundle.transformer.parameters() if p.is_floating_point()), torch.float32)
+
+    def start_geometry(self, policy: CachePolicy) -> StartGeometry:
+        """What a start image / video must fit: the model's pixel size, codec frames, chunk and ``policy``'s window."""
+        c, h, w = self.bundle.latent_shape
+        scale = getattr(self.bundle.codec, "spatial_scale", 1)
+        return StartGeometry(h * scale, w * scale, self.bundle.temporal_scale, self.bundle.sampling.chunk_frames,
+                             policy.window)
+
+    def load_start(self, start_image, start_video, policy: CachePolicy) -> StartFrames | None:
+        """The start of a video from ``start_image`` or ``start_video`` (at most one: a path, an array or a loaded
+        :class:`StartFrames`), resized to the model (a warning says what changed), or ``None``."""
+        if start_image is not None and start_video is not None:
+            raise ValueError("give a start image or a start video, not both")
+        if start_image is None and start_video is None:
+            return None
+        kind, source = ("image", start_image) if start_image is not None else ("video", start_video)
+        if isinstance(source, StartFrames):  # loaded already (the CLI reports its note itself)
+            return source
+        start = load_start(source, kind, self.start_geometry(policy))
+        if start.note:
+            warnings.warn(start.note, stacklevel=3)
+        return start
 
     def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
                      record_events: bool = False) -> VideoRollout:
@@ -288,9 +345,13 @@ class VideoGenerator:
         sidecar: bool = True,
         progress: bool = False,
         keep_sink_on_switch: bool = True,
+        start_image=None,
+        start_video=None,
+        keep_input: bool = False,
         **policy_sizes,
     ) -> GenerationResult:
-        """Generate one video into ``output`` (mp4), streaming chunk by chunk."""
+        """Generate one video into ``output`` (mp4), streaming chunk by chunk; ``start_image`` / ``start_video`` /
+        ``keep_input`` as in :meth:`stream` (kept frames are written as given when they have the output's size)."""
         output = Path(output)
         if output.suffix.lower() != ".mp4":
             raise ValueError(f"output must be an .mp4 path, got {output}")
@@ -298,6 +359,7 @@ class VideoGenerator:
         timeline = self._timeline(prompt)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
         total = self.num_chunks(seconds, latent_frames)
+        start = self.load_start(start_image, start_video, policy_obj)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -312,9 +374,13 @@ class VideoGenerator:
         dumper = FrameDumper(save_frames_to) if save_frames_to is not None else None
         try:
             for out in self.stream(timeline, latent_frames=total * self.bundle.sampling.chunk_frames,
-                                   policy=policy_obj, seed=seed, keep_sink_on_switch=keep_sink_on_switch):
+                                   policy=policy_obj, seed=seed, keep_sink_on_switch=keep_sink_on_switch,
+                                   start=start, keep_input=keep_input):
                 frames = out.frames[0]
-                if scale > 1:
+                if out.given is not None and out.given.shape[1:3] == (frames.shape[-2] * scale,
+                                                                      frames.shape[-1] * scale):
+                    frames = out.given  # the given frames themselves, uint8, at the output's size
+                elif scale > 1:
                     frames = frames.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
                 writer.write(frames)
                 if dumper is not None:
@@ -350,7 +416,11 @@ class VideoGenerator:
                                   latent_frames, pixel_frames, elapsed,
                                   chunk_seconds, policy_obj.describe(), interrupted,
                                   None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure),
-                                  cache_summary(cache) if cache is not None else None)
+                                  cache_summary(cache) if cache is not None else None,
+                                  None if start is None else {"kind": "video" if start_video is not None else "image",
+                                                              "source": _source_name(start_image, start_video),
+                                                              "pixel_frames": int(start.frames.shape[0]),
+                                                              "kept": keep_input, "note": start.note})
         if save_latents_to is not None and latents and not isinstance(failure, OSError):
             save_latents(save_latents_to, torch.cat(latents, dim=1))
         if sidecar and path is not None and not isinstance(failure, OSError):
@@ -379,6 +449,7 @@ class VideoGenerator:
             "seed": seed,
             "policy": result.policy,
             "cache": result.cache,
+            "start": result.start,
             "sampling": self.bundle.sampling.__dict__,
             "latent_shape": list(self.bundle.latent_shape),
             "fps": self.bundle.fps,
@@ -419,6 +490,13 @@ def restart_policy_error(window: int | None, overlap: int, policy: str) -> str:
     """Why a restarting model (CausVid's long videos) refuses another cache policy than its own."""
     return (f"this model restarts its rollout every {window} frames as its release does (restart_overlap {overlap}), "
             f"so no cache policy acts; drop --policy/--window, or pass --no-restart to roll one cache with {policy}")
+
+
+def _source_name(start_image, start_video) -> str:
+    source = start_image if start_image is not None else start_video
+    if isinstance(source, StartFrames):
+        return source.source
+    return str(source) if isinstance(source, (str, Path)) else f"array {tuple(getattr(source, 'shape', ()))}"
 
 
 def _looks_timed(text: str) -> bool:
