@@ -164,3 +164,37 @@ def test_extending_a_generated_clip_keeps_it_and_the_first_chunk_attends_to_it(t
     # and they matter: another start gives another continuation
     other = list(gen.stream("a red circle", latent_frames=3, start_image=np.zeros((16, 16, 3), np.uint8), seed=2))
     assert (other[0].latents - chunks[1].latents).abs().max() > 1e-3
+
+
+def test_the_study_can_start_every_policy_from_the_worlds_true_first_chunk(tiny_mini):
+    """``experiment --start truth``: the world's true first frames, encoded and prefilled, then each policy samples;
+    the videos start with the true frames and the continuation depends on them."""
+    from deepforcing.cache import make_policy
+    from deepforcing.eval.experiment import _truth_video, truth_start_rollout
+    from deepforcing.model_spec import ModelSpec, open_generator
+
+    bundle = open_generator(ModelSpec(str(tiny_mini), device="cpu")).bundle
+    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
+    policies = {"self-forcing": make_policy("self-forcing", window=6),
+                "attention-sink": make_policy("attention-sink", window=6, sink=3)}
+    videos = {name: truth_start_rollout(bundle, policy, prompts, seeds, frames=12, start_frames=3)
+              for name, policy in policies.items()}
+    truth = torch.stack([_truth_video(p, s, 3, 16) for p, s in zip(prompts, seeds)])
+    for video in videos.values():
+        assert tuple(video.shape) == (2, 12, 3, 16, 16)
+        assert torch.equal(video[:, :3], truth)  # the same correct start for every policy
+    assert (videos["self-forcing"][:, 9:] - videos["attention-sink"][:, 9:]).abs().max() > 0  # the policies differ
+    other = truth_start_rollout(bundle, make_policy("self-forcing", window=6), prompts, [5, 6], frames=9,
+                                start_frames=3)
+    assert (other[:, 3:6] - videos["self-forcing"][:, 3:6]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--start-frames", "3"], "--start-frames gives true frames: use it with --start truth"),
+    (["--start", "truth", "--start-frames", "0"], "--start-frames must be at least 1 and below the attention window"),
+])
+def test_experiment_start_options_are_checked_before_the_model_loads(tiny_mini, tmp_path, capsys, argv, message):
+    code = main(["experiment", "--model", str(tiny_mini), "--out", str(tmp_path / "study"), *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "study").exists()

@@ -41,8 +41,8 @@ from .experiment_arms import (  # noqa: F401  (re-exported: the study's public n
     ARMS, CLAIMS, DEFAULT_HORIZONS, DRIFT_KEYS, SINK_SWEEP, WORLD_KEYS, Arm, horizon_key, select_arms,
 )
 
-__all__ = ["Arm", "ARMS", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "horizon_key", "run_experiment", "add_experiment_arguments",
-           "run_experiment_command"]
+__all__ = ["Arm", "ARMS", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "horizon_key", "run_experiment", "truth_start_rollout",
+           "add_experiment_arguments", "run_experiment_command"]
 
 
 def _scores(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
@@ -81,13 +81,47 @@ def _truth_video(prompt: str, seed: int, frames: int, size: int) -> torch.Tensor
     return render_clip(prompt, seed=seed, num_frames=frames, size=size).frames
 
 
+def truth_start_rollout(bundle, policy, prompts: list[str], seeds: list[int], frames: int,
+                        start_frames: int) -> torch.Tensor:
+    """Decoded videos ``[B, T, 3, H, W]`` of a batch of rollouts each started from its world's true first
+    ``start_frames`` frames (:func:`deepforcing.mini.world.render_clip` at the model's size): encoded by the codec and
+    written into the cache at the clean timestep (:meth:`~deepforcing.pipeline.rollout.VideoRollout.prefill`, as
+    ``generate --video`` does), then sampled to ``frames`` frames in all, positions counted from the true first
+    frame. The video's first frames are the true ones (kept as given); the model's start condition, if any, is
+    passed unchanged (the layout of the prompt and seed). Every policy gets the same start: drift given a correct
+    start."""
+    from deepforcing.pipeline.rollout import VideoRollout
+
+    size = bundle.latent_shape[-1] * bundle.codec.spatial_scale
+    truth = torch.stack([_truth_video(p, s, start_frames, size) for p, s in zip(prompts, seeds)])  # [B, T, 3, H, W]
+    with torch.no_grad():
+        ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
+        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional \
+            else None
+        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
+        rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
+                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames,
+                               condition=condition)
+        given = bundle.codec.encode_chunk(truth).permute(0, 2, 1, 3, 4)
+        rollout.prefill(given)
+        decoder = bundle.codec.streaming_decoder()
+        decoder.reset()
+        decoder.decode_chunk(given.permute(0, 2, 1, 3, 4))  # a causal decoder's context
+        out = [truth]
+        while rollout.next_frame < frames:
+            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
+    return torch.cat(out, dim=1)[:, :frames]
+
+
 def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = DEFAULT_HORIZONS,
                    model: str | None = None, labels: list[str] | None = None, every_arm_long: bool = False,
                    batch: int = 32, attention_pairs: int = 8, log=lambda line: print(line, flush=True),
-                   generator=None) -> dict:
+                   generator=None, start_frames: int = 0) -> dict:
     """Run the study, write ``metrics.json`` and the report (:mod:`.experiment_report`) to ``out``; return results.
     ``attention_pairs``: the first held-out pairs on which the attention regions are measured (single rollouts).
-    ``generator``: the mini model already opened (else the file ``model``, or the shipped one)."""
+    ``generator``: the mini model already opened (else the file ``model``, or the shipped one). ``start_frames``
+    above 0: every rollout starts from its world's true first frames (:func:`truth_start_rollout`), else from the
+    prompt alone."""
     from deepforcing.cache import make_policy
     from deepforcing.mini.bundle import mini_generator
     from deepforcing.mini.language import parse_prompt
@@ -110,6 +144,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
         "prompts": prompts, "seeds": seeds, "objects": [len(parse_prompt(p).objects) for p in prompts],
         "sampling": json.loads(json.dumps(dataclasses.asdict(bundle.sampling), default=str)),
         "threads": torch.get_num_threads(), "arms": [],
+        "start": {"mode": "truth", "frames": start_frames} if start_frames else {"mode": "prompt", "frames": 0},
     }
     strips: dict[str, torch.Tensor] = {}
     longest = int(round(horizons[-1] * window))
@@ -125,7 +160,8 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
         videos = []
         for start in range(0, pairs, batch):
             part = slice(start, start + batch)
-            batch_videos = rollout_videos(bundle, policy, prompts[part], seeds[part], frames)
+            batch_videos = truth_start_rollout(bundle, policy, prompts[part], seeds[part], frames, start_frames) \
+                if start_frames else rollout_videos(bundle, policy, prompts[part], seeds[part], frames)
             videos += [_scores(v, p, window, fps, arm_horizons) for v, p in zip(batch_videos, prompts[part])]
             if start == 0:
                 if not strips:  # the strip follows the first pair that starts right (all objects in frames 0-20)
@@ -208,6 +244,11 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="comma-separated arm labels to run (default: all; see --list)")
     p.add_argument("--every-arm-long", action="store_true", help="run every arm to the longest horizon")
     p.add_argument("--list", action="store_true", help="print the arms and exit")
+    p.add_argument("--start", choices=["prompt", "truth"], default="prompt",
+                   help="start every rollout from the prompt alone (default) or from its world's true first frames, "
+                        "the same for every policy (drift given a correct start)")
+    p.add_argument("--start-frames", type=int, default=None,
+                   help="with --start truth: how many true frames are given (default: one chunk)")
     p.add_argument("--report-only", action="store_true",
                    help="redraw the tables and plots in --out from its metrics.json and strips.npz (no generation)")
     add_model_arguments(p)  # the mini model only: the scores need its world's ground truth
@@ -246,13 +287,28 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     if not model.is_mini:
         raise ValueError("experiment scores videos against the mini world's ground truth, so it runs the mini model "
                          "only (--model mini or a mini model file); measure a real model with bench and diagnose")
+    start_frames = _start_frames(args, model)
     if args.threads:
         torch.set_num_threads(args.threads)
     run_experiment(Path(args.out), pairs=args.pairs, horizons=horizons, labels=labels,
                    model=None if args.model == MINI else args.model, every_arm_long=args.every_arm_long,
-                   generator=model.open())
+                   generator=model.open(), start_frames=start_frames)
     print(Path(args.out, "summary.md").read_text())
     return 0
+
+
+def _start_frames(args: argparse.Namespace, model) -> int:
+    """True frames given to every rollout (0: none), checked against the model's chunk and window before it loads."""
+    if args.start == "prompt":
+        if args.start_frames is not None:
+            raise ValueError("--start-frames gives true frames: use it with --start truth")
+        return 0
+    frames = model.chunk_frames if args.start_frames is None else args.start_frames
+    window = model.policy().window
+    if not 1 <= frames < window:
+        raise ValueError(f"--start-frames must be at least 1 and below the attention window ({window} frames), "
+                         f"got {frames}")
+    return frames
 
 
 if __name__ == "__main__":
