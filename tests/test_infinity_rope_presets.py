@@ -127,7 +127,7 @@ def test_the_live_page_lists_it_and_its_sessions_flush(tiny_mini):
     with TestClient(create_app(lambda: generator, ServeConfig())) as client:
         info = client.get("/api/info").json()
     assert "infinity-rope" in info["policies"]
-    assert "yesiltepe-hidir/infinity-rope@63d7b84" in info["policy_sources"]["infinity-rope"]
+    assert "yesiltepe-hidir/infinity-rope@63d7b84" in info["policy_descriptions"]["infinity-rope"]
     live = LiveSession(generator, LiveOptions(prompt="a red circle", policy="infinity-rope"))
     for _ in range(3):
         live.next_chunk()
