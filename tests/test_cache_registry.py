@@ -89,9 +89,11 @@ def test_options_are_read_from_the_policies():
     assert table["placement"].flag == "--sink-placement" and table["placement"].choices == ("reference", "adjacent")
     assert table["reuse_cap"].type is int and "block_tokens" not in table  # internal knob, not a flag
     defaults = {o.name: o.default for o in make_policy("deep-forcing").options()}
+    shared = {"rope_jitter": 0.0, "rope_jitter_seed": 0}  # LoL's RoPE modifier, every policy's, listed last, off
     assert defaults == {"window": 21, "sink": 10, "budget": 16, "recent": 4, "reuse_cap": 7, "queries": "both",
-                        "topc_rope": "keep"}
-    assert {o.name: o.default for o in make_policy("attention-sink").options()} == {"window": 21, "sink": 3}
+                        "topc_rope": "keep", **shared}
+    assert list(defaults)[-2:] == list(shared)
+    assert {o.name: o.default for o in make_policy("attention-sink").options()} == {"window": 21, "sink": 3, **shared}
 
 
 def test_every_policy_describes_its_regions():

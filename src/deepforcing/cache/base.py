@@ -160,9 +160,17 @@ class CachePolicy:
     own_window: ClassVar[bool] = False  # the window is part of the method (∞-RoPE's 6 frames): a model's attention
     # window does not replace its default (pipeline.generate.policy_from_defaults); --window still does
     window: int = option(21, "attention window in latent frames (Self Forcing: 21, its training length)")
+    rope_jitter: float = option(0.0, "LoL's multi-head RoPE jitter strength sigma in [0, 1) for any policy (arXiv "
+                                     "2601.16914; paper only, no release parity; 0 = off, the paper's best 0.8)",
+                                kw_only=True)
+    rope_jitter_seed: int = option(0, "seed of the per-head RoPE bases drawn once per video (--rope-jitter)",
+                                   kw_only=True)
 
     def __post_init__(self) -> None:
         self._check_positive("window", self.window)
+        if not isinstance(self.rope_jitter, (int, float)) or not 0.0 <= self.rope_jitter < 1.0:
+            raise ValueError(f"{self.name}: --rope-jitter must be in [0, 1) (0 = off; the paper's best is 0.8), "
+                             f"got {self.rope_jitter!r}")
 
     # ------------------------------------------------------------ description
     @classmethod
@@ -218,8 +226,15 @@ class CachePolicy:
             )
 
     def describe(self) -> dict:
-        """Name and options (the sidecar's ``policy`` entry), and the source when the policy names one."""
-        return {"policy": self.name, **dataclasses.asdict(self), **({"source": self.source} if self.source else {})}
+        """Name and options (the sidecar's ``policy`` entry), and the source when the policy names one. LoL's RoPE
+        jitter appears only when on, with its evidence (paper only), so a sidecar without it is unchanged."""
+        options = dataclasses.asdict(self)
+        if not self.rope_jitter:
+            del options["rope_jitter"], options["rope_jitter_seed"]
+        else:
+            from .rope_jitter import PAPER
+            options["rope_jitter_source"] = PAPER
+        return {"policy": self.name, **options, **({"source": self.source} if self.source else {})}
 
     # ------------------------------------------------------------------ hooks
     def key_storage(self, layer: int) -> KeyStorage:

@@ -17,9 +17,10 @@ from typing import Any, Literal
 __all__ = ["PolicyOption", "option", "policy_options", "merged_options"]
 
 
-def option(default: Any, help: str, *, flag: str | None = None, expose: bool = True) -> Any:
-    """A policy field with its help text (``flag``: the command-line name without ``--``, default ``<name>``)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "expose": expose})
+def option(default: Any, help: str, *, flag: str | None = None, expose: bool = True, kw_only: bool = False) -> Any:
+    """A policy field with its help text (``flag``: the command-line name without ``--``, default ``<name>``;
+    ``kw_only``: a base-class option every policy shares that must not shift subclasses' positional fields)."""
+    return dataclasses.field(default=default, kw_only=kw_only, metadata={"help": help, "flag": flag, "expose": expose})
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,10 @@ def _metadata(cls: type, name: str) -> dict:
 
 
 def policy_options(cls: type) -> tuple[PolicyOption, ...]:
-    """The exposed options of a policy class, in field order."""
+    """The exposed options of a policy class, in field order (keyword-only shared options last)."""
     hints = typing.get_type_hints(cls)
     out = []
-    for f in dataclasses.fields(cls):
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.kw_only):
         if not f.init:
             continue
         meta = _metadata(cls, f.name)

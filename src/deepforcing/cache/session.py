@@ -29,6 +29,7 @@ import torch
 
 from .base import CachePolicy, ChunkContext, Decision, Reaction, StreamEvent, Write
 from .rope import CallRope, TemporalRope
+from .rope_jitter import JitteredCallRope, JitteredTemporalRope
 from .scoring import QueryWindow
 from .store import LayerKVStore
 
@@ -160,6 +161,8 @@ class LayerCache:
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
         new chunk, and return the keys/values to attend to (``[B, H, L, D]`` views, valid until the next update)."""
+        if self.owner.jitter is not None:
+            raise RuntimeError("--rope-jitter rotates queries and keys per head: the model must call attend()")
         keys, values = self._write(q, k, v, raw_keys=None)
         return self._attended(self.owner.call, q, keys, values)
 
@@ -341,6 +344,10 @@ class KVCache:
         self.policy_seconds = 0.0  # host time spent in policy decisions and compaction (asynchronous on GPU)
         self.call: CallInfo | None = None
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        # LoL's RoPE modifier (cache/rope_jitter.py): per-head temporal tables, None when off (the model's own RoPE)
+        self.jitter = (JitteredTemporalRope.of(rope, heads, policy.rope_jitter, policy.rope_jitter_seed)
+                       if policy.rope_jitter else None)
+        rope = self.jitter or rope
         F = geometry.tokens_per_frame
         capacity = self.capacity_frames(policy, geometry.chunk_frames, max_frames) * F
         self.layers = [
@@ -389,6 +396,8 @@ class KVCache:
         and the model's rotary embedding bound to the call (``rope``, needed by :meth:`LayerCache.attend`)."""
         if start_frame < 0 or num_frames <= 0:
             raise ValueError(f"invalid call: start_frame={start_frame}, num_frames={num_frames}")
+        if self.jitter is not None and rope is not None:
+            rope = JitteredCallRope(rope, self.jitter, start_frame, self.geometry.tokens_per_frame)
         self.call = CallInfo(start_frame, num_frames, clean, rope)
 
     def notify(self, event: StreamEvent) -> Reaction:
