@@ -183,13 +183,17 @@ class VideoGenerator:
                 raise ValueError(f"a start image / video needs the rolling cache; this model's sampler "
                                  f"({type(rollout).__name__}) has its own loop (pass --no-restart for CausVid)")
             t0 = time.perf_counter()
-            rollout.prefill(start_latents.to(self._dtype))
-            with torch.no_grad():  # the decoder sees the given latents first (a causal decoder's context)
-                decoded = decoder.decode_chunk(start_latents.permute(0, 2, 1, 3, 4))
-            if keep_input:
-                yield ChunkOutput(i, 0, timeline[current].prompt, start_latents, start.frames[None].to(decoded),
-                                  time.perf_counter() - t0, rollout.cache, given=start.given)
-                i += 1
+            for block in rollout.prefill(start_latents.to(self._dtype)):  # one chunk-sized prefix call each
+                with torch.no_grad():  # the decoder sees the given latents first (a causal decoder's context)
+                    decoded = decoder.decode_chunk(block.latents.permute(0, 2, 1, 3, 4))
+                if keep_input:  # the given frames of this block (pixel frames of its latent frames)
+                    a = self.bundle.pixel_frames(block.start_frame) if block.start_frame else 0
+                    b = self.bundle.pixel_frames(block.start_frame + block.latents.shape[2])
+                    yield ChunkOutput(i, block.start_frame, timeline[current].prompt, block.latents,
+                                      start.frames[None, a:b].to(decoded), time.perf_counter() - t0, rollout.cache,
+                                      given=start.given[a:b])
+                    i += 1
+                    t0 = time.perf_counter()
         while rollout.next_frame < end:  # a restart's prefix adds no frames
             t0 = time.perf_counter()
             at = min((rollout.next_frame - given) // self.bundle.sampling.chunk_frames, total - 1)
