@@ -141,8 +141,10 @@ def test_experiment_refuses_a_real_model_before_it_loads(wan_folder, capsys, mon
     assert "runs the mini model only" in capsys.readouterr().err
 
 
-def test_the_policy_is_built_before_the_weights_load(wan_folder):
-    model = check_model(ModelSpec(str(wan_folder), preset="longlive"))
+def test_the_policy_is_built_before_the_weights_load(wan_folder, tmp_path):
+    lora = tmp_path / "lora.pt"  # LongLive needs its LoRA named (not read before the weights load)
+    lora.write_bytes(b"")
+    model = check_model(ModelSpec(str(wan_folder), preset="longlive", lora=str(lora)))
     policy = model.policy()  # LongLive's own cache: a 3-frame sink in a 12-frame window
     assert (policy.name, policy.window, policy.sink_frames) == ("attention-sink", 12, 3)
     assert model.policy("deep-forcing", sink=4, budget=10).window == 12  # any policy gets the preset's window

@@ -245,8 +245,9 @@ def test_disk_full_keeps_the_finished_chunks_and_says_where(tiny_mini, tmp_path,
     out = tmp_path / "v.mp4"
     code = main(["generate", "--quiet", "--frames", "12", "--model", str(tiny_mini), "-o", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "No space left on device" in err and "v.partial.mp4" in err
+    assert code == 2 and "the disk is full; free space" in err and "v.partial.mp4" in err  # what to do, not errno
     assert not out.exists() and (tmp_path / "v.partial.mp4").exists() and not (tmp_path / "v.mp4.lock").exists()
+    assert json.loads((tmp_path / "v.partial.json").read_text())["status"] == "failed"  # the sidecar says so
 
 
 def test_a_stale_partial_sidecar_is_removed_by_a_later_success(tiny_mini, tmp_path):

@@ -30,6 +30,10 @@ _HELP = {  # one line per command, shown by `deepforcing --help` (which builds n
 
 
 # ----------------------------------------------------------------------------- plan
+PLAN_LIMITS = {"chunks": 500, "chunk_frames": 64, "tokens_per_frame": 64}
+"""Largest simulation ``plan`` runs (a few seconds at most; 100000 chunks of full attention would run for hours)."""
+
+
 def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
@@ -53,6 +57,11 @@ def _fmt_span(span: list[int] | None) -> str:
 def _run_plan(args: argparse.Namespace) -> int:
     from .cache.plan import simulate
 
+    for name, most in PLAN_LIMITS.items():
+        value = getattr(args, name)
+        if not 1 <= value <= most:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive and at most {most}, got {value} (plan "
+                             f"simulates every chunk; the pattern repeats long before {most})")
     policy = policy_from_args(args)
     reports = simulate(policy, args.chunks, chunk_frames=args.chunk_frames, tokens_per_frame=args.tokens_per_frame)
     if args.json:
@@ -188,10 +197,53 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train_mini)
 
 
+def _check_train_mini(args: argparse.Namespace) -> None:
+    """``train-mini``'s numbers and outputs, before any training: a run that cannot save its model is refused now,
+    not after hours of training."""
+    import math
+    import tempfile
+    from pathlib import Path
+
+    for name in ("steps", "batch", "threads", "layers", "dim", "patch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("first_chunk_batch", "rollout_probe_every"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
+        raise ValueError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
+    for name in ("lr", "shift"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"--{name} must be a positive number, got {getattr(args, name)}")
+    for name in ("text_dropout", "rollout_context", "layout_dropout"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(args, name)}")
+    if not 0 <= args.ema < 1:
+        raise ValueError(f"--ema must be in [0, 1) (0: off; e.g. 0.999), got {args.ema}")
+    for name in ("first_chunk_weight", "object_weight"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
+    for name in ("init_from", "codec_weights"):
+        if getattr(args, name) is not None and not Path(getattr(args, name)).is_file():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} file not found: {getattr(args, name)}")
+    output = Path(args.output)
+    if output.suffix != ".safetensors" or output.is_dir():
+        raise ValueError(f"--output must be a .safetensors file name, got {output}")
+    for folder, flag in ((output.parent, "--output"), (Path(args.run_dir), "--run-dir")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
+                pass
+        except OSError as err:
+            raise ValueError(f"cannot write to the folder {folder} ({err.strerror or err}); choose another "
+                             f"{flag}") from None
+
+
 def _run_train_mini(args: argparse.Namespace) -> int:
     from .mini.model import MiniConfig
     from .mini.train import TrainConfig, train
 
+    _check_train_mini(args)
     try:
         curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(",") if item)
     except ValueError:
@@ -359,15 +411,21 @@ def _command_of(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command_of(argv))
-    args = parser.parse_args(argv)
+    try:  # building a command's parser imports its modules (torch, diffusers): Ctrl-C there is no traceback
+        parser = build_parser(_command_of(argv))
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("deepforcing: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .pipeline.validation import error_line
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"deepforcing {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, OSError) as err:  # one line, errno texts turned into what to do
+        print(f"deepforcing {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deepforcing {args.command}: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -29,13 +30,12 @@ from .model_spec import CheckedModel, ModelSpec, _resolution, check_model, set_t
 from .pipeline.generate import VideoGenerator, restart_policy_error
 from .pipeline.start import StartFrames, StartGeometry, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
+from .pipeline.validation import MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, shorten
+from .pipeline.writer import MIN_START_BYTES, check_free_space
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
 
 DEFAULT_SECONDS = 60.0
-MAX_SECONDS = 24 * 3600.0
-"""Longest video one request may ask for (a day); longer lengths are refused before anything is allocated."""
-MAX_LATENT_FRAMES = 10_000_000
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -141,8 +141,12 @@ def _check_prompts(args: argparse.Namespace, mini: bool, jobs) -> None:
 
         for job, _ in jobs:
             for text in _prompts_of(job):
-                parse_prompt(text)  # raises ValueError naming the unknown word and the valid ones
-    elif not any(_prompts_of(job) for job, _ in jobs):
+                parse_prompt(check_prompt_text(text))  # raises ValueError naming the unknown word and the valid ones
+    else:
+        for job, _ in jobs:
+            for text in _prompts_of(job):
+                check_prompt_text(text)
+    if not mini and not any(_prompts_of(job) for job, _ in jobs):
         raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -200,6 +204,7 @@ def run_generate(args: argparse.Namespace) -> int:
         distributed = _init_distributed(world)
         generator = model.open()
         set_threads(generator, args.threads)
+        failed: list[Path] = []
         for index, ((prompt, seed), output) in mine:
             seconds = args.seconds if args.frames is None else None
             frames = args.frames
@@ -211,8 +216,9 @@ def run_generate(args: argparse.Namespace) -> int:
             else:
                 label = " | ".join(e.prompt for e in prompt)
             if not args.quiet:
-                print(f"[{generator.bundle.name}] {label!r} seed {seed} -> {output}", file=sys.stderr)
+                print(f"[{generator.bundle.name}] {shorten(label)!r} seed {seed} -> {output}", file=sys.stderr)
             try:
+                check_free_space(output.parent, MIN_START_BYTES, f"the video {output.name}")
                 with _sigterm_as_interrupt():
                     result = generator.generate(
                         prompt, output=output, seconds=seconds, latent_frames=frames, policy=policy, seed=seed,
@@ -227,6 +233,12 @@ def run_generate(args: argparse.Namespace) -> int:
                 if partial.exists():
                     print(f"interrupted: the finished chunks are in {partial}", file=sys.stderr)
                 raise
+            except OSError as err:  # a full disk: this video stops cleanly; the next ones are still tried
+                if len(mine) == 1:
+                    raise
+                failed.append(output)
+                print(f"deepforcing generate: error: {error_line(err)}", file=sys.stderr)
+                continue
             print(f"wrote {result.path} ({result.pixel_frames} frames, {result.pixel_frames / generator.bundle.fps:.1f}"
                   f" s of video in {result.seconds:.1f} s, {result.fps:.1f} frames/s; policy "
                   f"{result.policy['policy']})")
@@ -235,6 +247,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
         dist.barrier()
         dist.destroy_process_group()
+    if failed:
+        raise OSError(errno.EIO, f"{len(failed)} of {len(mine)} videos could not be written "
+                      f"({', '.join(shorten(str(p), 80) for p in failed[:3])}{' ...' if len(failed) > 3 else ''}); "
+                      f"the errors are above, finished chunks are in their .partial.mp4")
     return 0
 
 
@@ -293,6 +309,7 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
             pass
     except OSError as err:
         raise ValueError(f"cannot write to the folder {folder} ({err.strerror or err}); choose another -o") from None
+    check_free_space(folder, MIN_START_BYTES, f"the video {output.name}")  # a full disk: refused before any work
 
 
 @contextmanager

@@ -214,6 +214,12 @@ def check_model(spec: ModelSpec) -> CheckedModel:
     from deepforcing.models.presets import get_preset
 
     preset = get_preset(spec.preset or "self-forcing")
+    if preset.lora_rank and spec.lora is None:  # the base weights alone are not the release's model
+        raise ValueError(f"--preset {preset.name} runs its release's base weights with a LoRA (rank "
+                         f"{preset.lora_rank}): pass --lora /path/to/lora.pt as well (see deepforcing presets)")
+    if not spec.restart and not preset.sampling.restart_overlap:
+        raise ValueError(f"--no-restart applies to presets that restart their rollout every window (causvid); "
+                         f"{preset.name} rolls one cache already: drop --no-restart")
     if spec.dtype is not None and spec.dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype {spec.dtype!r}; choose one of float32, bfloat16, float16")
     _resolution(spec.resolution)

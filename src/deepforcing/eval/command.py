@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from deepforcing.cli_options import add_model_arguments
@@ -17,6 +19,7 @@ from deepforcing.eval.metrics import SELF_FORCING_HORIZON_FRAMES, EvalConfig, ev
 from deepforcing.eval.report import write_report
 from deepforcing.eval.vbench_adapter import VBenchUnavailable, check_vbench, evaluate_vbench
 from deepforcing.eval.video_io import VideoReadError
+from deepforcing.pipeline.validation import error_line
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -67,6 +70,25 @@ def _labels(args: argparse.Namespace) -> list[str]:
     return list(args.label)
 
 
+def _check_inputs_and_out(videos: list[str], out: Path) -> None:
+    """Every input is a readable file and the report folder can be written, before any video is decoded."""
+    for video in videos:
+        path = Path(video)
+        if not path.is_file():
+            raise FileNotFoundError(f"video not found: {path}" if not path.exists() else
+                                    f"{path} is not a video file (a folder?); give video files")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"cannot read {path} (permission denied)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".deepforcing-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write the report to {out} ({err.strerror or err}); choose another --out") from None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the ``eval`` command; returns the process exit code (0 ok, 2 bad input or unavailable VBench)."""
     try:
@@ -74,17 +96,18 @@ def run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(window_frames=_window_frames(args), window_seconds=args.window_seconds)
         if args.vbench:
             check_vbench()  # fail before minutes of work, not after
+        out = args.out if args.out is not None else Path(args.videos[0]).parent / f"{Path(args.videos[0]).stem}_eval"
+        _check_inputs_and_out(args.videos, out)
         evaluations, vbench = [], {}
         for video, label in zip(args.videos, labels):
             print(f"evaluating {video} ...", file=sys.stderr)
             evaluations.append(evaluate_video(video, config, label=label))
-        out = args.out if args.out is not None else Path(args.videos[0]).parent / f"{Path(args.videos[0]).stem}_eval"
         if args.vbench:
             for video in args.videos:
                 vbench[str(video)] = evaluate_vbench(video, out, prompt=args.prompt)
         paths = write_report(evaluations, out, extra={"vbench": vbench} if vbench else None)
-    except (FileNotFoundError, VideoReadError, ValueError, VBenchUnavailable) as error:
-        print(f"deepforcing eval: error: {error}", file=sys.stderr)
+    except (OSError, VideoReadError, ValueError, VBenchUnavailable) as error:
+        print(f"deepforcing eval: error: {error_line(error)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(json.loads(paths["json"].read_text()), indent=2))

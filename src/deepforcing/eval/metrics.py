@@ -34,6 +34,7 @@ import numpy as np
 
 from deepforcing.eval.flow import FlowConfig, flow_magnitudes, to_analysis_grey
 from deepforcing.eval.video_io import read_video
+from deepforcing.pipeline.validation import MAX_SECONDS
 from deepforcing.stats import mean_ci, student_t_quantile  # noqa: F401  (re-exported)
 
 # Self Forcing (Wan2.1-T2V-1.3B) is trained on 21 latent frames = 81 pixel frames = about 5 s at 16 fps.
@@ -63,8 +64,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.window_frames < 2:
             raise ValueError(f"window_frames must be >= 2, got {self.window_frames}")
-        if self.window_seconds is not None and self.window_seconds <= 0:
-            raise ValueError(f"window_seconds must be > 0, got {self.window_seconds}")
+        if self.window_seconds is not None and not (math.isfinite(self.window_seconds) and
+                                                    0 < self.window_seconds <= MAX_SECONDS):
+            raise ValueError(f"window_seconds (--window-seconds) must be positive and at most {MAX_SECONDS:g}, got "
+                             f"{self.window_seconds}")
         if not 0 < self.min_copy_similarity <= self.copy_similarity <= 1:
             raise ValueError("need 0 < min_copy_similarity <= copy_similarity <= 1")
 

@@ -31,6 +31,8 @@ from .resources import available_memory_bytes, format_bytes
 from .rollout import VideoRollout
 from .start import StartFrames, StartGeometry, load_start
 from .timeline import TimelineEntry, check_timeline_events, parse_timeline, schedule_chunks
+from .validation import (RequestError, check_callback, check_length, check_output_path, check_prompt_text,
+                         check_seed, error_line, shorten)
 from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
 
 __all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator", "NonFiniteOutputError"]
@@ -108,6 +110,9 @@ class VideoGenerator:
         (:func:`policy_from_defaults`)."""
         if isinstance(policy, CachePolicy):
             return policy
+        if policy is not None and not isinstance(policy, str):
+            raise RequestError(f"policy must be a policy name, a built CachePolicy or None, got "
+                               f"{type(policy).__name__}")
         return policy_from_defaults(self.bundle.default_policy, policy, **sizes)
 
     def context(self, prompt: str):
@@ -124,15 +129,11 @@ class VideoGenerator:
         return context
 
     def num_chunks(self, seconds: float | None, latent_frames: int | None) -> int:
+        """Chunks of a video of ``seconds`` or ``latent_frames`` (exactly one; the limits of ``validation``)."""
         chunk = self.bundle.sampling.chunk_frames
-        if (seconds is None) == (latent_frames is None):
-            raise ValueError("give exactly one of seconds or latent frames")
+        seconds, latent_frames = check_length(seconds, latent_frames)
         if latent_frames is None:
-            if seconds <= 0:
-                raise ValueError(f"--seconds must be positive, got {seconds}")
             latent_frames = self.bundle.latent_frames_for_seconds(seconds)
-        if latent_frames <= 0:
-            raise ValueError(f"--frames must be positive, got {latent_frames}")
         return math.ceil(latent_frames / chunk)
 
     # ------------------------------------------------------------------ stream
@@ -163,6 +164,7 @@ class VideoGenerator:
         ``keep_input`` the given frames are the first chunk yielded (``ChunkOutput.given``)."""
         timeline = self._timeline(prompt)
         total = self.num_chunks(seconds, latent_frames)
+        seed = check_seed(seed)
         active = schedule_chunks(timeline, total, self.bundle.sampling.chunk_frames,
                                  self.bundle.latent_frames_for_seconds)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
@@ -325,12 +327,19 @@ class VideoGenerator:
             if not self.bundle.default_prompt:
                 raise ValueError("a prompt is required for this model")
             prompt = self.bundle.default_prompt
+        if not isinstance(prompt, (str, list, tuple)):
+            raise RequestError(f"prompt must be text, a list of TimelineEntry or None, got {type(prompt).__name__}")
         if isinstance(prompt, str):
+            check_prompt_text(prompt)
             # a compact timeline starts with a duration ("10s: a; b"); any other text is one prompt (';' allowed)
             return parse_timeline(prompt) if _looks_timed(prompt) else [TimelineEntry(prompt)]
         entries = list(prompt)
         if not entries:
             raise ValueError("empty timeline")
+        for entry in entries:
+            if not isinstance(entry, TimelineEntry):
+                raise RequestError(f"a timeline is a list of TimelineEntry, got a {type(entry).__name__} in it")
+            check_prompt_text(entry.prompt, "a timeline prompt")
         return entries
 
     # ---------------------------------------------------------------- generate
@@ -356,13 +365,15 @@ class VideoGenerator:
     ) -> GenerationResult:
         """Generate one video into ``output`` (mp4), streaming chunk by chunk; ``start_image`` / ``start_video`` /
         ``keep_input`` as in :meth:`stream` (kept frames are written as given when they have the output's size)."""
-        output = Path(output)
-        if output.suffix.lower() != ".mp4":
-            raise ValueError(f"output must be an .mp4 path, got {output}")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        # the request first (``validation``: the CLI's limits); whatever then stops the video (Ctrl-C, NaN, a full
+        # disk, an on_chunk that raises) leaves the finished chunks in <out>.partial.mp4 and a sidecar saying why
+        output = check_output_path(output)
+        check_callback("on_chunk", on_chunk)
         timeline = self._timeline(prompt)
         policy_obj = self.resolve_policy(policy, **policy_sizes)
         total = self.num_chunks(seconds, latent_frames)
+        seed = check_seed(seed)
+        output.parent.mkdir(parents=True, exist_ok=True)
         start = self.load_start(start_image, start_video, policy_obj)
         bar = None
         if progress:
@@ -404,7 +415,7 @@ class VideoGenerator:
                     bar.set_postfix(fps=f"{out.frames.shape[1] / out.seconds:.1f}", refresh=False)
                     bar.update(1)
             path = writer.close()
-        except (KeyboardInterrupt, NonFiniteOutputError, OSError) as err:
+        except BaseException as err:  # Ctrl-C, NaN, a full disk, a raising on_chunk: keep what is finished
             # keep <out>.partial.mp4 (every finished chunk, playable); never leave a file without frames
             interrupted = True
             failure = err
@@ -419,24 +430,43 @@ class VideoGenerator:
         result = GenerationResult(path, None,
                                   latent_frames, pixel_frames, elapsed,
                                   chunk_seconds, policy_obj.describe(), interrupted,
-                                  None if isinstance(failure, KeyboardInterrupt) or failure is None else str(failure),
+                                  None if isinstance(failure, KeyboardInterrupt) or failure is None
+                                  else error_line(failure) if isinstance(failure, (OSError, ValueError))
+                                  else shorten(f"{type(failure).__name__}: {failure}", 1000),
                                   cache_summary(cache) if cache is not None else None,
                                   None if start is None else {"kind": "video" if start_video is not None else "image",
                                                               "source": _source_name(start_image, start_video),
                                                               "pixel_frames": int(start.frames.shape[0]),
                                                               "kept": keep_input, "note": start.note})
+        latents_error = None
         if save_latents_to is not None and latents and not isinstance(failure, OSError):
-            save_latents(save_latents_to, torch.cat(latents, dim=1))
-        if sidecar and path is not None and not isinstance(failure, OSError):
-            result.sidecar = write_sidecar(path.with_suffix(".json"), self._sidecar(result, timeline, seed, total))
+            try:
+                save_latents(save_latents_to, torch.cat(latents, dim=1))
+            except OSError as err:  # the video is kept; the sidecar says the latents are not
+                latents_error = err
+        if sidecar and path is not None:
+            record = self._sidecar(result, timeline, seed, total)
+            if save_latents_to is not None:
+                record["latents"] = str(save_latents_to) if latents_error is None and latents \
+                    and not isinstance(failure, OSError) else \
+                    f"not saved: {latents_error or 'the video stopped early'}"
+            try:  # on a full disk the writer's reserve leaves room for this
+                result.sidecar = write_sidecar(path.with_suffix(".json"), record)
+            except OSError:
+                if failure is None and latents_error is None:
+                    raise
+        if failure is None and latents_error is not None:
+            raise OSError(latents_error.errno, f"the video {path} is complete, but its latents were not saved: "
+                          f"{latents_error.strerror or latents_error}")
         if failure is None:
             stale = partial_path_for(output).with_suffix(".json")  # from an earlier interrupted run
             if stale.exists():
                 stale.unlink()
         elif isinstance(failure, OSError):
-            raise OSError(failure.errno, f"writing {output} failed ({failure.strerror or failure}); the finished "
-                          f"chunks are in {writer.partial_path}" if writer.frames_written else
-                          f"writing {output} failed ({failure.strerror or failure})") from failure
+            why = error_line(failure)
+            raise OSError(failure.errno, f"writing {output} failed ({why}); the finished chunks are in "
+                          f"{writer.partial_path} (whole, playable) with a sidecar saying so" if writer.frames_written
+                          else f"writing {output} failed ({why})") from failure
         else:
             raise failure
         return result

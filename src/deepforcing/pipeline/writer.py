@@ -14,6 +14,15 @@ therefore leaves ``<out>.partial.mp4`` holding every finished chunk, playable by
 :meth:`close` renames the partial file atomically to ``<out>`` (``os.replace``), so ``<out>`` only ever exists as a
 complete video. The final file is the same fragmented MP4 (no second pass over the data).
 
+How it survives a full disk
+---------------------------
+Before a fragment is appended the writer checks that the folder has room for it plus :data:`RESERVE_BYTES` (kept
+for the JSON sidecar that says what happened); without room it raises :class:`NoSpaceError` and appends nothing.
+When a write fails anyway (another process filled the disk between check and write, a quota), the file is cut back
+to the end of the last whole fragment before the error propagates. Either way ``<out>.partial.mp4`` ends on a whole
+fragment and decodes to its end. :func:`check_free_space` is the same check for callers that want to refuse a
+request before any work (``deepforcing generate`` asks for :data:`MIN_START_BYTES`).
+
 Frames are uint8 ``[T, H, W, 3]`` (numpy or torch) or float tensors ``[T, 3, H, W]`` in [-1, 1] (VAE output,
 converted as ``clamp((x + 1) / 2) * 255``, as Self Forcing's ``inference.py`` does). H.264 4:2:0 needs even sizes:
 odd sizes are padded by repeating the last row/column (``odd_size="pad"``, default) or rejected
@@ -22,9 +31,11 @@ odd sizes are padded by repeating the last row/column (``odd_size="pad"``, defau
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import struct
 import tempfile
 from fractions import Fraction
@@ -34,6 +45,43 @@ from typing import Any
 import numpy as np
 
 _FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer+frag_discont"
+
+RESERVE_BYTES = 64 * 1024
+"""Free space every write leaves on the disk, so the sidecar saying what happened can still be written."""
+MIN_START_BYTES = 256 * 1024
+"""Free space a video needs before it starts (the reserve plus room for its first chunks)."""
+
+
+class NoSpaceError(OSError):
+    """Not enough free space for the next write (errno ENOSPC); nothing of it was written."""
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes for this user in ``folder`` (its nearest existing parent); ``None`` where it cannot be read."""
+    folder = Path(folder)
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def check_free_space(folder: str | Path, need: int, what: str) -> None:
+    """Raise :class:`NoSpaceError` unless ``folder`` has ``need`` bytes free plus :data:`RESERVE_BYTES`."""
+    free = free_bytes(folder)
+    if free is not None and free < need + RESERVE_BYTES:
+        raise NoSpaceError(errno.ENOSPC, f"no room on the disk of {folder} for {what}: {format_size(need)} needed "
+                           f"plus {format_size(RESERVE_BYTES)} kept for the sidecar, {format_size(free)} free; free "
+                           f"space or write elsewhere")
 
 
 def to_uint8_frames(frames: Any) -> np.ndarray:
@@ -172,19 +220,47 @@ class Mp4StreamWriter:
         if avcc is None:
             raise RuntimeError("the mp4 muxer produced no avcC box; cannot build a fragmented stream")
         if self._file is None:
-            self._avcc = avcc
-            self.partial_path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.partial_path, "wb")
             payload = b"".join(b for _, b in boxes)
+            self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_room(len(payload))
+            self._avcc = avcc
+            self._file = open(self.partial_path, "wb", buffering=0)
         else:
             if avcc != self._avcc:  # fragments share the first chunk's decoder configuration
                 raise RuntimeError("x264 produced different SPS/PPS for a later chunk; cannot append it")
             payload = b"".join(b for k, b in boxes if k not in ("ftyp", "moov"))
-        self._file.write(payload)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            self._check_room(len(payload))
+        self._append_whole(payload)
         self.frames_written += arr.shape[0]
         self.chunks_written += 1
+
+    def _check_room(self, size: int) -> None:
+        """Room for ``size`` more bytes plus the sidecar's reserve, or :class:`NoSpaceError` (nothing written)."""
+        check_free_space(self.partial_path.parent, size, f"chunk {self.chunks_written} of {self.path.name}")
+
+    def _append_whole(self, payload: bytes) -> None:
+        """Append ``payload`` and fsync; on any error cut the file back to where it was (a whole fragment)."""
+        fd = self._file.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                if written == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.partial_path))
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError:
+                pass
+            if start == 0:  # not even the first chunk: leave no file without frames
+                self._file.close()
+                self._file = None
+                self.partial_path.unlink(missing_ok=True)
+            raise
 
     def close(self) -> Path | None:
         """Finish the video: atomically rename the partial file to :attr:`path`. Returns the path (None if empty)."""
@@ -275,7 +351,10 @@ def save_latents(path: str | Path, latents: Any, metadata: dict[str, str] | None
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     path = Path(path)
-    _atomic_write_bytes(path, save(tensors, metadata=meta))
+    data = save(tensors, metadata=meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, len(data), f"the latents {path.name}")
+    _atomic_write_bytes(path, data)
     return path
 
 
