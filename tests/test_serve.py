@@ -126,7 +126,7 @@ def test_stream_switch_prompt_and_download(generator):
     (json.dumps({"type": "start", "recent": "9" * 50}), "recent must be between 1 and 84"),
     (json.dumps({"type": "start", "seed": 2**64}), "seed must be between 0 and 9223372036854775807"),
     (json.dumps({"type": "start", "seed": True}), "seed must be a whole number, got True"),
-    (json.dumps({"type": "start", "prompt": 42}), "prompt and policy must be text"),
+    (json.dumps({"type": "start", "prompt": 42}), "prompt must be text, got int"),
     (json.dumps({"type": "prompt", "prompt": None}), "start a stream before"),
 ])
 def test_bad_messages_are_reported_and_the_session_goes_on(generator, message, expected):

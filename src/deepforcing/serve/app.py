@@ -45,6 +45,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from deepforcing.cache import POLICIES
 from deepforcing.pipeline.generate import VideoGenerator
+from deepforcing.pipeline.validation import check_prompt_text, check_seed
 from deepforcing.pipeline.writer import Mp4StreamWriter
 
 from .live import SEGMENTS, LiveOptions, LiveSession, encode_frame
@@ -56,7 +57,6 @@ TOKEN_COOKIE = "deepforcing_token"
 CLOSE_IDLE = 4000  # WebSocket close codes the page reads: idle (no automatic reconnect), refused token
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BUSY = 1013  # "try again later"
-MAX_SEED = 2**63 - 1
 MAX_FRAME_BYTES = 1 << 16  # uvicorn closes the socket (code 1009) on a larger frame, before the app reads it
 
 
@@ -93,10 +93,11 @@ class _ClientError(ValueError):
     """A bad client message: reported on the page, the session goes on."""
 
 
-def _int_or_none(message: dict, key: str, low: int, high: int, unit: str = "latent frames") -> int | None:
-    """A whole number in ``[low, high]`` or ``None`` when absent (the page sends "" or null for "default")."""
+def _frames_or_none(message: dict, key: str, low: int, high: int) -> int | None:
+    """A whole number of latent frames in ``[low, high]`` or ``None`` when absent (the page sends "" or null for
+    "the policy's default"; digits typed as text and JavaScript's 12.0 are whole numbers too)."""
     value = message.get(key)
-    of = f" of {unit}" if unit else ""
+    of = " of latent frames"
     if value in (None, ""):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -108,22 +109,21 @@ def _int_or_none(message: dict, key: str, low: int, high: int, unit: str = "late
     except ValueError:
         raise _ClientError(f"{key} must be a whole number{of}, got {value!r}") from None
     if not low <= number <= high:
-        raise _ClientError(f"{key} must be between {low} and {high}{' ' + unit if unit else ''} on this server, "
-                           f"got {number}")
+        raise _ClientError(f"{key} must be between {low} and {high} latent frames on this server, got {number}")
     return number
 
 
 def _options(message: dict, max_seconds: float, max_frames: int) -> LiveOptions:
     """The client's start request as :class:`LiveOptions`, every field type-checked and bounded (sizes at most
     ``max_frames`` latent frames)."""
-    prompt = message.get("prompt") or ""
+    prompt = check_prompt_text(message.get("prompt") or "")  # the limits every front door shares
     policy = message.get("policy") or None
-    if not isinstance(prompt, str) or (policy is not None and not isinstance(policy, str)):
-        raise _ClientError("prompt and policy must be text")
+    if policy is not None and not isinstance(policy, str):
+        raise _ClientError("policy must be text")
     if policy is not None and policy not in POLICIES:
         raise _ClientError(f"unknown policy {policy!r}; choose one of {', '.join(sorted(POLICIES))}")
-    seed = _int_or_none(message, "seed", 0, MAX_SEED, unit="") or 0
-    sizes = {key: _int_or_none(message, key, 0 if key == "sink" else 1, max_frames)
+    seed = check_seed(message["seed"]) if message.get("seed") not in (None, "") else 0
+    sizes = {key: _frames_or_none(message, key, 0 if key == "sink" else 1, max_frames)
              for key in ("window", "sink", "budget", "recent")}
     return LiveOptions(prompt=prompt, policy=policy, seed=seed, max_seconds=max_seconds, max_cache_frames=max_frames,
                        **sizes)
@@ -314,9 +314,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         elif kind == "prompt":
             if session.live is None:
                 raise _ClientError("start a stream before switching its prompt")
-            prompt = message.get("prompt")
-            if not isinstance(prompt, str):
-                raise _ClientError("prompt must be text")
+            prompt = check_prompt_text(message.get("prompt"))
             await asyncio.to_thread(session.live.request_prompt, prompt)
             await send(ws, {"type": "prompt_queued", "prompt": prompt.strip()})
         elif kind == "stop":
