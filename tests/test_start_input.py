@@ -199,3 +199,52 @@ def test_experiment_start_options_are_checked_before_the_model_loads(tiny_mini, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "study").exists()
+
+
+def test_a_wan_model_starts_from_an_image_latent_and_continues_a_clip_of_whole_latents(tmp_path, capsys):
+    """Wan's causal VAE (tiny random, diffusers layout): an image is one latent (prefilled alone, then chunks from
+    latent frame 1); a 9-frame clip is 1 + 4 x 2 frames = 3 latents; the output's frame counts follow the VAE."""
+    import json
+
+    from PIL import Image
+    from tiny_layouts import write_tiny_umt5, write_tiny_wan_vae
+    from tiny_transformer_layouts import TINY_WAN_CONFIG, original_wan_state_dict, write_original_folder
+
+    from deepforcing.models.loading import load_causal_wan
+    from deepforcing.model_spec import ModelSpec, open_generator
+
+    cfg = {**TINY_WAN_CONFIG, "text_dim": 16}
+    original, folder = tmp_path / "original", tmp_path / "wan"
+    write_original_folder(original, original_wan_state_dict(cfg, seed=1), cfg)
+    load_causal_wan(original).save_pretrained(str(folder / "transformer"))
+    write_tiny_wan_vae(folder, layout="diffusers")
+    write_tiny_umt5(folder, layout="diffusers")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    out = tmp_path / "i2v.mp4"
+    assert main(["generate", "a red cat runs", "--model", str(folder), "--resolution", "32x48", "--frames", "6",
+                 "--image", str(tmp_path / "i.png"), "-o", str(out)]) == 0
+    assert "resized 40x40 -> 48x32 (bilinear, as the release does; this changes the aspect)" in capsys.readouterr().err
+    assert _read_mp4(out).shape[0] == 4 * 6  # the image's latent decodes to its frame (not kept), then 6 latents
+    assert json.loads(out.with_suffix(".json").read_text())["start"]["kind"] == "image"
+
+    gen = open_generator(ModelSpec(str(folder), resolution="32x48", device="cpu"))
+    clip = np.random.default_rng(2).integers(0, 255, (9, 32, 48, 3), dtype=np.uint8)
+    chunks = list(gen.stream("a red cat runs", latent_frames=3, start_video=clip, keep_input=True))
+    assert [(c.start_frame, c.latents.shape[2], c.frames.shape[1]) for c in chunks] == [(0, 3, 9), (3, 3, 12)]
+    assert np.array_equal(chunks[0].given, clip)
+    image = list(gen.stream("a red cat runs", latent_frames=3, start_image=clip[0]))
+    assert [(c.start_frame, c.latents.shape[2]) for c in image] == [(1, 3)]  # positions from the given frame
+
+
+def test_a_prompt_switch_after_an_image_start_re_caches_whole_chunks(tiny_mini):
+    """A timeline with an image start: the switch re-caches the chunks after the lone image frame (which stays)."""
+    from deepforcing.model_spec import ModelSpec, open_generator
+    from deepforcing.pipeline.timeline import TimelineEntry
+
+    gen = open_generator(ModelSpec(str(tiny_mini), device="cpu"))
+    timeline = [TimelineEntry("a red circle", frames=6), TimelineEntry("a blue square", frames=6)]
+    chunks = list(gen.stream(timeline, latent_frames=12, start_image=np.zeros((16, 16, 3), np.uint8),
+                             policy="self-forcing", window=21))
+    assert [c.start_frame for c in chunks] == [1, 4, 7, 10]
+    assert [c.prompt for c in chunks] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert chunks[-1].cache.length == 13 * chunks[-1].cache.geometry.tokens_per_frame

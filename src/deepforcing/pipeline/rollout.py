@@ -259,8 +259,8 @@ class VideoRollout:
         model call at the clean timestep (``context_noise``, 0) at its own temporal position, chunk-sized blocks in
         order; when ``F`` is not a multiple of the chunk, the leading ``F mod chunk`` frames go first in one call
         (its ``independent_first_frame`` branch: a lone image latent, then chunks). Nothing is sampled: the blocks
-        are returned as the video's chunks, as given, and remembered for prompt-switch re-caching. Sampling then
-        continues after them with the rollout's policy; positions are counted from the first given frame.
+        are returned as the video's chunks, as given, and remembered for prompt-switch re-caching.
+        Sampling then continues after them with the rollout's policy; positions count from the first given frame.
         """
         chunk = self.sampling.chunk_frames
         frames = latents.shape[2] if latents.dim() == 5 else 0
@@ -274,7 +274,7 @@ class VideoRollout:
         for block in blocks:
             start = self.next_frame
             self._call(block, self.sampling.context_noise, start, clean=True)
-            self._remember(block)
+            self._remember(block)  # re-cached at a prompt switch like a sampled chunk
             if block.shape[2] != chunk:
                 self._prefill_offset += block.shape[2] - chunk
             out.append(ChunkResult(self.next_chunk, start, block, self.prompt_index))
@@ -307,11 +307,12 @@ class VideoRollout:
         else:  # nothing to keep yet (the sink is still being generated) or the sink is re-cached too
             keep_sink = False
             count = min(len(self._recent), window // chunk)
-        resume = self.next_frame - count * chunk
-        self.cache.restart(resume_frame=resume, keep_sink=keep_sink)
         recent = self._recent[len(self._recent) - count:]
+        resume = self.next_frame - sum(latents.shape[2] for latents in recent)  # chunks (a prefill's lone frame: 1)
+        self.cache.restart(resume_frame=resume, keep_sink=keep_sink)
         if self.sampling.recache == "joint":  # one pass, every frame sees all re-cached frames (LongLive)
             self._call(torch.cat(recent, dim=2), self.sampling.context_noise, resume, clean=True)
             return
-        for k, latents in enumerate(recent):
-            self._call(latents, self.sampling.context_noise, resume + k * chunk, clean=True)
+        for latents in recent:
+            self._call(latents, self.sampling.context_noise, resume, clean=True)
+            resume += latents.shape[2]
