@@ -181,21 +181,13 @@ class VideoGenerator:
         current = active[0]
         i = 0
         if start_latents is not None:
-            if not hasattr(rollout, "prefill"):
-                raise ValueError(f"a start image / video needs the rolling cache; this model's sampler "
-                                 f"({type(rollout).__name__}) has its own loop (pass --no-restart for CausVid)")
             t0 = time.perf_counter()
-            for block in rollout.prefill(start_latents.to(self._dtype)):  # one chunk-sized prefix call each
-                with torch.no_grad():  # the decoder sees the given latents first (a causal decoder's context)
-                    decoded = decoder.decode_chunk(block.latents.permute(0, 2, 1, 3, 4))
-                if keep_input:  # the given frames of this block (pixel frames of its latent frames)
-                    a = self.bundle.pixel_frames(block.start_frame) if block.start_frame else 0
-                    b = self.bundle.pixel_frames(block.start_frame + block.latents.shape[2])
-                    yield ChunkOutput(i, block.start_frame, timeline[current].prompt, block.latents,
-                                      start.frames[None, a:b].to(decoded), time.perf_counter() - t0, rollout.cache,
-                                      given=start.given[a:b])
+            for block, frames, as_given in self.prefill(rollout, decoder, start, start_latents):
+                if keep_input:
+                    yield ChunkOutput(i, block.start_frame, timeline[current].prompt, block.latents, frames,
+                                      time.perf_counter() - t0, rollout.cache, given=as_given)
                     i += 1
-                    t0 = time.perf_counter()
+                t0 = time.perf_counter()
         while rollout.next_frame < end:  # a restart's prefix adds no frames
             t0 = time.perf_counter()
             at = min((rollout.next_frame - given) // self.bundle.sampling.chunk_frames, total - 1)
@@ -246,6 +238,26 @@ class VideoGenerator:
         if start.note:
             warnings.warn(start.note, stacklevel=3)
         return start
+
+    def prefill(self, rollout, decoder, start: StartFrames, latents: torch.Tensor | None = None) -> list:
+        """Write a loaded start into a fresh ``rollout``'s cache (:meth:`VideoRollout.prefill`) and ``decoder``'s
+        context (a causal decoder decodes the given latents first). Per prefix block: its ``ChunkResult``, its given
+        frames at the model's size ``[1, T, 3, H, W]`` and as given (uint8), for a caller that keeps the input.
+        ``latents``: the start already encoded (:meth:`StartFrames.encode`). A rollout opened for ``n`` new latent
+        frames should allow ``n + start`` (``max_frames``)."""
+        if not hasattr(rollout, "prefill"):
+            raise ValueError(f"a start image / video needs the rolling cache; this model's sampler "
+                             f"({type(rollout).__name__}) has its own loop (pass --no-restart for CausVid)")
+        if latents is None:
+            latents = start.encode(self.bundle.codec, self.device, self._dtype)
+        out = []
+        for block in rollout.prefill(latents.to(self._dtype)):  # one chunk-sized prefix call each
+            with torch.no_grad():
+                decoded = decoder.decode_chunk(block.latents.permute(0, 2, 1, 3, 4))
+            a = self.bundle.pixel_frames(block.start_frame) if block.start_frame else 0  # its pixel frames
+            b = self.bundle.pixel_frames(block.start_frame + block.latents.shape[2])
+            out.append((block, start.frames[None, a:b].to(decoded), start.given[a:b]))
+        return out
 
     def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
                      record_events: bool = False) -> VideoRollout:
