@@ -290,6 +290,78 @@ def test_a_frame_over_uvicorns_limit_closes_only_that_socket(generator, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def _png(array: np.ndarray, **save) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def test_a_stream_starts_from_an_uploaded_image_and_switches_its_prompt(generator):
+    """Issue 22 item 3: the uploaded image is the first chunk (as given, resized to the model) and is in the cache
+    the first sampled chunk attends to; the prompt switch works as before."""
+    from deepforcing.pipeline.start import load_start
+    from deepforcing.pipeline.writer import to_uint8_frames
+
+    image = np.zeros((24, 32, 3), np.uint8)
+    image[:, :, 1] = 160  # green, with a yellow block in the top left
+    image[2:10, 2:12] = (250, 220, 20)
+    with _client(generator) as client, client.websocket_connect("/ws") as ws:
+        sid = _next(ws, "hello")["session"]
+        ws.send_text(json.dumps({"type": "start", "image": True}))
+        assert "upload the start image first" in json.loads(ws.receive_text())["message"]
+        uploaded = client.post(f"/api/sessions/{sid}/image", content=_png(image))
+        assert uploaded.status_code == 200 and uploaded.json() == {"width": 32, "height": 24}
+        ws.send_text(json.dumps({"type": "start", "prompt": "a red circle", "image": True, "seed": 2}))
+        started = _next(ws, "started")
+        assert started["image"] and "aspect" in started["note"] and "start-image" not in started["note"]
+        first = _next(ws, "chunk")
+        assert first["given"] and first["index"] == -1 and len(first["frames"]) == 1
+        policy = generator.resolve_policy(None)
+        expected = to_uint8_frames(load_start(image, "image", generator.start_geometry(policy)).frames)[0]
+        shown = frames_from_message(first)[0].astype(int)  # JPEG on the wire: close, not exact
+        assert shown.shape == expected.shape and np.abs(shown - expected).mean() < 6
+        assert first["cache_frames"]["sink"] + first["cache_frames"]["recent"] == 1  # the image's latent frame
+        second = _next(ws, "chunk")
+        assert not second["given"] and second["start_frame"] == 1  # positions count from the given frame
+        assert sum(second["cache_frames"].values()) == 1 + 3 and second["attention"]["sink"] > 0
+        ws.send_text(json.dumps({"type": "prompt", "prompt": "a green triangle"}))
+        for _ in range(4):
+            if (m := _next(ws, "chunk"))["switched"]:
+                break
+        assert m["switched"] and m["prompt"] == "a green triangle"
+
+
+@pytest.mark.parametrize("body, status, expected", [
+    (b"", 400, "the upload is empty"),
+    (b"not an image at all", 400, "the uploaded image is not a readable image; give a PNG or JPEG file"),
+    (_png(np.zeros((8, 8), np.uint16) + 40000), 400, "the uploaded image has 16 bits per channel"),
+    (b"\x89PNG" + b"\x00" * (2 << 20), 413, "over the limit of 1 MiB"),
+])
+def test_bad_image_uploads_are_one_line_errors(generator, body, status, expected):
+    with _client(generator, max_image_bytes=1 << 20) as client, client.websocket_connect("/ws") as ws:
+        sid = _next(ws, "hello")["session"]
+        answer = client.post(f"/api/sessions/{sid}/image", content=body)
+        assert answer.status_code == status and expected in answer.json()["error"]
+        assert "\n" not in answer.json()["error"] and "deepforcing-serve-" not in answer.json()["error"]
+        assert client.post("/api/sessions/nope/image", content=b"x").status_code == 404
+        ws.send_text(json.dumps({"type": "start", "image": True}))
+        assert "upload the start image first" in json.loads(ws.receive_text())["message"]
+
+
+def test_an_animated_image_upload_is_refused(generator):
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    with _client(generator) as client, client.websocket_connect("/ws") as ws:
+        sid = _next(ws, "hello")["session"]
+        answer = client.post(f"/api/sessions/{sid}/image", content=buf.getvalue())
+        assert answer.status_code == 400 and "animated image (2 frames)" in answer.json()["error"]
+
+
 def test_session_limit_says_busy_and_frees_the_slot(generator):
     with _client(generator, max_sessions=1) as client:
         with client.websocket_connect("/ws") as first:

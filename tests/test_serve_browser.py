@@ -252,6 +252,45 @@ def test_the_page_reconnects_after_the_server_went_away(server, browser):
     _leave(browser, server)
 
 
+def test_a_dropped_image_starts_the_stream_and_its_prompt_switches(server, browser, tmp_path):
+    """Issue 22 item 3: an image dropped on the page (a synthetic drop with a real File) is uploaded; Start shows it
+    first and continues from it; the prompt switch works as before; a bad file is a one-line error in view."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    text = lambda i: _text(browser, i)  # noqa: E731
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[..., 1] = 150
+    image[8:30, 10:34] = (250, 220, 20)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    drop = ("const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0)); "
+            "const dt = new DataTransfer(); dt.items.add(new File([bytes], arguments[1], {type: arguments[2]})); "
+            "document.getElementById('video').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));")
+    _open(browser, server)
+    browser.execute_script(drop, base64.b64encode(b"not an image").decode(), "notes.png", "image/png")
+    _wait(lambda: "not a readable image" in text("error"), timeout=10, what="the bad file's error")
+    assert _in_view(browser, "error") and "\n" not in text("error")
+    browser.execute_script(drop, base64.b64encode(buf.getvalue()).decode(), "start.png", "image/png")
+    _wait(lambda: "64×48" in text("image-name"), timeout=10, what="the upload")
+    browser.find_element(By.ID, "start").click()
+    _wait(lambda: int(text("frames-shown")) >= 12, what="frames from the image")
+    video = browser.find_element(By.ID, "video")
+    assert video.get_attribute("data-given-frames") == "1" and "aspect" in text("image-name")
+    assert text("error") == "" and text("status").startswith("streaming")
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("a yellow square moves fast on a dark background")
+    browser.find_element(By.ID, "switch").click()
+    _wait(lambda: text("current-prompt").startswith("a yellow square"), timeout=20, what="the switch on screen")
+    _shot(browser, "desktop_image_start")
+    _leave(browser, server)
+
+
 def test_phone_layout_keeps_video_live_numbers_and_controls_on_screen(server, browser):
     from selenium.webdriver.common.by import By
 

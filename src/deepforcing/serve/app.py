@@ -2,8 +2,9 @@
 
 Protocol (JSON text messages on ``/ws``):
 
-* client → server: ``{"type": "start", "prompt", "policy", "seed", "window", "sink", "budget", "recent"}`` (all
-  optional but the type), ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
+* client → server: ``{"type": "start", "prompt", "policy", "seed", "window", "sink", "budget", "recent", "image"}``
+  (all optional but the type; ``"image": true`` starts from the image the page uploaded with
+  ``POST /api/sessions/{session}/image``, the raw PNG / JPEG bytes, at most ``max_image_bytes``), ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
 * server → client: ``{"type": "hello", ...model facts}``, ``{"type": "started", "session", "policy", ...}``, one
   ``{"type": "chunk", "frames": [base64 JPEG, ...], telemetry...}`` per chunk, ``{"type": "stopped", "reason"}`` and
   ``{"type": "error", "message"}`` (the session stays usable after an error in a client message) and, before
@@ -45,6 +46,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from deepforcing.cache import POLICIES
 from deepforcing.pipeline.generate import VideoGenerator
+from deepforcing.pipeline.start import load_start, probe_start
 from deepforcing.pipeline.validation import check_prompt_text, check_seed
 from deepforcing.pipeline.writer import Mp4StreamWriter
 
@@ -73,6 +75,7 @@ class ServeConfig:
     start_interval: float = 1.0  # a start this soon after the previous one is refused (rapid starts do not queue)
     max_cache_factor: int = 4  # policy sizes (window, sink, budget, recent) up to this many times the model's
     # default window; a policy without a bound (``full``) stops when its cache reaches that many frames
+    max_image_bytes: int = 10 * 1024 * 1024  # a start image upload (PNG / JPEG bytes)
     token: str | None = None  # when set, every page, API call and socket must carry it (cookie or ?token=)
     workdir: str | None = None  # where session MP4s are written (a fresh temporary folder by default)
 
@@ -86,6 +89,7 @@ class _Session:
     producer: asyncio.Task | None = None
     active_at: float = field(default_factory=time.monotonic)  # last client message or end of a stream
     started_at: float = -math.inf  # last accepted start
+    start_image: Path | None = None  # the uploaded start image (a server-chosen name in the session's folder)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time per session
 
 
@@ -127,6 +131,11 @@ def _options(message: dict, max_seconds: float, max_frames: int) -> LiveOptions:
              for key in ("window", "sink", "budget", "recent")}
     return LiveOptions(prompt=prompt, policy=policy, seed=seed, max_seconds=max_seconds, max_cache_frames=max_frames,
                        **sizes)
+
+
+def _about_upload(err: BaseException | str, path: Path) -> str:
+    """A start-image message for the page: the server's own file name becomes "the uploaded image"."""
+    return str(err).replace(str(path), "the uploaded image").replace("--image file", "the uploaded image")
 
 
 def _policy_description(cls: type) -> str:
@@ -229,6 +238,53 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": f'attachment; filename="deepforcing_{sid[:8]}.mp4"'})
 
+    @app.post("/api/sessions/{sid}/image")
+    async def upload_image(sid: str, request: Request) -> JSONResponse:
+        """The start image of a session's next streams: raw PNG / JPEG bytes, checked as ``generate --image``
+        checks its file (readable, one still frame, 8 bits, not huge) before it is kept."""
+        if not authorized(request_token(request)):
+            return JSONResponse({"error": "this server needs its access token"}, status_code=401)
+        session = sessions.get(sid)
+        if session is None:
+            return JSONResponse({"error": "no such session (reload the page)"}, status_code=404)
+        too_big = JSONResponse({"error": f"the image is over the limit of {cfg.max_image_bytes // 2**20} MiB; "
+                                         f"choose a smaller PNG or JPEG"}, status_code=413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cfg.max_image_bytes:
+            return too_big
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > cfg.max_image_bytes:
+                return too_big
+        if not body:
+            return JSONResponse({"error": "the upload is empty; choose a PNG or JPEG image"}, status_code=400)
+        path = session.video_path.parent / "start-image"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        session.start_image = None
+        path.write_bytes(bytes(body))
+        try:
+            probe = await asyncio.to_thread(probe_start, path, "image")
+        except ValueError as err:
+            path.unlink(missing_ok=True)
+            return JSONResponse({"error": _about_upload(err, path)}, status_code=400)
+        session.start_image = path
+        return JSONResponse({"width": probe.width, "height": probe.height})
+
+    def open_live(options: LiveOptions, image: Path | None) -> tuple[LiveSession, str | None]:
+        """A new live session (in a worker thread), from the uploaded start image when ``image`` is given; the
+        note says how the image was changed to fit the model, if it was."""
+        gen = generator()
+        start = None
+        if image is not None:
+            geometry = gen.start_geometry(gen.resolve_policy(options.policy, **options.sizes()))
+            try:
+                start = load_start(image, "image", geometry)
+            except ValueError as err:
+                raise _ClientError(_about_upload(err, image)) from None
+        note = _about_upload(start.note, image) if start is not None and start.note else None
+        return LiveSession(gen, options, start=start), note
+
     # ------------------------------------------------------------------ sessions
     async def send(ws: WebSocket, payload: dict) -> None:
         await asyncio.wait_for(ws.send_text(json.dumps(payload)), timeout=cfg.send_timeout)
@@ -276,7 +332,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                     "generation_fps": round(len(chunk.frames) / chunk.seconds, 1) if chunk.seconds else None,
                     "cache_frames": chunk.cache_frames, "attention": chunk.attention, "switched": chunk.switched,
                     "switch_ms": round(chunk.switch_seconds * 1000, 1) if chunk.switch_seconds is not None else None,
-                    "video_seconds": round(video_seconds, 3)})
+                    "video_seconds": round(video_seconds, 3), "given": chunk.given})
                 ahead = video_seconds - (time.perf_counter() - clock)
                 if ahead > cfg.lead_seconds:  # pace: stay near real time so prompt switches show quickly
                     await asyncio.sleep(ahead - cfg.lead_seconds)
@@ -296,11 +352,16 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
     async def handle(ws: WebSocket, session: _Session, message: dict) -> None:
         kind = message.get("type")
         if kind == "start":
+            options = _options(message, cfg.max_seconds, max_cache_frames())  # a bad field says so first
             wait = session.started_at + cfg.start_interval - time.monotonic()
             if wait > 0:
                 raise _ClientError(f"too many starts: wait {wait:.1f} s before starting again")
-            options = _options(message, cfg.max_seconds, max_cache_frames())
-            live = await asyncio.to_thread(LiveSession, generator(), options)  # a bad request keeps the old stream
+            image = None
+            if message.get("image"):
+                if session.start_image is None:
+                    raise _ClientError("upload the start image first (drop it on the video or choose a file)")
+                image = session.start_image
+            live, note = await asyncio.to_thread(open_live, options, image)  # a bad request keeps the old stream
             session.started_at = time.monotonic()  # only a start that got a stream counts against the next one
             release_live(session)
             session.video_path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,8 +369,8 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 session.live = live
                 session.writer = Mp4StreamWriter(session.video_path, fps=live.generator.bundle.fps)
             await send(ws, {"type": "started", "session": session.sid, "prompt": live.prompt,
-                            "policy": live.policy.describe(), "seed": options.seed,
-                            "video_url": f"/api/sessions/{session.sid}/video.mp4"})
+                            "policy": live.policy.describe(), "seed": options.seed, "image": image is not None,
+                            "note": note, "video_url": f"/api/sessions/{session.sid}/video.mp4"})
             session.producer = asyncio.create_task(produce(ws, session))
         elif kind == "prompt":
             if session.live is None:

@@ -3,7 +3,10 @@ and the cache telemetry the page shows (what is in the KV cache and where the at
 
 The video is the one ``deepforcing generate`` makes with the same prompt, policy and seed (same rollout, same
 streaming decoder); only the length is open-ended (up to ``max_seconds``) and the prompt can change while it runs
-(LongLive's KV re-cache, :meth:`~deepforcing.pipeline.rollout.VideoRollout.switch_prompt`).
+(LongLive's KV re-cache, :meth:`~deepforcing.pipeline.rollout.VideoRollout.switch_prompt`). A session may start
+from a given image (issue 22: ``generate --image``'s path): it is encoded by the model's codec and written into the
+cache at the clean timestep (:meth:`~deepforcing.pipeline.rollout.VideoRollout.prefill`), and shown as the first
+chunk (``given``), as ``--keep-input`` writes it.
 
 Telemetry per chunk (no peer shows it): the cache's frames by segment — the policy's own regions
 (:meth:`~deepforcing.cache.CachePolicy.regions`: the sink, Deep Sink arXiv 2512.05081 §4.2; the compressed middle,
@@ -24,6 +27,7 @@ import torch
 from deepforcing.cache import REGIONS
 from deepforcing.eval.diagnostics import AttentionMassProbe
 from deepforcing.pipeline.generate import NonFiniteOutputError, VideoGenerator
+from deepforcing.pipeline.start import StartFrames
 from deepforcing.pipeline.writer import to_uint8_frames
 
 __all__ = ["LiveOptions", "LiveChunk", "LiveSession", "SEGMENTS", "encode_frame"]
@@ -69,6 +73,7 @@ class LiveChunk:
     attention: dict[str, float] = field(default_factory=dict)  # attention mass per segment (sums to 1)
     switched: bool = False  # the first chunk under a new prompt
     switch_seconds: float | None = None  # from the prompt request to the end of this chunk
+    given: bool = False  # the start image, as given (resized to the model), not sampled
 
 
 class LiveSession:
@@ -79,7 +84,8 @@ class LiveSession:
     one worker thread per session); :meth:`request_prompt` may be called between chunks.
     """
 
-    def __init__(self, generator: VideoGenerator, options: LiveOptions, *, telemetry: bool = True) -> None:
+    def __init__(self, generator: VideoGenerator, options: LiveOptions, *, telemetry: bool = True,
+                 start: StartFrames | None = None) -> None:
         self.generator = generator
         self.options = options
         bundle = generator.bundle
@@ -89,7 +95,10 @@ class LiveSession:
         if not self.prompt:
             raise ValueError("a prompt is required for this model")
         self.policy = generator.resolve_policy(options.policy, **options.sizes())  # validated by its cache below
-        self.max_frames = bundle.latent_frames_for_seconds(options.max_seconds)
+        dtype = next((p.dtype for p in bundle.transformer.parameters() if p.is_floating_point()), torch.float32)
+        start_latents = None if start is None else start.encode(bundle.codec, generator.device, dtype)
+        given = 0 if start_latents is None else start_latents.shape[2]
+        self.max_frames = given + bundle.latent_frames_for_seconds(options.max_seconds)
         self.cache_capped = (not self.policy.bounded and options.max_cache_frames is not None
                              and options.max_cache_frames < self.max_frames)
         if self.cache_capped:
@@ -102,6 +111,7 @@ class LiveSession:
         self.rollout.cache.attention_observer = self.probe
         self._pending: tuple[str, object, float] | None = None
         self.frames_sent = 0
+        self._given = None if start is None else self._prefill(start, start_latents)
 
     # ------------------------------------------------------------------ control
     @property
@@ -126,7 +136,26 @@ class LiveSession:
 
     # ------------------------------------------------------------------ chunks
     @torch.no_grad()
+    def _prefill(self, start: StartFrames, latents: torch.Tensor) -> LiveChunk:
+        """Write the start's latents into the cache (chunk-sized clean calls) and feed them to the streaming
+        decoder (its causal context), as :meth:`VideoGenerator.stream` does; the chunk to show is the start."""
+        if not hasattr(self.rollout, "prefill"):
+            raise ValueError(f"a start image needs the rolling cache; this model's sampler "
+                             f"({type(self.rollout).__name__}) has its own loop")
+        t0 = time.perf_counter()
+        for block in self.rollout.prefill(latents):
+            self.decoder.decode_chunk(block.latents.permute(0, 2, 1, 3, 4))
+        if self.probe is not None:
+            self.probe.records.clear()  # the prefill's clean calls are not a sampled chunk's attention
+        return LiveChunk(-1, 0, self.prompt, to_uint8_frames(start.frames), time.perf_counter() - t0,
+                         cache_frames=self._cache_makeup(0), given=True)
+
+    @torch.no_grad()
     def next_chunk(self) -> LiveChunk:
+        if self._given is not None:  # the start image first
+            chunk, self._given = self._given, None
+            self.frames_sent += len(chunk.frames)
+            return chunk
         if self.finished:
             raise RuntimeError(f"the session reached its length limit ({self.options.max_seconds:g} s)")
         t0 = time.perf_counter()
