@@ -243,19 +243,24 @@ def test_eval_checks_numbers_inputs_and_output_before_decoding(tmp_path, capsys,
         (["--window-seconds", "inf"], "--window-seconds) must be positive"),
         (["--window-seconds", "-2"], "--window-seconds) must be positive"),
         (["--out", str(tmp_path / "FILE")], "is a file; give a folder"),
-        (["--out", str(tmp_path / "FILE" / "sub")], "cannot write the report"),
+        (["--out", str(tmp_path / "FILE" / "sub")], "is a file, not a folder"),
     ]
     for argv, message in cases:
         assert main(["eval", str(video), *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert main(["eval", str(video), str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "r")]) == 2
-    assert "video not found" in capsys.readouterr().err
+    assert "video file not found" in capsys.readouterr().err
 
 
 def test_bench_and_plan_refuse_before_work(tmp_path, capsys):
     (tmp_path / "FILE").write_text("x")
     assert main(["bench", "--out", str(tmp_path / "FILE" / "b")]) == 2
-    assert "cannot write to the folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "locked").mkdir(mode=0o555)
+    if not os.access(tmp_path / "locked", os.W_OK):  # root may write anywhere but on a read-only filesystem
+        assert main(["bench", "--out", str(tmp_path / "locked" / "b")]) == 2
+        assert "is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "locked" / "b").exists()
     assert main(["bench", "--policies", ","]) == 2
     assert "names no policy" in capsys.readouterr().err
     assert main(["plan", "--policy", "full", "--chunks", "100000"]) == 2
@@ -285,7 +290,7 @@ def test_errno_texts_say_what_to_do(tmp_path):
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert error_line(full).startswith("the disk is full; free space")
     ro = OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/x.mp4")
-    assert error_line(ro) == "/mnt/x.mp4: that filesystem is read-only; write elsewhere (-o / --out)"
+    assert error_line(ro) == "/mnt/x.mp4: that filesystem is read-only; write elsewhere"
     exists = OSError(errno.EEXIST, os.strerror(errno.EEXIST), "out")
     assert "remove it or choose another name" in error_line(exists)
     ours = OSError(errno.ENOSPC, "writing v.mp4 failed")

@@ -204,6 +204,8 @@ def _check_train_mini(args: argparse.Namespace) -> None:
     import tempfile
     from pathlib import Path
 
+    from .pipeline.validation import os_advice
+
     for name in ("steps", "batch", "threads", "layers", "dim", "patch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -235,8 +237,7 @@ def _check_train_mini(args: argparse.Namespace) -> None:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
                 pass
         except OSError as err:
-            raise ValueError(f"cannot write to the folder {folder} ({err.strerror or err}); choose another "
-                             f"{flag}") from None
+            raise ValueError(f"cannot write to the folder {folder} for {flag} ({os_advice(err)})") from None
 
 
 def _run_train_mini(args: argparse.Namespace) -> int:

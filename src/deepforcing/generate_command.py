@@ -30,7 +30,8 @@ from .model_spec import CheckedModel, ModelSpec, _resolution, check_model, set_t
 from .pipeline.generate import VideoGenerator, restart_policy_error
 from .pipeline.start import StartFrames, StartGeometry, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
-from .pipeline.validation import MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, shorten
+from .pipeline.validation import (MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, os_advice,
+                                  shorten)
 from .pipeline.writer import MIN_START_BYTES, check_free_space
 
 __all__ = ["run_generate", "slug", "shard", "output_lock", "MAX_SECONDS"]
@@ -308,7 +309,7 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
             pass
     except OSError as err:
-        raise ValueError(f"cannot write to the folder {folder} ({err.strerror or err}); choose another -o") from None
+        raise ValueError(f"cannot write to the folder {folder} ({os_advice(err)})") from None
     check_free_space(folder, MIN_START_BYTES, f"the video {output.name}")  # a full disk: refused before any work
 
 

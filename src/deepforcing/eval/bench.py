@@ -125,15 +125,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--horizons must be numbers like 1,4,12,48, got {args.horizons!r}") from None
     if not multiples or not all(math.isfinite(m) and 0 < m <= 10_000 for m in multiples):
         raise ValueError(f"--horizons must be positive multiples of the horizon (at most 10000), got {args.horizons!r}")
-    if args.out:  # bench.json is written after minutes of measuring: its folder is checked now
-        out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=out, prefix=".deepforcing-probe-"):
-                pass
-        except OSError as err:
-            raise ValueError(f"cannot write to the folder {out} ({err.strerror or err}); choose another --out") \
-                from None
+    if args.out:  # bench.json is written after minutes of measuring: its folder is checked now (not created)
+        from deepforcing.pipeline.validation import check_writable_folder
+
+        check_writable_folder(args.out, "--out")
     if not [p for p in args.policies.split(",") if p.strip()]:
         raise ValueError("--policies names no policy; give comma-separated names, e.g. deep-forcing,self-forcing")
     model = check_model(ModelSpec.from_args(args))

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from deepforcing.cli_options import add_model_arguments
@@ -19,7 +18,7 @@ from deepforcing.eval.metrics import SELF_FORCING_HORIZON_FRAMES, EvalConfig, ev
 from deepforcing.eval.report import write_report
 from deepforcing.eval.vbench_adapter import VBenchUnavailable, check_vbench, evaluate_vbench
 from deepforcing.eval.video_io import VideoReadError
-from deepforcing.pipeline.validation import error_line
+from deepforcing.pipeline.validation import check_writable_folder, error_line
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -75,18 +74,13 @@ def _check_inputs_and_out(videos: list[str], out: Path) -> None:
     for video in videos:
         path = Path(video)
         if not path.is_file():
-            raise FileNotFoundError(f"video not found: {path}" if not path.exists() else
+            raise FileNotFoundError(f"video file not found: {path}" if not path.exists() else
                                     f"{path} is not a video file (a folder?); give video files")
         if not os.access(path, os.R_OK):
             raise ValueError(f"cannot read {path} (permission denied)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the report")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".deepforcing-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write the report to {out} ({err.strerror or err}); choose another --out") from None
+    check_writable_folder(out, "--out")
 
 
 def run_eval(args: argparse.Namespace) -> int:

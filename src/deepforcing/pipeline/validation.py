@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["RequestError", "MAX_SECONDS", "MAX_LATENT_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "check_length",
            "check_whole", "check_seed", "check_prompt_text", "check_output_path", "check_callback", "shorten",
-           "error_line"]
+           "error_line", "os_advice", "check_writable_folder"]
 
 MAX_SECONDS = 24 * 3600.0
 """Longest video one request may ask for (a day); longer lengths are refused before anything is allocated."""
@@ -105,6 +105,22 @@ def check_output_path(output: Any) -> Path:
     return path
 
 
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> Path:
+    """``folder`` (created later by the caller) can be written: it or its nearest existing parent is a folder we
+    may write to (a read-only filesystem counts as not writable). Nothing is created here."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RequestError(f"cannot write to {shorten(str(folder))} for {flag}: {shorten(str(existing))} is a file, "
+                           f"not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RequestError(f"cannot write to {shorten(str(folder))} for {flag}: {shorten(str(existing))} is not "
+                           f"writable (permissions or a read-only filesystem); choose another {flag}")
+    return folder
+
+
 def check_callback(name: str, value: Any) -> None:
     """``None`` or something callable."""
     if value is not None and not callable(value):
@@ -112,11 +128,11 @@ def check_callback(name: str, value: Any) -> None:
 
 
 _ERRNO_ADVICE = {
-    errno.ENOSPC: "the disk is full; free space or write elsewhere (-o / --out)",
-    errno.EDQUOT: "the disk quota is used up; free space or write elsewhere (-o / --out)",
-    errno.EROFS: "that filesystem is read-only; write elsewhere (-o / --out)",
-    errno.EACCES: "permission denied; write to a folder you own (-o / --out) or fix its permissions",
-    errno.EPERM: "operation not permitted; write to a folder you own (-o / --out)",
+    errno.ENOSPC: "the disk is full; free space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up; free space or write elsewhere",
+    errno.EROFS: "that filesystem is read-only; write elsewhere",
+    errno.EACCES: "permission denied; write to a folder you own or fix its permissions",
+    errno.EPERM: "operation not permitted; write to a folder you own",
     errno.EEXIST: "a file of that name is in the way; remove it or choose another name",
     errno.ENOTDIR: "a part of that path is a file, not a folder; choose another path",
     errno.EISDIR: "that path is a folder; give a file name",
@@ -124,6 +140,11 @@ _ERRNO_ADVICE = {
     errno.EMFILE: "too many open files; raise the limit (ulimit -n) or run fewer jobs",
     errno.EIO: "the device reported an I/O error; check the disk",
 }
+
+
+def os_advice(err: OSError) -> str:
+    """What to do about an operating-system error, by its errno (its own text where we have no advice)."""
+    return _ERRNO_ADVICE.get(err.errno, err.strerror or str(err))
 
 
 def error_line(err: BaseException, limit: int = 1000) -> str:
