@@ -140,7 +140,11 @@ class CheckedModel:
         model's window unless one is given), built once here and passed down; impossible sizes raise ``ValueError``."""
         from deepforcing.pipeline.generate import policy_from_defaults
 
-        return policy_from_defaults(self.default_policy(), name, **sizes)
+        policy = policy_from_defaults(self.default_policy(), name, **sizes)
+        if policy.rope_jitter and self.preset is not None and self.preset.sampling.solver == "rolling-forcing":
+            raise ValueError("--rope-jitter: Rolling Forcing's sampler has its own cache and RoPE (pipeline.rolling), "
+                             "which the jitter does not reach; drop --rope-jitter or use a chunk-wise preset")
+        return policy
 
     def horizon_pixel_frames(self) -> int:
         """Pixel frames of the model's training horizon (its attention window through its codec), without loading

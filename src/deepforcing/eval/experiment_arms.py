@@ -25,7 +25,8 @@ class Arm:
 ARMS: tuple[Arm, ...] = (
     Arm("self-forcing", "self-forcing", {}, ("policies", "ablation", "sink sweep")),
     Arm("attention-sink S=3", "attention-sink", {"sink": 3}),
-    Arm("rolling-sink S=3", "rolling-sink", {"sink": 3}),
+    # the label keeps the old policy name: results/long_horizon's committed summary and metrics are keyed by it
+    Arm("rolling-sink S=3", "rolling-forcing-sink", {"sink": 3}),
     Arm("deep-sink S=14", "deep-sink", {"sink": 14}, ("policies", "sink sweep")),
     Arm("deep-forcing", "deep-forcing", {}, ("policies", "ablation", "queries")),
     Arm("random-topc", "random-topc", {}),

@@ -215,7 +215,7 @@ PRESETS: dict[str, ModelPreset] = {
         sampling=SamplingConfig(chunk_frames=3, denoising_steps=(1000, 800, 600, 400, 200), warp=True, shift=5.0,
                                 solver="rolling-forcing"),
         window_frames=21,
-        policy="rolling-sink",
+        policy="rolling-forcing-sink",
         policy_sizes={"sink": 3},
         use_ema=True,
         notes=(
