@@ -202,6 +202,12 @@ class CachePolicy:
         """Frames per region (:data:`REGIONS`) once the window is full (``None``: grows without bound)."""
         return {"sink": self.sink_frames, "kept": 0, "memory": 0, "recent": self.window - self.sink_frames}
 
+    @property
+    def archive_frames(self) -> int:
+        """Frames of K/V the policy keeps outside the window's slots (Rolling Sink's archive of its first window), for
+        memory accounting (``benchmarks/policy_chunk_cost.py``); synthesized memory frames sit in slots (layout)."""
+        return 0
+
     def regions(self, layer: "LayerCache") -> torch.Tensor:
         """Region index (into :data:`REGIONS`) of every filled slot of ``layer``, ``[B, length]`` int8: the anchor
         slots are the sink, tokens picked by Top-C (reuse > 0) are kept, the rest is recent."""

@@ -40,6 +40,10 @@ class RollingSinkReplay(SelfForcing):
     def layout(self) -> dict[str, int | None]:
         return {"sink": 0, "kept": self.window - 3, "memory": 0, "recent": 3}  # 3: the chunk and the previous one
 
+    @property
+    def archive_frames(self) -> int:
+        return self.window  # the first window's pre-RoPE K/V (after_write)
+
     def after_write(self, layer, write: Write) -> None:
         """Archive: every call of a chunk inside the first window copies its pre-RoPE K/V (the clean pass's stay)."""
         call, F = write.call, layer.store.tokens_per_frame
