@@ -150,3 +150,18 @@ def test_rolled_out_context_keeps_the_true_first_chunk_and_rolls_out_the_rest():
     assert torch.equal(out[~pick], clean[~pick])  # clips not picked keep their true context
     assert (out[pick][:, :, 3:] - clean[pick][:, :, 3:]).abs().mean() > 0.1  # the rest is the model's own
     assert torch.isfinite(out).all()
+
+
+def test_a_given_start_replaces_the_drawn_layout(tmp_path):
+    """With a start image the layout of the prompt and seed would contradict the given frame: zeros instead."""
+    from deepforcing.mini.bundle import mini_generator
+
+    torch.manual_seed(0)
+    path = tmp_path / "layout.safetensors"
+    MiniModel(LAYOUT_MINI).save(path)
+    gen = mini_generator(path)
+    assert gen.start_condition("a red circle", 3).abs().sum() > 0
+    assert gen.start_condition("a red circle", 3, given_start=True).abs().sum() == 0
+    policy = gen.resolve_policy("self-forcing")
+    assert gen.open_rollout("a red circle", policy, seed=3, given_start=True).condition.abs().sum() == 0
+    assert gen.open_rollout("a red circle", policy, seed=3).condition.abs().sum() > 0

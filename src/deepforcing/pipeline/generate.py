@@ -174,7 +174,7 @@ class VideoGenerator:
         given = 0 if start_latents is None else start_latents.shape[2]
         end = given + total * self.bundle.sampling.chunk_frames
         rollout = self.open_rollout(timeline[active[0]].prompt, policy_obj, seed=seed,
-                                    max_frames=end, record_events=record_events)
+                                    max_frames=end, record_events=record_events, given_start=given > 0)
         rollout.cache.attention_observer = attention_observer
         decoder = self.bundle.codec.streaming_decoder()
         decoder.reset()
@@ -260,9 +260,11 @@ class VideoGenerator:
         return out
 
     def open_rollout(self, prompt: str, policy: CachePolicy, *, seed: int = 0, max_frames: int | None = None,
-                     record_events: bool = False) -> VideoRollout:
+                     record_events: bool = False, given_start: bool = False) -> VideoRollout:
         """A fresh rollout of one video (its own KV cache), after the memory check; ``max_frames`` latent frames
-        at most when known (the cache is then no larger than the video)."""
+        at most when known (the cache is then no larger than the video). ``given_start``: the video starts from
+        given frames (an image or a clip), which take the place of the bundle's start condition (zeros: the drawn
+        start layout of the prompt and seed would contradict them)."""
         self.check_memory(policy, max_frames)
         if self.bundle.sampling.solver == "rolling-forcing":
             return self._rolling_rollout(prompt, policy, seed, max_frames)
@@ -274,16 +276,20 @@ class VideoGenerator:
             latent_shape=self.bundle.latent_shape, sampling=self.bundle.sampling, seeds=[seed],
             device=self.device, record_events=record_events, max_frames=max_frames,
             uncond_context=self.context("") if self.bundle.sampling.needs_unconditional else None,
-            condition=self.start_condition(prompt, seed),
+            condition=self.start_condition(prompt, seed, given_start=given_start),
         )
 
-    def start_condition(self, prompt: str, seed: int) -> torch.Tensor | None:
-        """The bundle's condition of the video's first frames for this prompt and seed (``None`` without one)."""
+    def start_condition(self, prompt: str, seed: int, *, given_start: bool = False) -> torch.Tensor | None:
+        """The bundle's condition of the video's first frames for this prompt and seed (``None`` without one);
+        zeros when the video starts from given frames (the mini model's prompt-only mode, which its training keeps
+        with layout dropout)."""
         make = self.bundle.start_condition
         if make is None:
             return None
         cond = make([prompt], [seed])
-        return None if cond is None else cond.to(self.device)
+        if cond is None:
+            return None
+        return (torch.zeros_like(cond) if given_start else cond).to(self.device)
 
     def _rolling_rollout(self, prompt: str, policy: CachePolicy, seed: int, max_frames: int | None):
         """Rolling Forcing's own loop and cache (``pipeline.rolling``): its sink is one chunk, re-placed before the

@@ -103,7 +103,8 @@ class LiveSession:
                              and options.max_cache_frames < self.max_frames)
         if self.cache_capped:
             self.max_frames = options.max_cache_frames
-        self.rollout = generator.open_rollout(self.prompt, self.policy, seed=options.seed, max_frames=self.max_frames)
+        self.rollout = generator.open_rollout(self.prompt, self.policy, seed=options.seed, max_frames=self.max_frames,
+                                              given_start=given > 0)
         self.decoder = bundle.codec.streaming_decoder()
         self.decoder.reset()
         layers = len(self.rollout.cache.layers)
