@@ -128,6 +128,7 @@ def test_stream_switch_prompt_and_download(generator):
     (json.dumps({"type": "start", "seed": True}), "seed must be a whole number, got True"),
     (json.dumps({"type": "start", "prompt": 42}), "prompt must be text, got int"),
     (json.dumps({"type": "prompt", "prompt": None}), "start a stream before"),
+    (json.dumps({"type": "start", "prompt": "zz " * 1300}), "unknown word 'zz'"),
 ])
 def test_bad_messages_are_reported_and_the_session_goes_on(generator, message, expected):
     with _client(generator) as client, client.websocket_connect("/ws") as ws:
@@ -135,6 +136,7 @@ def test_bad_messages_are_reported_and_the_session_goes_on(generator, message, e
         ws.send_text(message)
         error = json.loads(ws.receive_text())
         assert error["type"] == "error" and expected in error["message"]
+        assert len(error["message"]) <= 400 and "\n" not in error["message"]  # one short line on the page
         ws.send_text(json.dumps({"type": "start", "prompt": "a red circle"}))
         _next(ws, "started")
         assert len(frames_from_message(_next(ws, "chunk"))) == 3
@@ -338,6 +340,8 @@ def test_a_stream_starts_from_an_uploaded_image_and_switches_its_prompt(generato
     (b"not an image at all", 400, "the uploaded image is not a readable image; give a PNG or JPEG file"),
     (_png(np.zeros((8, 8), np.uint16) + 40000), 400, "the uploaded image has 16 bits per channel"),
     (b"\x89PNG" + b"\x00" * (2 << 20), 413, "over the limit of 1 MiB"),
+    (_png(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))[:300], 400,
+     "the uploaded image does not decode (image file is truncated"),
 ])
 def test_bad_image_uploads_are_one_line_errors(generator, body, status, expected):
     with _client(generator, max_image_bytes=1 << 20) as client, client.websocket_connect("/ws") as ws:
@@ -415,3 +419,28 @@ def test_serve_refuses_the_network_without_a_token(argv, expected, capsys, monke
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_serving_beyond_loopback_with_a_token_warns_and_prints_the_address(monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    from deepforcing.cli import main
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    monkeypatch.setenv("DEEPFORCING_SERVE_TOKEN", "token-from-the-environment")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--host", "0.0.0.0", "--port", str(port), "--idle-timeout", "30"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: serving on 0.0.0.0: the page is reachable from the network over plain http" in err
+    assert f"open http://0.0.0.0:{port}/?token=token-from-the-environment" in out
+    assert ran["host"] == "0.0.0.0" and ran["ws_max_size"] == 1 << 16
+    config = ran["app"].state.config
+    assert config.token == "token-from-the-environment" and config.idle_timeout == 30
+    assert main(["serve", "--port", str(port)]) == 0  # loopback: no token needed, no warning
+    out, err = capsys.readouterr()
+    assert "warning" not in err and f"open http://127.0.0.1:{port}/?token=token-from-the-environment" in out

@@ -275,6 +275,11 @@ def test_a_dropped_image_starts_the_stream_and_its_prompt_switches(server, brows
     browser.execute_script(drop, base64.b64encode(b"not an image").decode(), "notes.png", "image/png")
     _wait(lambda: "not a readable image" in text("error"), timeout=10, what="the bad file's error")
     assert _in_view(browser, "error") and "\n" not in text("error")
+    big = server.config.max_image_bytes + 1  # refused by the page itself, before any upload
+    browser.execute_script("const dt = new DataTransfer(); dt.items.add(new File([new Uint8Array(arguments[0])], "
+                           "'huge.png', {type: 'image/png'})); document.getElementById('video').dispatchEvent("
+                           "new DragEvent('drop', {dataTransfer: dt, bubbles: true}));", big)
+    _wait(lambda: "huge.png is 10.0 MiB, over the limit of 10 MiB" in text("error"), timeout=10, what="size error")
     browser.execute_script(drop, base64.b64encode(buf.getvalue()).decode(), "start.png", "image/png")
     _wait(lambda: "64×48" in text("image-name"), timeout=10, what="the upload")
     browser.find_element(By.ID, "start").click()

@@ -4,7 +4,8 @@ Protocol (JSON text messages on ``/ws``):
 
 * client → server: ``{"type": "start", "prompt", "policy", "seed", "window", "sink", "budget", "recent", "image"}``
   (all optional but the type; ``"image": true`` starts from the image the page uploaded with
-  ``POST /api/sessions/{session}/image``, the raw PNG / JPEG bytes, at most ``max_image_bytes``), ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
+  ``POST /api/sessions/{session}/image``, the raw PNG / JPEG bytes, at most ``max_image_bytes``),
+  ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
 * server → client: ``{"type": "hello", ...model facts}``, ``{"type": "started", "session", "policy", ...}``, one
   ``{"type": "chunk", "frames": [base64 JPEG, ...], telemetry...}`` per chunk, ``{"type": "stopped", "reason"}`` and
   ``{"type": "error", "message"}`` (the session stays usable after an error in a client message) and, before
@@ -47,7 +48,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from deepforcing.cache import POLICIES
 from deepforcing.pipeline.generate import VideoGenerator
 from deepforcing.pipeline.start import load_start, probe_start
-from deepforcing.pipeline.validation import check_prompt_text, check_seed
+from deepforcing.pipeline.validation import check_prompt_text, check_seed, error_line
 from deepforcing.pipeline.writer import Mp4StreamWriter
 
 from .live import SEGMENTS, LiveOptions, LiveSession, encode_frame
@@ -60,6 +61,7 @@ CLOSE_IDLE = 4000  # WebSocket close codes the page reads: idle (no automatic re
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BUSY = 1013  # "try again later"
 MAX_FRAME_BYTES = 1 << 16  # uvicorn closes the socket (code 1009) on a larger frame, before the app reads it
+MAX_ERROR_CHARS = 300  # an error shown on the page is one short line (a 4 KB prompt is not echoed whole)
 
 
 @dataclass
@@ -134,8 +136,19 @@ def _options(message: dict, max_seconds: float, max_frames: int) -> LiveOptions:
 
 
 def _about_upload(err: BaseException | str, path: Path) -> str:
-    """A start-image message for the page: the server's own file name becomes "the uploaded image"."""
-    return str(err).replace(str(path), "the uploaded image").replace("--image file", "the uploaded image")
+    """A start-image message for the page, one line: the server's own file name becomes "the uploaded image"."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):  # PIL: "image file is truncated"
+        return f"the uploaded image does not decode ({err}); choose another PNG or JPEG"
+    text = str(err).replace(str(path), "the uploaded image").replace("--image file", "the uploaded image")
+    return error_line(ValueError(text), MAX_ERROR_CHARS)
+
+
+def _decode_fully(path: Path) -> None:
+    """Decode every pixel of an image (its size is checked already): a damaged file raises ``OSError``."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
 
 
 def _policy_description(cls: type) -> str:
@@ -187,6 +200,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 "default_policy": bundle.default_policy, "policies": names,
                 "policy_descriptions": {name: _policy_description(POLICIES[name]) for name in names},
                 "max_cache_frames": max_cache_frames(), "idle_timeout": cfg.idle_timeout,
+                "max_image_bytes": cfg.max_image_bytes,
                 "max_sessions": cfg.max_sessions, "active_sessions": len(sessions), "segments": list(SEGMENTS)}
 
     # ------------------------------------------------------------------ access
@@ -265,7 +279,8 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         path.write_bytes(bytes(body))
         try:
             probe = await asyncio.to_thread(probe_start, path, "image")
-        except ValueError as err:
+            await asyncio.to_thread(_decode_fully, path)  # a truncated file fails now, not at the start
+        except (ValueError, OSError) as err:
             path.unlink(missing_ok=True)
             return JSONResponse({"error": _about_upload(err, path)}, status_code=400)
         session.start_image = path
@@ -280,7 +295,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
             geometry = gen.start_geometry(gen.resolve_policy(options.policy, **options.sizes()))
             try:
                 start = load_start(image, "image", geometry)
-            except ValueError as err:
+            except (ValueError, OSError) as err:
                 raise _ClientError(_about_upload(err, image)) from None
         note = _about_upload(start.note, image) if start is not None and start.note else None
         return LiveSession(gen, options, start=start), note
@@ -459,7 +474,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 try:
                     await handle(ws, session, parse(frame))
                 except ValueError as err:  # _ClientError, unknown words, impossible policy sizes, memory
-                    await send(ws, {"type": "error", "message": str(err)})
+                    await send(ws, {"type": "error", "message": error_line(err, MAX_ERROR_CHARS)})
         except (WebSocketDisconnect, asyncio.TimeoutError, RuntimeError):
             pass
         finally:
