@@ -52,9 +52,13 @@ class JitteredTemporalRope(TemporalRope):
 
     bases: torch.Tensor = field(default=None, compare=False, repr=False)  # [H] float64 per-head bases
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "_head_table", _head_omega(self.pairs, self.bases))  # built once per video
+
     @property
     def omega(self) -> torch.Tensor:  # type: ignore[override]
-        return _head_omega(self.pairs, self.bases)
+        return self._head_table
 
     @classmethod
     def of(cls, rope: TemporalRope, heads: int, strength: float, seed: int) -> "JitteredTemporalRope":
