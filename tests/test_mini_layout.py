@@ -165,3 +165,18 @@ def test_a_given_start_replaces_the_drawn_layout(tmp_path):
     policy = gen.resolve_policy("self-forcing")
     assert gen.open_rollout("a red circle", policy, seed=3, given_start=True).condition.abs().sum() == 0
     assert gen.open_rollout("a red circle", policy, seed=3).condition.abs().sum() > 0
+
+
+def test_rolled_out_context_can_start_after_more_true_chunks():
+    from deepforcing.mini.train import TrainConfig, rolled_out_context
+
+    torch.manual_seed(0)
+    model = MiniModel(LAYOUT_MINI)
+    c, s = TINY_MINI.channels, TINY_MINI.latent_size
+    clean, layout = torch.randn(2, c, 9, s, s), torch.randn(2, c, 1, s, s)
+    ids = model.text_encoder.token_ids(["a red circle"] * 2)
+    steps = {"denoising_steps": [1000.0, 500.0], "warp": False, "solver": "euler"}
+    cfg = TrainConfig(model=LAYOUT_MINI, probe_sampling=steps, rollout_context=1.0, rollout_true_chunks=2)
+    out = rolled_out_context(model, cfg, clean, ids, torch.Generator().manual_seed(0), layout)
+    assert torch.equal(out[:, :, :6], clean[:, :, :6])  # two true chunks kept
+    assert (out[:, :, 6:] - clean[:, :, 6:]).abs().mean() > 0.1  # the last one is the model's own

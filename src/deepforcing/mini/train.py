@@ -80,6 +80,7 @@ class TrainConfig:
     self_context_sigma: tuple[float, float] = (0.3, 0.9)  # noise levels the context is re-generated from
     self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
     rollout_context: float = 0.0  # fraction of long clips whose chunks after the first are the model's own rollout
+    rollout_true_chunks: int = 1  # true chunks before the rollout starts; 0: a random number per batch (1..chunks-1)
     world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
     layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
@@ -245,7 +246,8 @@ def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tens
 def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids: torch.Tensor,
                        gen: torch.Generator, layout: torch.Tensor | None = None) -> torch.Tensor:
     """The clean half of a teacher-forcing batch where, for ``rollout_context`` of the clips, every chunk after the
-    first is the model's own free continuation of the clip's true first chunk: the true chunk 0 is written to a KV
+    first (after the first ``rollout_true_chunks``; 0 draws that number per batch, so a shorter drift precedes some
+    targets) is the model's own free continuation of the clip's true start: the true chunks are written to a KV
     cache by the clean pass and the rest is generated chunk by chunk with the model's sampler
     (``probe_sampling``), through the same rollout a user runs (:class:`~deepforcing.pipeline.rollout.VideoRollout`).
 
@@ -278,9 +280,14 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     rollout = VideoRollout(model=tr, policy=make_policy("full"), context=context, latent_shape=(clean.shape[1], h, w),
                            sampling=sampling, seeds=seeds, max_frames=frames,
                            condition=None if layout is None else layout[rows])
-    first = clean[rows, :, : cfg.chunk_frames]
-    rollout._call(first, sampling.context_noise, 0, clean=True)
-    rollout.next_chunk = 1
+    n_chunks = frames // cfg.chunk_frames
+    true_chunks = cfg.rollout_true_chunks or int(torch.randint(1, n_chunks, (1,), generator=gen))
+    true_chunks = min(true_chunks, n_chunks)
+    first = clean[rows, :, : true_chunks * cfg.chunk_frames]
+    for c in range(true_chunks):  # the true prefix written chunk by chunk, as a rollout writes its own
+        rollout._call(first[:, :, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames], sampling.context_noise,
+                      c * cfg.chunk_frames, clean=True)
+    rollout.next_chunk = true_chunks
     chunks = [first]
     while rollout.next_frame < frames:
         chunks.append(rollout.step().latents)
