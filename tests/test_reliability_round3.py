@@ -295,6 +295,7 @@ def test_errno_texts_say_what_to_do(tmp_path):
     assert "remove it or choose another name" in error_line(exists)
     ours = OSError(errno.ENOSPC, "writing v.mp4 failed")
     assert error_line(ours) == "writing v.mp4 failed"  # our own text, without the errno prefix
+    assert error_line(ValueError("cannot open x ([Errno 1094995529] Invalid data)")) == "cannot open x (Invalid data)"
     assert error_line(ValueError("a\nb")) == "a b" and len(error_line(ValueError("y" * 10**6))) < 1100
     assert shorten("z" * 500, 10) == "zzzzzzzzzz… (500 characters)"
 

@@ -60,8 +60,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     for name, most in PLAN_LIMITS.items():
         value = getattr(args, name)
         if not 1 <= value <= most:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive and at most {most}, got {value} (plan "
-                             f"simulates every chunk; the pattern repeats long before {most})")
+            why = f" (plan simulates every chunk; the pattern repeats long before {most})" if name == "chunks" else ""
+            raise ValueError(f"--{name.replace('_', '-')} must be positive and at most {most}, got {value}{why}")
     policy = policy_from_args(args)
     reports = simulate(policy, args.chunks, chunk_frames=args.chunk_frames, tokens_per_frame=args.tokens_per_frame)
     if args.json:

@@ -251,7 +251,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if failed:
         raise OSError(errno.EIO, f"{len(failed)} of {len(mine)} videos could not be written "
                       f"({', '.join(shorten(str(p), 80) for p in failed[:3])}{' ...' if len(failed) > 3 else ''}); "
-                      f"the errors are above, finished chunks are in their .partial.mp4")
+                      f"the errors are above; a video that had started keeps its finished chunks in its .partial.mp4")
     return 0
 
 

@@ -475,7 +475,7 @@ class VideoGenerator:
                     raise
         if failure is None and latents_error is not None:
             raise OSError(latents_error.errno, f"the video {path} is complete, but its latents were not saved: "
-                          f"{latents_error.strerror or latents_error}")
+                          f"{error_line(latents_error)}")
         if failure is None:
             stale = partial_path_for(output).with_suffix(".json")  # from an earlier interrupted run
             if stale.exists():

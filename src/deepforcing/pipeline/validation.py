@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -158,5 +159,6 @@ def error_line(err: BaseException, limit: int = 1000) -> str:
             text = f"{shorten(str(where), 160) + ': ' if where is not None else ''}{_ERRNO_ADVICE[err.errno]}"
         elif not raw and text.startswith("[Errno"):  # our own message: drop the errno prefix
             text = text.split("] ", 1)[-1]
+    text = re.sub(r"\[Errno -?\d+\] ", "", text)  # a wrapped library error's errno number says nothing
     text = " ".join(text.split())
     return shorten(text, limit)
