@@ -161,6 +161,17 @@ def test_the_api_refuses_what_the_cli_refuses(generator, tmp_path, kwargs, messa
     assert len(str(caught.value)) < 300 and list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_the_api_checks_the_output_folder_before_the_rollout(generator, tmp_path, monkeypatch):
+    monkeypatch.setattr(generator, "open_rollout", lambda *a, **k: pytest.fail("the rollout started"))
+    (tmp_path / "FILE").write_text("x")
+    with pytest.raises(RequestError, match="is a file, not a folder"):
+        generator.generate(None, output=tmp_path / "FILE" / "v.mp4", latent_frames=3)
+    monkeypatch.setattr(writer, "free_bytes", lambda folder: 100_000)
+    with pytest.raises(writer.NoSpaceError, match="no room on the disk"):
+        generator.generate(None, output=tmp_path / "v.mp4", latent_frames=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
 def test_stream_checks_too(generator):
     with pytest.raises(RequestError, match="between 1 and 10000000"):
         next(generator.stream(latent_frames=10**12))

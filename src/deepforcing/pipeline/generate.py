@@ -32,8 +32,9 @@ from .rollout import VideoRollout
 from .start import StartFrames, StartGeometry, load_start
 from .timeline import TimelineEntry, check_timeline_events, parse_timeline, schedule_chunks
 from .validation import (RequestError, check_callback, check_length, check_output_path, check_prompt_text,
-                         check_seed, error_line, shorten)
-from .writer import FrameDumper, Mp4StreamWriter, partial_path_for, save_latents, write_sidecar
+                         check_seed, check_writable_folder, error_line, shorten)
+from .writer import (MIN_START_BYTES, FrameDumper, Mp4StreamWriter, check_free_space, partial_path_for, save_latents,
+                     write_sidecar)
 
 __all__ = ["ModelBundle", "ChunkOutput", "GenerationResult", "VideoGenerator", "NonFiniteOutputError"]
 
@@ -391,7 +392,9 @@ class VideoGenerator:
         policy_obj = self.resolve_policy(policy, **policy_sizes)
         total = self.num_chunks(seconds, latent_frames)
         seed = check_seed(seed)
+        check_writable_folder(output.parent, "output")  # as the CLI does, before the rollout starts
         output.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(output.parent, MIN_START_BYTES, f"the video {output.name}")
         start = self.load_start(start_image, start_video, policy_obj)
         bar = None
         if progress:
