@@ -90,27 +90,11 @@ def truth_start_rollout(bundle, policy, prompts: list[str], seeds: list[int], fr
     frame. The video's first frames are the true ones (kept as given); the model's start condition, if any, is
     passed unchanged (the layout of the prompt and seed). Every policy gets the same start: drift given a correct
     start."""
-    from deepforcing.pipeline.rollout import VideoRollout
+    from deepforcing.mini.quality import rollout_videos
 
     size = bundle.latent_shape[-1] * bundle.codec.spatial_scale
     truth = torch.stack([_truth_video(p, s, start_frames, size) for p, s in zip(prompts, seeds)])  # [B, T, 3, H, W]
-    with torch.no_grad():
-        ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
-        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional \
-            else None
-        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
-        rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
-                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames,
-                               condition=condition)
-        given = bundle.codec.encode_chunk(truth).permute(0, 2, 1, 3, 4)
-        rollout.prefill(given)
-        decoder = bundle.codec.streaming_decoder()
-        decoder.reset()
-        decoder.decode_chunk(given.permute(0, 2, 1, 3, 4))  # a causal decoder's context
-        out = [truth]
-        while rollout.next_frame < frames:
-            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
-    return torch.cat(out, dim=1)[:, :frames]
+    return rollout_videos(bundle, policy, prompts, seeds, frames, start=truth)
 
 
 def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = DEFAULT_HORIZONS,

@@ -42,7 +42,7 @@ from .world import render_clip
 
 __all__ = ["PredictionScores", "predict_next_chunk", "quality_bar", "free_rollout_bar", "held_out_pairs", "rollout_videos",
            "is_held_out", "slice_tracks", "format_free_rollout_table", "BAR_METRICS", "from_truth_bar",
-           "continuation_bar", "SCENE_CLASSES"]
+           "continuation_bar", "SCENE_CLASSES", "open_batch_rollout"]
 
 HELD_OUT_SCENE_SEED = 900_000
 HELD_OUT_NOISE_SEED = 777_000
@@ -93,21 +93,41 @@ def is_held_out(scene) -> bool:
     return tuple(tokenize_spec(scene)) in _HELD_OUT_TOKENS
 
 
-def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames: int) -> torch.Tensor:
-    """Decoded videos ``[B, T, 3, H, W]`` of a batch of free rollouts (one prompt and seed per video)."""
+def open_batch_rollout(bundle, policy, prompts: list[str], seeds: list[int], max_frames: int | None = None, *,
+                       condition_seeds: list[int] | None = None):
+    """A :class:`~deepforcing.pipeline.rollout.VideoRollout` of a batch of videos (one prompt and noise seed each)
+    with what ``generate`` gives a video: the prompt's context, the empty prompt's for guidance, and the bundle's
+    start condition of each prompt for its seed (``condition_seeds``: another seed for the condition, e.g. the world
+    seed of a true clip)."""
     from deepforcing.pipeline.rollout import VideoRollout
 
-    chunk = bundle.sampling.chunk_frames
     with torch.no_grad():
         ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
         uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
-        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
-        rollout = VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
-                               sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=frames,
-                               condition=condition)
-        decoder = bundle.codec.streaming_decoder()
-        decoder.reset()
-        out = [decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)) for _ in range(-(-frames // chunk))]
+        condition = None if bundle.start_condition is None else bundle.start_condition(prompts, condition_seeds or seeds)
+    return VideoRollout(model=bundle.transformer, policy=policy, context=ctx, latent_shape=bundle.latent_shape,
+                        sampling=bundle.sampling, seeds=seeds, uncond_context=uncond, max_frames=max_frames,
+                        condition=condition)
+
+
+def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames: int,
+                   start: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded videos ``[B, T, 3, H, W]`` of a batch of free rollouts (one prompt and seed per video). ``start``
+    ``[B, S, 3, H, W]``: true first frames, encoded and written into the cache at the clean timestep
+    (:meth:`~deepforcing.pipeline.rollout.VideoRollout.prefill`, as ``generate --video`` does) and kept as the
+    videos' first frames; sampling continues after them, positions counted from the first given frame."""
+    rollout = open_batch_rollout(bundle, policy, prompts, seeds, frames)
+    decoder = bundle.codec.streaming_decoder()
+    decoder.reset()
+    out = []
+    with torch.no_grad():
+        if start is not None:
+            given = bundle.codec.encode_chunk(start).permute(0, 2, 1, 3, 4)
+            rollout.prefill(given)
+            decoder.decode_chunk(given.permute(0, 2, 1, 3, 4))  # a causal decoder's context
+            out.append(start)
+        while rollout.next_frame < frames:
+            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
     return torch.cat(out, dim=1)[:, :frames]
 
 
@@ -167,7 +187,6 @@ def continuation_bar(bundle, *, pairs: int = 32, scene_class: str | None = None,
     window from the prompt (and its start layout, for a layout model). Scores the last chunk (``last`` frames,
     default one chunk) and frames ``[chunk, frames)``; separates "keeps what it is shown" from "draws it right"."""
     from deepforcing.cache import make_policy
-    from deepforcing.pipeline.rollout import VideoRollout
     from deepforcing.stats import mean_ci
 
     from .measure import score_tracks
@@ -181,21 +200,7 @@ def continuation_bar(bundle, *, pairs: int = 32, scene_class: str | None = None,
         part = held[start:start + batch]
         prompts, seeds = [p for p, _ in part], [s for _, s in part]
         truth = torch.stack([render_clip(p, seed=s, num_frames=chunk, size=size).frames for p, s in part])
-        ctx = bundle.transformer.encode_context(bundle.encode_text(prompts))
-        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
-        condition = bundle.start_condition(prompts, seeds) if bundle.start_condition is not None else None
-        rollout = VideoRollout(model=bundle.transformer, policy=make_policy("self-forcing"), context=ctx,
-                               latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=seeds,
-                               uncond_context=uncond, max_frames=frames, condition=condition)
-        first = bundle.codec.encode(truth.permute(0, 2, 1, 3, 4))
-        rollout._call(first, bundle.sampling.context_noise, 0, clean=True)
-        rollout.next_chunk = 1
-        decoder = bundle.codec.streaming_decoder()
-        decoder.reset()
-        out = [decoder.decode_chunk(first.permute(0, 2, 1, 3, 4))]
-        while rollout.next_frame < frames:
-            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
-        videos = torch.cat(out, dim=1)[:, :frames]
+        videos = rollout_videos(bundle, make_policy("self-forcing"), prompts, seeds, frames, start=truth)
         for prompt, video in zip(prompts, videos):
             tracks = track_objects(video, prompt, MeasureConfig())
             rows["last_chunk"].append(score_tracks(slice_tracks(tracks, frames - last, frames), prompt).__dict__)
@@ -274,21 +279,13 @@ def predict_next_chunk(bundle, clip_frames: torch.Tensor, prompt: str, context_c
     """Sample the chunk after ``context_chunks`` true chunks; ``clip_frames`` ``[T, 3, H, W]``; returns ``[f, 3, H, W]``.
     A layout model gets the start layout of ``layout_seed`` (the clip's world seed; default ``seed``)."""
     from deepforcing.cache import make_policy
-    from deepforcing.pipeline.rollout import VideoRollout
 
     chunk = bundle.sampling.chunk_frames
+    rollout = open_batch_rollout(bundle, make_policy("full"), [prompt], [seed],
+                                 condition_seeds=None if layout_seed is None else [layout_seed])
     with torch.no_grad():
-        ctx = bundle.transformer.encode_context(bundle.encode_text([prompt]))
-        uncond = bundle.transformer.encode_context(bundle.encode_text([""])) if bundle.sampling.needs_unconditional else None
-        condition = None if bundle.start_condition is None else bundle.start_condition(
-            [prompt], [seed if layout_seed is None else layout_seed])
-        rollout = VideoRollout(model=bundle.transformer, policy=make_policy("full"), context=ctx,
-                               latent_shape=bundle.latent_shape, sampling=bundle.sampling, seeds=[seed],
-                               uncond_context=uncond, condition=condition)
         latents = bundle.codec.encode(clip_frames.permute(1, 0, 2, 3)[None])  # [1, C, T, h, w]
-        for c in range(context_chunks):
-            rollout._call(latents[:, :, c * chunk:(c + 1) * chunk], bundle.sampling.context_noise, c * chunk, clean=True)
-        rollout.next_chunk = context_chunks
+        rollout.prefill(latents[:, :, : context_chunks * chunk])
         pred = rollout.step().latents.permute(0, 2, 1, 3, 4)  # [1, f, C, h, w]
         return bundle.codec.streaming_decoder().decode_chunk(pred)[0]
 

@@ -284,10 +284,7 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     true_chunks = cfg.rollout_true_chunks or int(torch.randint(1, n_chunks, (1,), generator=gen))
     true_chunks = min(true_chunks, n_chunks)
     first = clean[rows, :, : true_chunks * cfg.chunk_frames]
-    for c in range(true_chunks):  # the true prefix written chunk by chunk, as a rollout writes its own
-        rollout._call(first[:, :, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames], sampling.context_noise,
-                      c * cfg.chunk_frames, clean=True)
-    rollout.next_chunk = true_chunks
+    rollout.prefill(first)  # the true prefix, chunk by chunk at the clean timestep, as a rollout writes its own
     chunks = [first]
     while rollout.next_frame < frames:
         chunks.append(rollout.step().latents)

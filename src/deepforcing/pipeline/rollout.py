@@ -185,7 +185,7 @@ class VideoRollout:
         extra = torch.zeros(b, cond.shape[1], f, h, w, device=x.device, dtype=x.dtype)
         stop = min(start + f, cond.shape[2])
         if stop > start:
-            extra[:, :, : stop - start] = cond[:, :, start:stop].repeat(b // cond.shape[0], 1, 1, 1, 1)
+            extra[:, :, : stop - start] = cond[:, :, start:stop]  # x is one row per video (guidance doubles later)
         return torch.cat([x, extra], dim=1)
 
     def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
