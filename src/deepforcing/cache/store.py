@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .rope import TemporalRope
+from .rope import TemporalRope, rotate_pairs
 
 __all__ = ["LayerKVStore"]
 
@@ -194,7 +194,10 @@ class LayerKVStore:
         if self.pre_rope:  # rotated at read
             return
         original = self.token_ids[:, :a].div(self.tokens_per_frame, rounding_mode="floor")
-        self.keys[:, :, :a] = self.rope.place(self.anchor_keys[:, :, :a], original, self.positions[:, :a])
+        # only the temporal channels move (the spatial ones equal the anchor copy): no full-width clone per shift
+        span = 2 * self.rope.pairs
+        angles = self.rope.angles((self.positions[:, :a] - original)[:, None, :])
+        self.keys[:, :, :a, :span] = rotate_pairs(self.anchor_keys[:, :, :a, :span], angles)
 
     def place(self, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Give non-sink ``slots`` (``[B, M]``) new temporal ``positions`` by rotating from their current phase.
