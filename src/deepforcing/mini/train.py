@@ -229,16 +229,12 @@ def self_generated_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tens
     start = start.repeat_interleave(cfg.chunk_frames, dim=1)  # [B, T]
     x = (1 - start[:, None, :, None, None]) * clean + start[:, None, :, None, None] * torch.randn(
         clean.shape, generator=gen)
-    was_training = model.training
-    model.eval()
     steps = cfg.self_context_steps
-    for k in range(steps):
-        sigma, after = start * (1 - k / steps), start * (1 - (k + 1) / steps)
-        flow = teacher_forcing_forward(model, clean, x, sigma, token_ids, cfg.chunk_frames, layout=layout)
-        x = x + (after - sigma)[:, None, :, None, None] * flow  # dx/dsigma = noise - x0 = the predicted flow
-    model.train(was_training)
-    if isinstance(model.codec, torch.nn.Module):
-        model.codec.eval()
+    with _sampling(model):
+        for k in range(steps):
+            sigma, after = start * (1 - k / steps), start * (1 - (k + 1) / steps)
+            flow = teacher_forcing_forward(model, clean, x, sigma, token_ids, cfg.chunk_frames, layout=layout)
+            x = x + (after - sigma)[:, None, :, None, None] * flow  # dx/dsigma = noise - x0 = the predicted flow
     return torch.where(pick[:, None, None, None, None], x, clean)
 
 
@@ -261,7 +257,6 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     if cfg.rollout_context <= 0:  # off: no random draws either
         return clean
     from deepforcing.cache import make_policy
-    from deepforcing.models.contract import SamplingConfig
     from deepforcing.pipeline.rollout import VideoRollout
 
     b, _, frames, h, w = clean.shape
@@ -269,11 +264,8 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     if not pick.any() or frames <= cfg.chunk_frames:
         return clean
     rows = pick.nonzero()[:, 0]
-    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in (cfg.probe_sampling or {}).items()})
-    sampling = dataclasses.replace(sampling, guidance=1.0, first_chunk_guidance=None)  # a cache per video, no side branch
-    was_training = model.training
-    model.eval()
+    # a cache per video, no side branch: unguided
+    sampling = dataclasses.replace(_probe_sampling(cfg), guidance=1.0, first_chunk_guidance=None)
     tr = model.transformer
     context = tr.encode_context(model.text_encoder.embed_ids(token_ids[rows]))
     seeds = torch.randint(0, 2**31 - 1, (len(rows),), generator=gen).tolist()
@@ -284,16 +276,39 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     true_chunks = cfg.rollout_true_chunks or int(torch.randint(1, n_chunks, (1,), generator=gen))
     true_chunks = min(true_chunks, n_chunks)
     first = clean[rows, :, : true_chunks * cfg.chunk_frames]
-    rollout.prefill(first)  # the true prefix, chunk by chunk at the clean timestep, as a rollout writes its own
     chunks = [first]
-    while rollout.next_frame < frames:
-        chunks.append(rollout.step().latents)
-    model.train(was_training)
-    if isinstance(model.codec, torch.nn.Module):
-        model.codec.eval()
+    with _sampling(model):
+        rollout.prefill(first)  # the true prefix, chunk by chunk at the clean timestep, as a rollout writes its own
+        while rollout.next_frame < frames:
+            chunks.append(rollout.step().latents)
     out = clean.clone()
     out[rows] = torch.cat(chunks, dim=2)[:, :, :frames].to(clean.dtype)
     return out
+
+
+def _train_mode(model: MiniModel, on: bool = True) -> None:
+    """Training (or eval) mode for the trainable parts; the frozen codec always stays in eval mode."""
+    model.train(on)
+    if isinstance(model.codec, torch.nn.Module):
+        model.codec.eval()
+
+
+@contextlib.contextmanager
+def _sampling(model: MiniModel):
+    """The model in eval mode for a block (the model sampling its own context), back to its mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        _train_mode(model, was_training)
+
+
+def _probe_sampling(cfg: TrainConfig):
+    """The sampler the model is trained and probed with (``probe_sampling``; Self Forcing's 4 steps without one)."""
+    from .bundle import sampling_from_metadata
+
+    return sampling_from_metadata({"sampling": cfg.probe_sampling or {}})
 
 
 def _drop_layout(cfg: TrainConfig, layout: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor | None:
@@ -343,7 +358,7 @@ def context_probe(model: MiniModel, cfg: TrainConfig, sigma: float = 1.0, batche
             errs[key] += F.mse_loss(x0[:, :, tail], clean[:, :, tail]).item() / batches
         starts = torch.arange(ch, t) // ch * ch - 1  # last clean frame before each frame's chunk
         errs["copy_last_frame"] += F.mse_loss(clean[:, :, starts], clean[:, :, tail]).item() / batches
-    model.train()
+    _train_mode(model)
     return errs
 
 
@@ -366,14 +381,10 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 def _rollout_probe(model: MiniModel, cfg: TrainConfig) -> dict:
     """Free rollouts from the prompt alone, one window long (the quality bar's protocol, few pairs)."""
-    from deepforcing.models.contract import SamplingConfig
-
     from .bundle import bundle_from_model
 
     model.eval()
-    sampling = SamplingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.probe_sampling.items()}) \
-        if cfg.probe_sampling else SamplingConfig()
-    bundle = bundle_from_model(model, sampling)
+    bundle = bundle_from_model(model, _probe_sampling(cfg))
     out = {}
     for cls in ((None,) if cfg.world == "original" else ("1-object", "2-object")):
         bar = free_rollout_bar(bundle, pairs=cfg.rollout_probe_pairs, frames=cfg.clip_frames,
@@ -452,12 +463,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             if ema is not None:
                 ema.swap(model)
 
-    def set_train() -> None:
-        model.train()
-        if isinstance(model.codec, torch.nn.Module):
-            model.codec.eval()
-
-    set_train()
+    _train_mode(model)
     started = time.perf_counter()
     window_loss = []
     try:
@@ -519,7 +525,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 if cfg.rollout_probe_every and state["step"] % cfg.rollout_probe_every == 0:
                     with averaged():
                         entry.update(_rollout_probe(model, cfg))
-                    set_train()
+                    _train_mode(model)
                 state["log"].append(entry)
                 log(json.dumps(entry))
             if state["step"] % cfg.checkpoint_every == 0:
