@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepforcing.pipeline.rollout import with_condition
+
 __all__ = ["teacher_forcing_mask", "teacher_forcing_forward", "first_chunk_forward", "with_layout"]
 
 
@@ -23,11 +25,9 @@ def with_layout(model, latents: torch.Tensor, layout: torch.Tensor | None) -> to
     extra = model.config.condition_channels
     if not extra:
         return latents
-    b, _, t, h, w = latents.shape
-    cond = latents.new_zeros(b, extra, t, h, w)
-    if layout is not None:
-        cond[:, :, :1] = layout
-    return torch.cat([latents, cond], dim=1)
+    b, _, _, h, w = latents.shape
+    cond = layout if layout is not None else latents.new_zeros(b, extra, 1, h, w)
+    return with_condition(latents, cond, 0)
 
 
 def _chunk_index(frames: int, chunk: int, tokens: int, device) -> torch.Tensor:

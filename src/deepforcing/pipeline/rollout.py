@@ -39,7 +39,21 @@ __all__ = [
     "ChunkResult",
     "VideoRollout",
     "CausalChunkModel",
+    "with_condition",
 ]
+
+
+def with_condition(x: torch.Tensor, condition: torch.Tensor, start: int) -> torch.Tensor:
+    """``x`` ``[B, C, f, h, w]`` (video frames ``start .. start + f - 1``) with the condition channels of those frames
+    appended: ``condition`` ``[B, Cc, Fc, h, w]`` holds the video's first ``Fc`` frames, later frames get zeros, as
+    Wan2.1 image-to-video concatenates its first-frame latents to every call."""
+    b, _, f, h, w = x.shape
+    cond = condition.to(device=x.device, dtype=x.dtype)
+    extra = torch.zeros(b, cond.shape[1], f, h, w, device=x.device, dtype=x.dtype)
+    stop = min(start + f, cond.shape[2])
+    if stop > start:
+        extra[:, :, : stop - start] = cond[:, :, start:stop]
+    return torch.cat([x, extra], dim=1)
 
 
 class CausalChunkModel(Protocol):
@@ -176,17 +190,7 @@ class VideoRollout:
         return type(u)([k.expand(batch, *k.shape[1:]) for k in u.keys], [v.expand(batch, *v.shape[1:]) for v in u.values])
 
     def _conditioned(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """``x`` with the condition channels of frames ``start .. start + f - 1`` appended (zeros past the
-        condition's frames), as Wan2.1 image-to-video concatenates its first-frame latents to every call."""
-        if self.condition is None:
-            return x
-        b, _, f, h, w = x.shape
-        cond = self.condition.to(device=x.device, dtype=x.dtype)
-        extra = torch.zeros(b, cond.shape[1], f, h, w, device=x.device, dtype=x.dtype)
-        stop = min(start + f, cond.shape[2])
-        if stop > start:
-            extra[:, :, : stop - start] = cond[:, :, start:stop]  # x is one row per video (guidance doubles later)
-        return torch.cat([x, extra], dim=1)
+        return x if self.condition is None else with_condition(x, self.condition, start)
 
     def _call(self, x: torch.Tensor, t: float, start: int, clean: bool) -> torch.Tensor:
         f = x.shape[2]
