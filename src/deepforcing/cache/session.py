@@ -84,7 +84,8 @@ class LayerCache:
         self.attended: tuple[torch.Tensor, torch.Tensor] | None = None  # the keys/values of the last read
         self.rope: CallRope | None = None  # the model's rotary embedding of the last ``attend`` (for ``put``)
         self._after_attention: Write | None = None  # the last attend's write, until its after_attention hook ran
-        self._last_write: Write | None = None
+        # only a policy that overrides after_attention keeps the last write (and with it the call's k, v) alive
+        self._defers = type(owner.policy).after_attention is not CachePolicy.after_attention
         qset = owner.policy.query_set
         self.queries = QueryWindow(owner.policy.query_frames) if qset is not None else None
 
@@ -153,9 +154,10 @@ class LayerCache:
             q_rot = call.rope.at(q, self._call_frames(positions), self._call_spatial(q))
         self.rope = call.rope
         stored = k if self.store.pre_rope else call.rope.apply(k)
-        keys, values = self._write(q_rot, stored, v, raw_keys=k)
+        keys, values, write = self._write(q_rot, stored, v, raw_keys=k)
         keys, values = policy.read(self, keys, values)
-        self._after_attention = self._last_write
+        if self._defers:
+            self._after_attention = write
         return q_rot, *self._attended(call, q_rot, keys, values)
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +165,7 @@ class LayerCache:
         new chunk, and return the keys/values to attend to (``[B, H, L, D]`` views, valid until the next update)."""
         if self.owner.jitter is not None:
             raise RuntimeError("--rope-jitter rotates queries and keys per head: the model must call attend()")
-        keys, values = self._write(q, k, v, raw_keys=None)
+        keys, values, _ = self._write(q, k, v, raw_keys=None)
         return self._attended(self.owner.call, q, keys, values)
 
     def _attended(self, call: CallInfo, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
@@ -173,7 +175,7 @@ class LayerCache:
         return keys, values
 
     def _write(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, raw_keys: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, Write]:
         self.settle()
         call = self.owner.call
         if call is None:
@@ -211,9 +213,9 @@ class LayerCache:
             ids = torch.arange(start_token, end_token, device=k.device)
             store.write(store.length - n, k, v, ids)
         raw = raw_keys is not None
-        self._last_write = Write(call, new_chunk, store.length - n, raw_keys if raw else k, v, raw)
-        self.owner.policy.after_write(self, self._last_write)
-        return store.view()
+        write = Write(call, new_chunk, store.length - n, raw_keys if raw else k, v, raw)
+        self.owner.policy.after_write(self, write)
+        return (*store.view(), write)
 
     # --------------------------------------------------------- policy helpers
     def _call_frames(self, positions: torch.Tensor) -> torch.Tensor:
