@@ -90,9 +90,10 @@ class TemporalRope:
 
     def place(self, keys: torch.Tensor, original: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
         """Keys ``[B, H, T, D]`` rotated at their ``original`` positions, re-placed at ``target`` (``[B, T]`` or a
-        scalar): one rotation by ``target - original`` from an exact base. The sink re-placement of the cache
-        (:meth:`~deepforcing.cache.store.LayerKVStore.shift_anchor`) and of Rolling Forcing's anchor
-        (:class:`~deepforcing.cache.rolling.RollingCache`)."""
+        scalar): one rotation by ``target - original`` from an exact base (Rolling Forcing's anchor,
+        :class:`~deepforcing.cache.rolling.RollingCache`; the cache's sink,
+        :meth:`~deepforcing.cache.store.LayerKVStore.shift_anchor`, does the same arithmetic on the temporal channels
+        only, in place)."""
         return self.rotate(keys, torch.as_tensor(target, device=keys.device) - original)
 
 
