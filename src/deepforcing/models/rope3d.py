@@ -53,12 +53,23 @@ class WanRope3D:
     def _omegas(self) -> tuple[torch.Tensor, torch.Tensor]:
         return inverse_frequencies(self.temporal_dim, self.theta), inverse_frequencies(self.spatial_dim, self.theta)
 
+    @cached_property
+    def _omegas_by_device(self) -> dict:
+        return {}
+
+    def _omegas_on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`_omegas` on ``device``, copied there once (a pre-RoPE cache rotates at every layer's read)."""
+        key = None if device is None else torch.device(device)
+        if key not in self._omegas_by_device:
+            self._omegas_by_device[key] = tuple(w.to(key) for w in self._omegas)
+        return self._omegas_by_device[key]
+
     def angles(self, start_frame: int, num_frames: int, height: int, width: int, device=None) -> torch.Tensor:
         """Rotation angles ``[num_frames * height * width, D / 2]`` (float64) for tokens in (frame, row, col) order.
 
         Frames are absolute latent-frame indices ``start_frame ..`` (any size); rows / columns start at 0.
         """
-        omega_t, omega_s = (w.to(device) for w in self._omegas)
+        omega_t, omega_s = self._omegas_on(device)
         f = torch.arange(start_frame, start_frame + num_frames, dtype=torch.float64, device=device)
         h = torch.arange(height, dtype=torch.float64, device=device)
         w = torch.arange(width, dtype=torch.float64, device=device)
@@ -94,7 +105,7 @@ class BoundWanRope:
         """``x`` ``[B, H, m, D]`` at temporal positions ``frames`` and spatial indices ``spatial`` (``[m]`` or
         ``[B, m]``): the same float64 products as :meth:`WanRope3D.angles`, so a key rotated here at its own frame
         equals the model's rotation bit for bit."""
-        omega_t, omega_s = (w.to(x.device) for w in self.rope._omegas)
+        omega_t, omega_s = self.rope._omegas_on(x.device)
         frames, spatial = torch.broadcast_tensors(frames.to(x.device), spatial.to(x.device))
         rows = spatial.div(self.width, rounding_mode="floor").to(torch.float64)
         cols = spatial.remainder(self.width).to(torch.float64)
