@@ -204,10 +204,9 @@ def _check_train_mini(args: argparse.Namespace) -> None:
     """``train-mini``'s numbers and outputs, before any training: a run that cannot save its model is refused now,
     not after hours of training."""
     import math
-    import tempfile
     from pathlib import Path
 
-    from .pipeline.validation import os_advice
+    from .pipeline.validation import make_writable_folder
 
     for name in ("steps", "batch", "threads", "layers", "dim", "patch"):
         if getattr(args, name) < 1:
@@ -235,12 +234,7 @@ def _check_train_mini(args: argparse.Namespace) -> None:
     if output.suffix != ".safetensors" or output.is_dir():
         raise ValueError(f"--output must be a .safetensors file name, got {output}")
     for folder, flag in ((output.parent, "--output"), (Path(args.run_dir), "--run-dir")):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
-                pass
-        except OSError as err:
-            raise ValueError(f"cannot write to the folder {folder} for {flag} ({os_advice(err)})") from None
+        make_writable_folder(folder, flag)
 
 
 def _run_train_mini(args: argparse.Namespace) -> int:

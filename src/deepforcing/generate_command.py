@@ -11,7 +11,6 @@ Ctrl-C: the finished chunks stay in ``<out>.partial.mp4`` with a sidecar.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import hashlib
 import json
@@ -20,7 +19,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from .model_spec import CheckedModel, ModelSpec, _resolution, check_model, set_t
 from .pipeline.generate import VideoGenerator, restart_policy_error
 from .pipeline.start import StartFrames, StartGeometry, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
-from .pipeline.validation import (MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, os_advice,
+from .pipeline.validation import (MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, make_writable_folder,
                                   shorten)
 from .pipeline.writer import MIN_START_BYTES, check_free_space
 
@@ -303,13 +301,7 @@ def _check_output(output: Path, *, overwrite: bool) -> None:
         raise ValueError(f"output {output} is a folder; give a file name ending in .mp4")
     if output.exists() and not overwrite:
         raise ValueError(f"{output} already exists; pass --overwrite to replace it or choose another -o")
-    folder = output.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write to the folder {folder} ({os_advice(err)})") from None
+    folder = make_writable_folder(output.parent)
     check_free_space(folder, MIN_START_BYTES, f"the video {output.name}")  # a full disk: refused before any work
 
 

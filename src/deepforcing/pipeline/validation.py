@@ -17,6 +17,7 @@ import errno
 import math
 import os
 import re
+import tempfile
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,20 @@ def check_writable_folder(folder: str | os.PathLike, flag: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RequestError(f"cannot write to {shorten(str(folder))} for {flag}: {shorten(str(existing))} is not "
                            f"writable (permissions or a read-only filesystem); choose another {flag}")
+    return folder
+
+
+def make_writable_folder(folder: str | os.PathLike, flag: str | None = None) -> Path:
+    """Create ``folder`` (and its parents) and prove it writable with a probe file, before any work; a
+    ``ValueError`` naming the folder (and the option ``flag``) and what to do otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".deepforcing-probe-"):
+            pass
+    except OSError as err:
+        where = f" for {flag}" if flag else ""
+        raise ValueError(f"cannot write to the folder {folder}{where} ({os_advice(err)})") from None
     return folder
 
 
