@@ -46,9 +46,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
-                                 fill_random, register_package_folder, save_trace, sdpa_float32,
-                                 self_attention_caches, tiny_wrapper)
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, fill_random,
+                                 register_package_folder, save_trace, sdpa_float32, tiny_wrapper, use_tiny_caches)
 
 CHUNKS, CHUNK, WINDOW, STEPS, SHIFT = 40, 3, 21, (1000, 750, 500, 250), 5.0
 BUDGET, RECENT = 16, 4  # inference.py --Budget / --Recent defaults (frames)
@@ -299,12 +298,7 @@ def record(release, setting: Setting, model, context, noise, seed: int) -> tuple
     vae = types.SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: torch.zeros(1, 1, 3, 8, 8))
     pipe = release.inference.CausalInferencePipeline(cfg, "cpu", generator=wrapper, vae=vae,
                                                      text_encoder=lambda text_prompts: {"prompt_embeds": context})
-    pipe.num_transformer_blocks = layers
-    pipe.frame_seq_length = TINY_TOKENS
-    pipe._initialize_kv_cache = lambda batch_size, dtype, device: setattr(
-        pipe, "kv_cache1", self_attention_caches(batch_size, WINDOW, dtype))  # its 21 x 1560
-    pipe._initialize_crossattn_cache = lambda batch_size, dtype, device: setattr(
-        pipe, "crossattn_cache", cross_attention_caches(batch_size, dtype))
+    use_tiny_caches(pipe, WINDOW, layers)  # its 21 x 1560
     draws: list[torch.Tensor] = []
     release.inference.torch = TorchOnCpu(draws, torch.Generator().manual_seed(seed))
     with torch.no_grad():

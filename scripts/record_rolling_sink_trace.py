@@ -32,39 +32,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import types
 from pathlib import Path
 
 import torch
 
-from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
-                                 fill_random, register_package_folder, save_trace, sdpa_float32,
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, PreRopeTap, TorchOnCpu,
+                                 cross_attention_caches, fill_random, frame_rows, import_release_on_cpu, save_trace,
                                  self_attention_caches, tiny_wrapper)
 
 FRAMES, CHUNK, STEPS, SHIFT, WINDOW = 63, 3, (1000, 750, 500, 250), 5.0, 21
 SNAPSHOT_CHUNKS = (20,)  # the full cache after the last clean pass (both replay directions in it)
 QUIRK_CONTEXT_NOISE, QUIRK_FRAMES = 50, 27  # a second, short run: the replay never fires unless context_noise is 0
-
-
-class PreRopeTap:
-    """Forward hooks on every layer's ``norm_k`` and ``v`` projections: the pre-RoPE keys and the values of the
-    latest call, per layer, as ``[B, L, heads, head_dim]``."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-        heads, head_dim = TINY_CONFIG["num_heads"], TINY_CONFIG["dim"] // TINY_CONFIG["num_heads"]
-        for i, block in enumerate(model.blocks):
-            def tap(store, i=i):
-                return lambda mod, inp, out: store.__setitem__(i, out.detach().clone().unflatten(-1, (heads, head_dim)))
-            block.self_attn.norm_k.register_forward_hook(tap(self.k))
-            block.self_attn.v.register_forward_hook(tap(self.v))
-
-
-def frame_rows(x: torch.Tensor, frame: int) -> torch.Tensor:
-    """Frame ``frame``'s tokens of a ``[B, L, heads, head_dim]`` cache tensor."""
-    return x[:, frame * TINY_TOKENS:(frame + 1) * TINY_TOKENS]
 
 
 def main() -> None:
@@ -74,17 +53,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     root = Path(args.rolling_sink).resolve()
-    sys.path.insert(0, str(root))
-    torch.cuda.current_device = lambda: 0  # utils/memory.py builds a cuda device object at import time
-    register_package_folder("wan", root / "wan")
-    import pipeline.causal_inference as inference_module
-    import wan.modules.causal_model as causal_model
-    import wan.modules.model as base_model
-    from utils.scheduler import FlowMatchScheduler
-    from utils.wan_wrapper import WanDiffusionWrapper
-
-    causal_model.attention = sdpa_float32
-    base_model.flash_attention = sdpa_float32
+    inference_module, causal_model, FlowMatchScheduler, WanDiffusionWrapper = import_release_on_cpu(root)
     release_rope = causal_model.causal_rope_apply
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)

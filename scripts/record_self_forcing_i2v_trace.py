@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from record_deep_forcing_trace import SELF_FORCING_RELEASE, Setting, build_model, import_release
-from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, cross_attention_caches,
-                                 fill_random, save_trace, self_attention_caches, tiny_wrapper)
+from release_trace_tools import (TINY_CONFIG, TINY_LATENT_HW, TINY_TOKENS, TorchOnCpu, fill_random, save_trace,
+                                 tiny_wrapper, use_tiny_caches)
 
 CHUNK, WINDOW, STEPS, SHIFT = 3, 21, (1000, 750, 500, 250), 5.0  # configs/self_forcing_dmd.yaml
 ROLLOUTS = {"extend": (6, 24, False), "image": (1, 27, True)}  # given frames, sampled frames, independent_first_frame
@@ -48,12 +48,7 @@ def run(release, model, context, initial, noise, independent_first: bool, seed: 
     vae = types.SimpleNamespace(decode_to_pixel=lambda latents, use_cache=False: torch.zeros(1, 1, 3, 8, 8))
     pipe = release.inference.CausalInferencePipeline(cfg, "cpu", generator=wrapper, vae=vae,
                                                      text_encoder=lambda text_prompts: {"prompt_embeds": context})
-    pipe.num_transformer_blocks = TINY_CONFIG["num_layers"]
-    pipe.frame_seq_length = TINY_TOKENS
-    pipe._initialize_kv_cache = lambda batch_size, dtype, device: setattr(
-        pipe, "kv_cache1", self_attention_caches(batch_size, WINDOW, dtype))  # its 21 x 1560
-    pipe._initialize_crossattn_cache = lambda batch_size, dtype, device: setattr(
-        pipe, "crossattn_cache", cross_attention_caches(batch_size, dtype))
+    use_tiny_caches(pipe, WINDOW)  # its 21 x 1560
     draws: list[torch.Tensor] = []
     release.inference.torch = TorchOnCpu(draws, torch.Generator().manual_seed(seed))
     with torch.no_grad():

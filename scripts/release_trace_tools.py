@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sdpa_float32", "TorchOnCpu", "register_package_folder", "fill_random", "TINY_CONFIG", "TINY_LATENT_HW",
-           "TINY_TOKENS", "tiny_wrapper", "self_attention_caches", "cross_attention_caches", "save_trace"]
+__all__ = ["sdpa_float32", "TorchOnCpu", "register_package_folder", "import_release_on_cpu", "fill_random", "TINY_CONFIG", "TINY_LATENT_HW",
+           "TINY_TOKENS", "tiny_wrapper", "self_attention_caches", "cross_attention_caches", "use_tiny_caches",
+           "PreRopeTap", "frame_rows", "save_trace"]
 
 
 def sdpa_float32(q, k, v, *args, **kwargs):
@@ -48,6 +49,25 @@ def register_package_folder(name: str, folder: Path) -> types.ModuleType:
     package.__path__ = [str(folder)]
     sys.modules[name] = package
     return package
+
+
+def import_release_on_cpu(root: Path) -> tuple:
+    """A Self-Forcing-layout release (``pipeline/``, ``wan/``, ``utils/``) imported from ``root`` for a CPU run:
+    ``torch.cuda.current_device()`` answers 0 (``utils/memory.py`` builds a cuda device object at import time), the
+    ``wan`` package ``__init__`` is not run, and the causal / base model's attention helpers are ``sdpa_float32``.
+    Returns ``(pipeline.causal_inference, wan.modules.causal_model, FlowMatchScheduler, WanDiffusionWrapper)``."""
+    sys.path.insert(0, str(root))
+    torch.cuda.current_device = lambda: 0
+    register_package_folder("wan", root / "wan")
+    import pipeline.causal_inference as inference_module
+    import wan.modules.causal_model as causal_model
+    import wan.modules.model as base_model
+    from utils.scheduler import FlowMatchScheduler
+    from utils.wan_wrapper import WanDiffusionWrapper
+
+    causal_model.attention = sdpa_float32
+    base_model.flash_attention = sdpa_float32
+    return inference_module, causal_model, FlowMatchScheduler, WanDiffusionWrapper
 
 
 @torch.no_grad()
@@ -103,6 +123,37 @@ def cross_attention_caches(batch: int, dtype) -> list[dict]:
     shape = (batch, TINY_CONFIG["text_len"], TINY_HEADS, TINY_HEAD_DIM)
     return [{"k": torch.zeros(shape, dtype=dtype), "v": torch.zeros(shape, dtype=dtype), "is_init": False}
             for _ in range(TINY_CONFIG["num_layers"])]
+
+
+def use_tiny_caches(pipe, frames: int, layers: int = TINY_CONFIG["num_layers"]) -> None:
+    """Point a release pipeline at the tiny model: ``layers`` transformer blocks, ``TINY_TOKENS`` per frame, and its
+    ``_initialize_kv_cache`` / ``_initialize_crossattn_cache`` allocating caches of ``frames`` frames (its x 1560)."""
+    pipe.num_transformer_blocks = layers
+    pipe.frame_seq_length = TINY_TOKENS
+    pipe._initialize_kv_cache = lambda batch_size, dtype, device: setattr(
+        pipe, "kv_cache1", self_attention_caches(batch_size, frames, dtype))
+    pipe._initialize_crossattn_cache = lambda batch_size, dtype, device: setattr(
+        pipe, "crossattn_cache", cross_attention_caches(batch_size, dtype))
+
+
+class PreRopeTap:
+    """Forward hooks on every layer's ``norm_k`` and ``v`` projections: the pre-RoPE keys and the values of the
+    latest call, per layer, as ``[B, L, heads, head_dim]``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        heads, head_dim = TINY_CONFIG["num_heads"], TINY_CONFIG["dim"] // TINY_CONFIG["num_heads"]
+        for i, block in enumerate(model.blocks):
+            def tap(store, i=i):
+                return lambda mod, inp, out: store.__setitem__(i, out.detach().clone().unflatten(-1, (heads, head_dim)))
+            block.self_attn.norm_k.register_forward_hook(tap(self.k))
+            block.self_attn.v.register_forward_hook(tap(self.v))
+
+
+def frame_rows(x: torch.Tensor, frame: int) -> torch.Tensor:
+    """Frame ``frame``'s tokens of a ``[B, L, heads, head_dim]`` cache tensor."""
+    return x[:, frame * TINY_TOKENS:(frame + 1) * TINY_TOKENS]
 
 
 def save_trace(out: str | Path, model: torch.nn.Module, tensors: dict, meta: dict) -> Path:

@@ -5,17 +5,16 @@ and a KV Flush + RoPE Cut at chunk 8 (the release's prompt DSL ``first[3s] | sec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from deepforcing.cache import make_policy
 from deepforcing.models.loading import load_causal_wan
 from deepforcing.models.presets import get_preset
 from deepforcing.pipeline.rollout import VideoRollout
+from release_traces import load_trace
 from test_causvid_parity import ReplayedNoise, _chunks
 
 TRACE = Path(__file__).parent / "data" / "infinity_rope_trace"
@@ -24,7 +23,7 @@ RELEASE = "yesiltepe-hidir/infinity-rope@63d7b84"
 
 @pytest.fixture(scope="module")
 def trace():
-    meta, t = json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    meta, t = load_trace(TRACE)
     assert meta["release"] == RELEASE
     return meta, t, load_causal_wan(TRACE)
 

@@ -4,20 +4,13 @@ through the ``memrope`` policy, same weights, noise and re-noising draws."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from deepforcing.cache import make_policy
 from deepforcing.cache.base import MEMORY, REGIONS
-from deepforcing.models.contract import SamplingConfig
-from deepforcing.models.loading import load_causal_wan
-from deepforcing.models.presets import get_preset
-from deepforcing.pipeline.rollout import VideoRollout
-from test_causvid_parity import ReplayedNoise, _chunks
+from release_traces import load_trace, per_chunk_error, replay_rollout
 
 TRACE = Path(__file__).parent / "data" / "memrope_trace"
 RELEASE = "YoungRaeKimm/MemRoPE@b89bf5b"
@@ -25,26 +18,18 @@ RELEASE = "YoungRaeKimm/MemRoPE@b89bf5b"
 
 @pytest.fixture(scope="module")
 def replay():
-    meta, t = json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    meta, t = load_trace(TRACE)
     assert meta["release"] == RELEASE
-    spec = get_preset("self-forcing")
-    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
-                              chunk_frames=meta["chunk_frames"])
-    model = load_causal_wan(TRACE)
     policy = make_policy("memrope", window=meta["local_attn_size"], sink=meta["sink_size"],
                          alpha_long=meta["ema_alpha_long"], alpha_short=meta["ema_alpha_short"])
     assert policy == make_policy("memrope")  # the release's defaults are the policy's
-    with torch.no_grad():
-        rollout = VideoRollout(model=model, policy=policy, context=model.encode_context(t["context"]),
-                               latent_shape=tuple(t["noise"].shape[2:]), sampling=sampling,
-                               noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
-        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    ours, rollout = replay_rollout(TRACE, meta, t, policy, meta["chunk_frames"])
     return meta, t, ours, rollout.cache
 
 
 def test_memrope_replays_its_release_trace(replay):
     meta, t, ours, _ = replay
-    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    err = per_chunk_error(ours, t["latents"])
     assert len(err) == 10 and err.max() < 1e-5, err
 
 

@@ -8,19 +8,19 @@ parity test, not here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from release_traces import load_trace, per_chunk_error, replay_rollout
 
 TRACE = Path(__file__).parent / "data" / "memrope_trace"
 
 
 @pytest.fixture(scope="module")
 def trace():
-    return json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    return load_trace(TRACE)
 
 
 def evicted_mean(t: dict, frames: list[int]) -> torch.Tensor:
@@ -120,23 +120,12 @@ def test_until_the_method_acts_it_is_plain_self_forcing_in_the_engine(trace):
     acts (chunk 4: the first eviction brings the memories and block-relative positions), and not after: the weights,
     noise and draws fit the engine, and the method matters."""
     from deepforcing.cache import make_policy
-    from deepforcing.models.contract import SamplingConfig
-    from deepforcing.models.loading import load_causal_wan
     from deepforcing.models.presets import get_preset
-    from deepforcing.pipeline.rollout import VideoRollout
-    from test_causvid_parity import ReplayedNoise, _chunks
 
     meta, t = trace
     spec = get_preset("self-forcing")
     assert meta["denoising_step_list"] == list(spec.denoising_steps) and meta["shift"] == spec.shift
-    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
-                              chunk_frames=spec.chunk_frames)
-    model = load_causal_wan(TRACE)
-    with torch.no_grad():
-        rollout = VideoRollout(model=model, policy=make_policy("self-forcing", window=12),
-                               context=model.encode_context(t["context"]), latent_shape=tuple(t["noise"].shape[2:]),
-                               sampling=sampling, noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
-        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
-    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    ours, _ = replay_rollout(TRACE, meta, t, make_policy("self-forcing", window=12), spec.chunk_frames)
+    err = per_chunk_error(ours, t["latents"])
     assert err[:4].max() < 1e-5, err
     assert err[4:].min() > 1e-3, err

@@ -4,19 +4,12 @@ forward over 13-18) through the ``rolling-sink-replay`` policy, same weights, no
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from deepforcing.cache import make_policy
-from deepforcing.models.contract import SamplingConfig
-from deepforcing.models.loading import load_causal_wan
-from deepforcing.models.presets import get_preset
-from deepforcing.pipeline.rollout import VideoRollout
-from test_causvid_parity import ReplayedNoise, _chunks
+from release_traces import load_trace, per_chunk_error, replay_rollout
 
 TRACE = Path(__file__).parent / "data" / "rolling_sink_trace"
 RELEASE = "Rolling-Sink/Rolling-Sink@d7fc0d9"
@@ -24,25 +17,17 @@ RELEASE = "Rolling-Sink/Rolling-Sink@d7fc0d9"
 
 @pytest.fixture(scope="module")
 def replay():
-    meta, t = json.loads((TRACE / "trace.json").read_text()), load_file(str(TRACE / "trace.safetensors"))
+    meta, t = load_trace(TRACE)
     assert meta["release"] == RELEASE
-    spec = get_preset("self-forcing")
-    sampling = SamplingConfig(denoising_steps=spec.denoising_steps, warp=spec.warp, shift=spec.shift,
-                              chunk_frames=meta["chunk_frames"])
-    model = load_causal_wan(TRACE)
     policy = make_policy("rolling-sink-replay", window=meta["window_frames"])
-    with torch.no_grad():
-        rollout = VideoRollout(model=model, policy=policy, context=model.encode_context(t["context"]),
-                               latent_shape=tuple(t["noise"].shape[2:]), sampling=sampling,
-                               noise=ReplayedNoise(_chunks(t["noise"]), t["renoise"]))
-        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    ours, rollout = replay_rollout(TRACE, meta, t, policy, meta["chunk_frames"])
     rollout.cache.settle()
     return meta, t, ours, rollout.cache
 
 
 def test_rolling_sink_replays_its_release_trace(replay):
     meta, t, ours, _ = replay
-    err = (ours - t["latents"]).abs().amax(dim=(0, 2, 3, 4)).view(-1, 3).amax(dim=1)  # per chunk
+    err = per_chunk_error(ours, t["latents"])
     assert len(err) == 21 and err.max() < 1e-5, err
 
 
