@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .model_spec import CheckedModel, ModelSpec, _resolution, check_model, set_threads
+from .model_spec import CheckedModel, ModelSpec, check_model, set_threads
 from .pipeline.generate import VideoGenerator, restart_policy_error
-from .pipeline.start import StartFrames, StartGeometry, load_start
+from .pipeline.start import StartFrames, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
 from .pipeline.validation import (MAX_LATENT_FRAMES, MAX_SECONDS, check_prompt_text, error_line, make_writable_folder,
                                   shorten)
@@ -270,29 +270,10 @@ def _start_frames(args: argparse.Namespace, model: CheckedModel, policy) -> Star
     if preset is not None and preset.sampling.solver == "rolling-forcing":
         raise ValueError(f"--{given[0]} is not supported by preset {preset.name}: Rolling Forcing's sampler has its "
                          f"own cache and loop")
-    start = load_start(given[1], given[0], _start_geometry(model, policy))
+    start = load_start(given[1], given[0], model.start_geometry(policy))
     if start.note and not args.quiet:
         print(f"note: {start.note}", file=sys.stderr)
     return start
-
-
-def _start_geometry(model: CheckedModel, policy) -> StartGeometry:
-    """What a start must fit, without loading a Wan model: its pixel size (``--resolution`` or the preset's), the
-    VAE's temporal scale (its config), the chunk and ``policy``'s window. (The mini model is small and read already.)"""
-    if model.is_mini:
-        bundle = model._mini_bundle()
-        _, h, w = bundle.latent_shape
-        scale = getattr(bundle.codec, "spatial_scale", 1)
-        return StartGeometry(h * scale, w * scale, bundle.temporal_scale, bundle.sampling.chunk_frames, policy.window)
-    from .models.vae import WanVAEConfig, resolve_vae_path
-
-    layout, path = resolve_vae_path(model.spec.model)
-    config = WanVAEConfig() if layout == "original" else \
-        WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
-    spatial = 2 ** (len(config.dim_mult) - 1)
-    size = _resolution(model.spec.resolution) or (model.preset.latent_height * spatial,
-                                                 model.preset.latent_width * spatial)
-    return StartGeometry(size[0], size[1], config.temporal_scale, model.chunk_frames, policy.window)
 
 
 def _check_output(output: Path, *, overwrite: bool) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from deepforcing.models.contract import ModelBundle
     from deepforcing.models.presets import ModelPreset
     from deepforcing.pipeline.generate import VideoGenerator
+    from deepforcing.pipeline.start import StartGeometry
 
 __all__ = ["ModelSpec", "CheckedModel", "check_model", "open_generator", "resolve_device", "set_threads",
            "MINI", "MINI_FORMAT"]
@@ -167,6 +168,28 @@ class CheckedModel:
         if self.spec.attention_backend is not None:
             bundle.transformer.set_attention_backend(self.spec.attention_backend)  # diffusers' own switch
         return VideoGenerator(bundle, device=self.device)
+
+    def start_geometry(self, policy) -> "StartGeometry":
+        """What a start image or clip must fit, without loading a Wan model: its pixel size (``--resolution`` or the
+        preset's), the VAE's temporal scale (its config), the chunk and ``policy``'s window. (The mini model is small
+        and read already.)"""
+        from deepforcing.pipeline.start import StartGeometry
+
+        if self.is_mini:
+            bundle = self._mini_bundle()
+            _, h, w = bundle.latent_shape
+            scale = getattr(bundle.codec, "spatial_scale", 1)
+            return StartGeometry(h * scale, w * scale, bundle.temporal_scale, bundle.sampling.chunk_frames,
+                                 policy.window)
+        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
+
+        layout, path = resolve_vae_path(self.spec.model)
+        config = WanVAEConfig() if layout == "original" else \
+            WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+        spatial = 2 ** (len(config.dim_mult) - 1)
+        size = _resolution(self.spec.resolution) or (self.preset.latent_height * spatial,
+                                                     self.preset.latent_width * spatial)
+        return StartGeometry(size[0], size[1], config.temporal_scale, self.chunk_frames, policy.window)
 
     def _mini_bundle(self) -> "ModelBundle":
         if self._bundle is None:
