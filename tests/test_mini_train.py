@@ -1,6 +1,7 @@
 """The mini model's training recipe: chunk-0 forward, object-weighted loss cells, weight averaging, resume."""
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import TINY_MINI
@@ -149,3 +150,15 @@ def test_contextual_text_encoder_starts_as_the_bag_of_embeddings_and_then_mixes_
     blue = slice(4, 8)
     assert torch.equal(bag(prompts)[0, blue], bag(prompts)[1, blue])
     assert not torch.allclose(out[0, blue], out[1, blue])
+
+
+@pytest.mark.parametrize("target, message", [("future", "'truth' or 'resimulated'"),
+                                             ("resimulated", "needs the autoencoder codec")])
+def test_a_rollout_target_that_cannot_run_is_refused_before_training(tmp_path, target, message):
+    import dataclasses
+
+    cfg = TrainConfig(steps=1, batch=1, clip_frames=6, chunk_frames=3, threads=1, run_dir=str(tmp_path / "run"),
+                      output=str(tmp_path / "m.safetensors"), rollout_context=1.0, rollout_target=target,
+                      model=dataclasses.replace(TINY_MINI, codec="pixels"))
+    with pytest.raises(ValueError, match=message):
+        train(cfg, log=lambda *_: None)

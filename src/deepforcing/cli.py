@@ -185,6 +185,10 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rollout-true-chunks", type=int, default=d.rollout_true_chunks,
                    help="with --rollout-context: true chunks before the model's own rollout starts (0: a random "
                    "number per batch; default %(default)s)")
+    p.add_argument("--rollout-target", choices=("truth", "resimulated"), default=d.rollout_target,
+                   help="with --rollout-context: the target of a rolled-out chunk is the true continuation ('truth') "
+                   "or the world re-simulated from where the rollout put the objects ('resimulated'; default "
+                   "%(default)s)")
     p.add_argument("--world", choices=("original", "v5"), default=d.world,
                    help="scene mix drawn: 'original' (1-3 objects, v1-v4) or 'v5' (mostly 1-2 medium/big objects, "
                    "no near-identical colours; default %(default)s)")
@@ -268,7 +272,8 @@ def _run_train_mini(args: argparse.Namespace) -> int:
                       first_chunk_batch=args.first_chunk_batch, object_weight=args.object_weight,
                       init_from=args.init_from, self_context=args.self_context, self_context_sigma=(lo, hi),
                       probe_sampling=sampling, world=args.world, rollout_context=args.rollout_context,
-                      rollout_true_chunks=args.rollout_true_chunks, layout_dropout=args.layout_dropout, model=model)
+                      rollout_true_chunks=args.rollout_true_chunks, rollout_target=args.rollout_target,
+                      layout_dropout=args.layout_dropout, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")
     return 0

@@ -41,6 +41,7 @@ from .language import WORLD_V5, SceneMix, sample_scene, tokenize_spec
 from .layout import start_layout_latents
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
 from .quality import free_rollout_bar, is_held_out
+from .rollout_target import resimulated_targets
 from .world import object_cells, render_batch_with_states
 
 __all__ = ["TrainConfig", "train", "teacher_forcing_forward", "first_chunk_forward", "context_probe",
@@ -81,6 +82,7 @@ class TrainConfig:
     self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
     rollout_context: float = 0.0  # fraction of long clips whose chunks after the first are the model's own rollout
     rollout_true_chunks: int = 1  # true chunks before the rollout starts; 0: a random number per batch (1..chunks-1)
+    rollout_target: str = "truth"  # target of rolled-out chunks: "truth" or "resimulated" (mini.rollout_target)
     world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
     layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
@@ -186,10 +188,11 @@ def training_scene(rng: np.random.Generator, world: str = "original"):
 
 
 def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | None = None,
-           batch: int | None = None, codec=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+           batch: int | None = None, codec=None, with_world: bool = False) -> tuple:
     """World clips as latents ``[B, C, T, h, w]`` (pixels for the pixel codec), their token ids, the per-cell
     loss weights ``[B, T, h, w]`` (``object_weight`` on cells that carry an object, 1 elsewhere) and, for a layout
-    model, each clip's encoded start layout ``[B, C, 1, h, w]`` (else None)."""
+    model, each clip's encoded start layout ``[B, C, 1, h, w]`` (else None); ``with_world`` adds the scenes and
+    their ground truth (what re-simulated rollout targets continue)."""
     batch = cfg.batch if batch is None else batch
     frames = frames or cfg.clip_frames
     specs = [training_scene(rng, cfg.world) for _ in range(batch)]
@@ -203,7 +206,8 @@ def _batch(cfg: TrainConfig, rng: np.random.Generator, device, frames: int | Non
     layout = None
     if cfg.model.start_layout:
         layout = start_layout_latents(codec, specs, seeds, cfg.model.frame_size).to(device)
-    return latents.to(device), ids.to(device), weights.to(device), layout
+    out = (latents.to(device), ids.to(device), weights.to(device), layout)
+    return out + (specs, states) if with_world else out
 
 
 @torch.no_grad()
@@ -254,15 +258,22 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
     instead of carrying its errors forward. Unlike Self Forcing's distribution-matching loss this needs no teacher:
     the world's ground truth is the target. Sampling runs without gradient (Self Forcing back-propagates only
     through the last denoising step; here not at all)."""
+    return _rollout(model, cfg, clean, token_ids, gen, layout)[0]
+
+
+@torch.no_grad()
+def _rollout(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids: torch.Tensor,
+             gen: torch.Generator, layout: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int], int]:
+    """:func:`rolled_out_context` plus which clips were rolled out and after how many true chunks."""
     if cfg.rollout_context <= 0:  # off: no random draws either
-        return clean
+        return clean, [], 0
     from deepforcing.cache import make_policy
     from deepforcing.pipeline.rollout import VideoRollout
 
     b, _, frames, h, w = clean.shape
     pick = torch.rand(b, generator=gen) < cfg.rollout_context
     if not pick.any() or frames <= cfg.chunk_frames:
-        return clean
+        return clean, [], 0
     rows = pick.nonzero()[:, 0]
     # a cache per video, no side branch: unguided
     sampling = dataclasses.replace(_probe_sampling(cfg), guidance=1.0, first_chunk_guidance=None)
@@ -283,7 +294,7 @@ def rolled_out_context(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, 
             chunks.append(rollout.step().latents)
     out = clean.clone()
     out[rows] = torch.cat(chunks, dim=2)[:, :, :frames].to(clean.dtype)
-    return out
+    return out, rows.tolist(), true_chunks
 
 
 def _train_mode(model: MiniModel, on: bool = True) -> None:
@@ -466,6 +477,11 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     _train_mode(model)
     started = time.perf_counter()
     window_loss = []
+    resim = [0, 0]  # objects continued from the rollout / put back from the truth since the last log line
+    if cfg.rollout_target not in ("truth", "resimulated"):
+        raise ValueError(f"rollout_target must be 'truth' or 'resimulated', got {cfg.rollout_target!r}")
+    if cfg.rollout_target == "resimulated" and _codec(model) is None:
+        raise ValueError("rollout_target='resimulated' needs the autoencoder codec (it decodes the rollout to track it)")
     try:
         while state["step"] < cfg.steps:
             if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
@@ -478,15 +494,23 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
             loss = torch.zeros(())
             clips_seen = 0
             if batch:
-                clean, ids, cells, layout = _batch(cfg, rng, "cpu", frames=frames, batch=batch, codec=_codec(model))
+                clean, ids, cells, layout, specs, states = _batch(cfg, rng, "cpu", frames=frames, batch=batch,
+                                                                  codec=_codec(model), with_world=True)
                 ids = _drop_text(cfg, ids, gen)
                 layout = _drop_layout(cfg, layout, gen)
                 sigma = _sigmas(cfg, clean.shape[0], frames, gen, "cpu")
                 noise = torch.randn(clean.shape, generator=gen)
                 s = sigma[:, None, :, None, None]
-                noisy = (1 - s) * clean + s * noise
                 context = self_generated_context(model, cfg, clean, ids, gen, layout)
-                context = rolled_out_context(model, cfg, context, ids, gen, layout)
+                context, rows, true_chunks = _rollout(model, cfg, context, ids, gen, layout)
+                if cfg.rollout_target == "resimulated" and rows:
+                    target = resimulated_targets(_codec(model), clean, context, cells, specs, states, rows,
+                                                 true_chunks, cfg.chunk_frames, cfg.model.frame_size,
+                                                 cfg.object_weight)
+                    clean, cells = target.clean, target.cells
+                    resim[0] += target.tracked
+                    resim[1] += target.restored
+                noisy = (1 - s) * clean + s * noise
                 flow = teacher_forcing_forward(model, context, noisy, sigma, ids, cfg.chunk_frames, layout=layout)
                 error = (flow - (noise - clean)).pow(2).mean(dim=1) * cells  # [B, T, h, w]
                 per_frame = error.mean(dim=(0, 2, 3)) / cells.mean(dim=(0, 2, 3))
@@ -522,6 +546,9 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 entry = {"step": state["step"], "loss": float(np.mean(window_loss)), "clips": state["clips"],
                          "seconds": round(state["seconds"], 1), **{f"x0_mse_{k}": round(v, 5) for k, v in probe.items()}}
                 window_loss.clear()
+                if sum(resim):
+                    entry["resim_tracked"] = round(resim[0] / sum(resim), 3)
+                    resim[:] = [0, 0]
                 if cfg.rollout_probe_every and state["step"] % cfg.rollout_probe_every == 0:
                     with averaged():
                         entry.update(_rollout_probe(model, cfg))

@@ -49,6 +49,7 @@ __all__ = [
     "render_batch",
     "render_batch_with_states",
     "render_clip",
+    "render_continuation",
     "to_uint8",
 ]
 
@@ -293,8 +294,31 @@ def render_clip(scene: SceneSpec | str, seed: int, num_frames: int, size: int = 
     return Clip(frames=torch.from_numpy(frames[0]), states=states[0], spec=spec, seed=int(seed))
 
 
+def render_continuation(
+    scenes: Sequence[SceneSpec | str], starts: Sequence[dict], num_frames: int, size: int = REFERENCE_SIZE
+) -> tuple[torch.Tensor, list[WorldStates]]:
+    """Continue each scene from a given state instead of its seed: ``starts[b]`` holds ``positions`` and
+    ``velocities`` ``[K, 2]`` (view pixels, one row per prompt object, in prompt order) and ``camera_offset``
+    ``[2]`` of the state's frame. Returns the ``num_frames`` frames *after* that state ``[B, T, 3, H, W]`` and their
+    ground truth: the same physics and renderer as :func:`render_batch`, so a clip rendered from its own state at
+    frame ``t`` continues it exactly. Positions are clamped into the view (an object's centre at least its extent
+    from each border), as the physics keeps them.
+
+    Used by training on the model's own rollouts (``TrainConfig.rollout_target="resimulated"``): the target of a
+    chunk is the world continued from where the rollout put the objects, not from where the truth has them."""
+    specs = [_as_spec(s) for s in scenes]
+    if len(starts) != len(specs):
+        raise ValueError(f"need one start state per scene; got {len(specs)} scenes, {len(starts)} states")
+    frames, states = _render(specs, [0] * len(specs), int(num_frames) + 1, size, starts=starts)
+    for st in states:
+        st.positions, st.velocities = st.positions[1:], st.velocities[1:]
+        st.camera_offsets = st.camera_offsets[1:]
+    return torch.from_numpy(frames[:, 1:]), states
+
+
 def _render(
-    scenes: Sequence[SceneSpec | str], seeds: Sequence[int], num_frames: int, size: int
+    scenes: Sequence[SceneSpec | str], seeds: Sequence[int], num_frames: int, size: int,
+    starts: Sequence[dict] | None = None,
 ) -> tuple[np.ndarray, list[WorldStates]]:
     specs = [_as_spec(s) for s in scenes]
     seeds = [int(s) for s in seeds]
@@ -313,11 +337,18 @@ def _render(
     active = np.zeros((batch, count), bool)
     tones = np.zeros((batch, 2, 3), np.float32)
     pan = np.zeros((batch, 2))
+    offset0 = np.zeros((batch, 2))
     for b, (spec, seed) in enumerate(zip(specs, seeds)):
         k = len(spec.objects)
-        pos[b, :k], vel[b, :k] = _initial_state(spec, seed, size)
         radii[b, :k] = [object_radius(o.size, size) for o in spec.objects]
         extents[b, :k] = radii[b, :k] * np.array([_EXTENT[o.shape] for o in spec.objects])
+        if starts is None:
+            pos[b, :k], vel[b, :k] = _initial_state(spec, seed, size)
+        else:
+            given = np.asarray(starts[b]["positions"], np.float64).reshape(k, 2)
+            pos[b, :k] = np.clip(given, extents[b, :k, None], size - extents[b, :k, None])
+            vel[b, :k] = np.asarray(starts[b]["velocities"], np.float64).reshape(k, 2)
+            offset0[b] = np.asarray(starts[b].get("camera_offset", (0.0, 0.0)), np.float64)
         codes[b, :k] = [_SHAPE_CODE[o.shape] for o in spec.objects]
         colours[b, :k] = [o.rgb for o in spec.objects]
         active[b, :k] = True
@@ -325,7 +356,7 @@ def _render(
         if spec.pan is not None:
             pan[b] = np.array(_PAN[spec.pan]) * PAN_SPEED_PX * size / REFERENCE_SIZE
     positions, velocities = _simulate(pos, vel, radii, extents, active, size, num_frames)
-    offsets = pan[:, None, :] * np.arange(num_frames)[None, :, None]  # [B, T, 2]
+    offsets = offset0[:, None, :] + pan[:, None, :] * np.arange(num_frames)[None, :, None]  # [B, T, 2]
     image = _background([s.background.kind for s in specs], tones, offsets, size)  # [B, T, 3, H, W]
     alpha = _coverage(codes, radii, positions, size) * active[:, None, :, None, None]  # [B, T, K, H, W]
     for k in range(count):
