@@ -1,7 +1,7 @@
 """Model-agnostic KV-cache engine: storage, temporal RoPE, participation scoring, the policy contract, the named
 policies and their registry (imports torch only)."""
 
-from .base import REGIONS, CachePolicy, ChunkContext, Decision, StreamEvent, Write
+from .base import REGIONS, CachePolicy, ChunkContext, Decision, HeadGroup, StreamEvent, Write
 from .options import PolicyOption, option
 from .policies import (
     AttentionSink,
@@ -20,7 +20,7 @@ from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
-from .session import CacheEvent, CacheGeometry, KVCache, LayerCache
+from .session import CacheEvent, CacheGeometry, HeadGroupCache, KVCache, LayerCache
 from .store import LayerKVStore
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "DeepSink",
     "FifoSelector",
     "FullCache",
+    "HeadGroup",
+    "HeadGroupCache",
     "InfinityRope",
     "KVCache",
     "LayerCache",

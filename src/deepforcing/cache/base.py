@@ -20,6 +20,9 @@ hook                        what the policy decides                             
                             edits that the call itself must not see (Rolling Sink's archive replay)
 :meth:`react`               stream events: a prompt switch, a scene cut (:meth:`validate_event` checks   engine default
                             beforehand that the policy can take them on this model)
+:meth:`head_groups`         per-head caches: split a layer's heads into :class:`HeadGroup` s, each with  none
+                            its own store and attention call (:meth:`decide_group` per group)
+:meth:`observe_attention`   attention statistics: the rotated queries and the keys attention reads       nothing
 ==========================  ===========================================================================  ==============
 
 And a policy describes itself: :meth:`options` (name, type, default, help — the command-line flags),
@@ -42,8 +45,8 @@ from .options import PolicyOption, option, policy_options
 if TYPE_CHECKING:  # the session imports this module; these names are for annotations only
     from .session import CallInfo, KVCache, LayerCache
 
-__all__ = ["ChunkContext", "Decision", "Write", "StreamEvent", "CachePolicy", "sink_shift", "REGIONS",
-           "KeyStorage", "Reaction", "QuerySet", "SinkPlacement"]
+__all__ = ["ChunkContext", "Decision", "Write", "StreamEvent", "CachePolicy", "HeadGroup", "sink_shift", "fifo_keep",
+           "REGIONS", "KeyStorage", "Reaction", "QuerySet", "SinkPlacement"]
 
 QuerySet = Literal["both", "past", "denoising"]
 SinkPlacement = Literal["fixed", "deep", "adjacent"]
@@ -54,6 +57,37 @@ REGIONS = ("sink", "kept", "memory", "recent")
 """Cache regions a policy reports per slot: the sink; tokens kept by a selection (Top-C) or re-inserted from an
 archive; synthesized memory tokens; the recent tail (the incoming chunk included)."""
 SINK, KEPT, MEMORY, RECENT = range(len(REGIONS))
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """Heads of one layer that share a key set (per-head caches: Dummy Forcing, Forcing-KV, TriAttention).
+
+    A policy returns a layer's groups from :meth:`CachePolicy.head_groups`; from then on each group has its own
+    store (its heads only, ``window + chunk`` frames of capacity, a ``sink_frames`` anchor) and its own attention
+    call, the outputs scattered back to head order. ``window`` and ``sink_frames`` are the frames the default
+    :meth:`CachePolicy.decide_group` keeps (FIFO behind the sink, the incoming chunk included); a policy that keeps
+    other tokens overrides ``decide_group`` and says its bound with ``window``. Groups of one layer with the same
+    ``pack`` name whose key counts are equal at a read are attended in one call (heads concatenated in group order;
+    Dummy Forcing's sink and dummy heads)."""
+
+    name: str
+    heads: tuple[int, ...]
+    window: int
+    sink_frames: int = 0
+    pack: str | None = None
+
+    def __post_init__(self) -> None:
+        heads = tuple(int(h) for h in self.heads)
+        object.__setattr__(self, "heads", heads)
+        if not heads or any(b <= a for a, b in zip(heads, heads[1:])) or heads[0] < 0:
+            raise ValueError(f"head group {self.name!r}: heads must be ascending, distinct and non-empty, got {heads}")
+        if self.window <= 0 or not 0 <= self.sink_frames < self.window:
+            raise ValueError(f"head group {self.name!r}: need 0 <= sink ({self.sink_frames}) < window ({self.window})")
+
+    def capacity_frames(self, chunk_frames: int) -> int:
+        """Store capacity in frames: the group's window plus one incoming chunk (the augmented sequence)."""
+        return self.window + chunk_frames
 
 
 @dataclass
@@ -76,6 +110,7 @@ class ChunkContext:
     state: dict  # per-layer, per-video scratch (e.g. the reference's sink base)
     generator: torch.Generator | None = None
     values: torch.Tensor | None = None  # [B, H, T, D] stored values (read only; e.g. to fold evicted tokens)
+    group: HeadGroup | None = None  # the head group deciding (keys/values hold its heads only); None: whole layer
 
     @property
     def total(self) -> int:
@@ -117,6 +152,17 @@ class StreamEvent:
 
 def _arange(start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
     return torch.arange(start, stop, device=like.device).expand(like.shape[0], -1)
+
+
+def fifo_keep(ctx: ChunkContext, window: int, sink: int) -> Decision:
+    """FIFO inside ``window`` frames behind ``sink`` frames: the oldest non-sink tokens of the augmented sequence
+    leave first (Self Forcing's rolling cache; every head group's default)."""
+    F = ctx.tokens_per_frame
+    overflow = ctx.total - window * F
+    if overflow <= 0:
+        return Decision()
+    keep = torch.cat([_arange(0, sink * F, ctx.token_ids), _arange(sink * F + overflow, ctx.total, ctx.token_ids)], 1)
+    return Decision(keep=keep, event="roll")
 
 
 def sink_shift(placement: SinkPlacement, ctx: ChunkContext, keep: torch.Tensor, sink_frames: int,
@@ -256,13 +302,36 @@ class CachePolicy:
         return None
 
     def decide(self, ctx: ChunkContext) -> Decision:
-        """A new chunk was written after the cache (the augmented sequence): what stays."""
+        """A new chunk was written after the cache (the augmented sequence): what stays. A head group's store
+        (``ctx.group`` set) is asked :meth:`decide_group` instead."""
+        if ctx.group is not None:
+            return self.decide_group(ctx)
         if ctx.total <= self.window * ctx.tokens_per_frame:
             return Decision()
         decision = self.select(ctx)
         decision.sink_delta = sink_shift(self.sink_placement(), ctx, decision.keep, self.sink_frames,
                                          self.first_shift())
         return decision
+
+    def head_groups(self, layer: "LayerCache") -> tuple[HeadGroup, ...] | None:
+        """Asked at the first call of every new chunk (before its write) until it returns groups: ``None`` keeps one
+        key set for all heads (every policy without per-head caches; the engine then runs exactly its plain path);
+        groups (covering every head once) split the layer after this call's write and decision, each group keeping
+        what :meth:`decide_group` keeps of the augmented sequence. Cross-layer choices (Dummy Forcing's global head
+        assignment) read every layer's ``state`` through ``layer.owner`` and keep their result in
+        ``layer.owner.state``. The split lasts until :meth:`KVCache.reset`."""
+        return None
+
+    def decide_group(self, ctx: ChunkContext) -> Decision:
+        """A head group's :meth:`decide` (``ctx.group``; keys/values of its heads only): by default FIFO within the
+        group's ``window`` behind its ``sink_frames``."""
+        return fifo_keep(ctx, ctx.group.window, ctx.group.sink_frames)
+
+    def observe_attention(self, layer: "LayerCache", q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+                          ) -> None:
+        """After :meth:`read`, before the attention call: the rotated queries ``[B, h, n, D]`` and the keys/values
+        attention reads, for attention statistics (Dummy Forcing's sampled softmax); ``layer`` is the head group's
+        view when the layer is split. Default: nothing."""
 
     def after_write(self, layer: "LayerCache", write: Write) -> None:
         """After every write (and the decision on a new chunk), before attention reads: a policy that re-inserts

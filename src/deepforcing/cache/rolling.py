@@ -9,7 +9,7 @@
 * the clean pass (t = 0) of the window's oldest chunk writes its keys/values and attends to the last
   ``attention_frames`` cached frames (the anchor only while it is among them, at its own position).
 
-It talks to the model like :class:`~deepforcing.cache.KVCache` (``begin_call`` and ``layers[i].attend``).
+It talks to the model like :class:`~deepforcing.cache.KVCache` (``begin_call`` and ``layers[i].attention``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ class _RollingLayer:
         rope = self.owner.call.rope
         q = rope.apply(q)
         return q, *self.update(q, rope.apply(k), v)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
+        """The model's entry with its attention ``kernel`` (:meth:`deepforcing.cache.LayerCache.attention`)."""
+        return kernel(*self.attend(q, k, v))
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         own, call = self.owner, self.owner.call

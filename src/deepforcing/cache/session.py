@@ -27,13 +27,16 @@ from typing import Callable
 
 import torch
 
-from .base import CachePolicy, ChunkContext, Decision, Reaction, StreamEvent, Write
+from .base import CachePolicy, ChunkContext, Decision, HeadGroup, Reaction, StreamEvent, Write
 from .rope import CallRope, TemporalRope
 from .rope_jitter import JitteredCallRope, JitteredTemporalRope
 from .scoring import QueryWindow
 from .store import LayerKVStore
 
-__all__ = ["CacheGeometry", "CallInfo", "CacheEvent", "KVCache", "LayerCache"]
+__all__ = ["CacheGeometry", "CallInfo", "CacheEvent", "KVCache", "LayerCache", "HeadGroupCache", "Kernel"]
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""The model's attention: ``(q, keys, values)`` ``[B, h, n, D]`` / ``[B, h, L, D]`` -> output ``[B, h, n, D]``."""
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,24 @@ class CacheEvent:
     length_before: int
     total: int
     decision: Decision
+    group: str | None = None  # the head group's name, for a split layer
 
 
 class LayerCache:
-    """Cache of one layer: storage, recent queries and the policy's per-video state."""
+    """Cache of one layer: storage, recent queries and the policy's per-video state.
 
-    def __init__(self, owner: "KVCache", index: int, store: LayerKVStore) -> None:
+    A policy with head groups (:meth:`~deepforcing.cache.CachePolicy.head_groups`) splits the layer once: ``groups``
+    then holds one :class:`HeadGroupCache` per group (its own store of its heads, state and queries) and ``store`` is
+    ``None``; :meth:`views` is what describes the layer either way (``[self]`` or the groups)."""
+
+    group: HeadGroup | None = None  # set on a head group's view
+    heads: torch.Tensor | slice | None = None  # the group's heads (a slice when contiguous)
+
+    def __init__(self, owner: "KVCache", index: int, store: LayerKVStore | None) -> None:
         self.owner = owner
         self.index = index
         self.store = store
+        self.groups: list[HeadGroupCache] = []
         self.state: dict = {}
         self.global_end = 0  # absolute token index after the last write (the release's global_end_index)
         self.attended: tuple[torch.Tensor, torch.Tensor] | None = None  # the keys/values of the last read
@@ -95,9 +107,23 @@ class LayerCache:
         write, self._after_attention = self._after_attention, None
         if write is not None:
             self.owner.policy.after_attention(self, write)
+        for view in self.groups:
+            view.settle()
+
+    def views(self) -> list["LayerCache"]:
+        """What holds this layer's keys: ``[self]``, or its head groups' views once split (each with ``group``,
+        ``heads``, ``store`` and ``state``; the policy's hooks such as ``regions`` take either)."""
+        return list(self.groups) if self.groups else [self]
+
+    def stores(self) -> list[LayerKVStore]:
+        """Every store of this layer (one, or one per head group), for memory accounting."""
+        return [view.store for view in self.views()]
 
     def reset(self) -> None:
         self._after_attention = None
+        if self.groups:  # back to one store for all heads
+            self.groups = []
+            self.store = self.owner._new_store(self.index)
         self.store.length = 0
         self.store.token_ids.fill_(-1)
         self.state.clear()
@@ -108,6 +134,11 @@ class LayerCache:
     def restart(self, resume_frame: int, keep_sink: bool) -> None:
         """Drop everything but (optionally) the sink and continue writing at ``resume_frame`` (prompt re-cache)."""
         self.settle()
+        if self.groups:  # every group keeps its own sink
+            for view in self.groups:
+                view.restart(resume_frame, keep_sink)
+            self.global_end = resume_frame * self.owner.geometry.tokens_per_frame
+            return
         store = self.store
         sink_tokens = min(store.anchor_tokens, store.length) if keep_sink else 0
         store.length = sink_tokens
@@ -142,26 +173,144 @@ class LayerCache:
         """The model's entry (``[B, H, n, D]`` pre-RoPE ``q, k``): rotated queries and the keys/values to attend to.
 
         With the default hooks this is exactly the model rotating ``q, k`` at their frames and calling
-        :meth:`update`."""
+        :meth:`update`. A policy with head groups has no single key set: the model calls :meth:`attention`."""
+        if self.groups or self.owner.splits_heads:
+            raise RuntimeError(f"{self.owner.policy.name} gives head groups their own caches: the model must call "
+                               f"LayerCache.attention(q, k, v, kernel), not attend")
+        return self._attend(q, k, v)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        call, q_rot, stored = self._rotate(q, k)
+        policy = self.owner.policy
+        keys, values, write = self._write(q_rot, stored, v, raw_keys=k)
+        keys, values = policy.read(self, keys, values)
+        if self._defers:
+            self._after_attention = write
+        if self.owner.observes:
+            policy.observe_attention(self, q_rot, keys, values)
+        return q_rot, *self._attended(call, q_rot, keys, values)
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[CallInfo, torch.Tensor, torch.Tensor]:
+        """The call, its queries rotated at the policy's query positions and its keys as the store keeps them."""
         call = self.owner.call
         if call is None or call.rope is None:
             raise RuntimeError("KVCache.begin_call(start_frame, num_frames, clean, rope=...) must come before attend")
-        policy = self.owner.policy
-        positions = policy.query_positions(self)
+        positions = self.owner.policy.query_positions(self)
         if positions is None:
             q_rot = call.rope.apply(q)
         else:
             q_rot = call.rope.at(q, self._call_frames(positions), self._call_spatial(q))
         self.rope = call.rope
-        stored = k if self.store.pre_rope else call.rope.apply(k)
-        keys, values, write = self._write(q_rot, stored, v, raw_keys=k)
-        keys, values = policy.read(self, keys, values)
-        if self._defers:
+        pre_rope = (self.store.pre_rope if self.store is not None
+                    else self.owner.policy.key_storage(self.index) == "pre-rope")
+        return call, q_rot, (k if pre_rope else call.rope.apply(k))
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+        """The model's entry with its attention ``kernel``: pre-RoPE ``q, k`` and ``v`` ``[B, H, n, D]`` in, the
+        attention output ``[B, H, n, D]`` out.
+
+        Without head groups this is exactly ``kernel(*attend(q, k, v))``. With them: the queries are rotated once
+        (:meth:`~deepforcing.cache.CachePolicy.query_positions` of this layer), every group writes its heads' keys
+        into its own store (decision, ``after_write``, ``read``, ``observe_attention`` on the group's view), groups
+        sharing a ``pack`` name with equal key counts go through one kernel call, and the outputs are scattered
+        back to head order."""
+        if not self.groups:
+            groups = self._new_groups(k)
+            if groups is None:
+                return kernel(*self._attend(q, k, v))
+            return self._split(groups, q, k, v, kernel)
+        call, q_rot, stored = self._rotate(q, k)
+        reads = []
+        for view in self.groups:
+            view.rope = call.rope
+            h = view.heads
+            keys, values, write = view._write(q_rot[:, h], stored[:, h], v[:, h], raw_keys=k[:, h])
+            reads.append(view._read(call, q_rot[:, h], keys, values, write))
+        self.global_end = self.groups[0].global_end
+        return self._grouped_kernel(q_rot, reads, kernel)
+
+    def _new_groups(self, k: torch.Tensor) -> tuple[HeadGroup, ...] | None:
+        """The policy's head groups when this call starts a new chunk of a layer not split yet, else ``None``."""
+        owner = self.owner
+        if not owner.splits_heads or owner.call is None:
+            return None
+        end = (owner.call.start_frame + owner.call.num_frames) * owner.geometry.tokens_per_frame
+        if end <= self.global_end:
+            return None
+        groups = owner.policy.head_groups(self)
+        if not groups:
+            return None
+        heads = sorted(h for g in groups for h in g.heads)
+        if heads != list(range(k.shape[1])):
+            raise ValueError(f"{owner.policy.name}: layer {self.index}'s head groups must cover heads "
+                             f"0..{k.shape[1] - 1} once each, got {[g.heads for g in groups]}")
+        if owner.jitter is not None:
+            raise ValueError(f"{owner.policy.name}: --rope-jitter's per-head tables do not apply to head groups")
+        return tuple(groups)
+
+    def _split(self, groups: tuple[HeadGroup, ...], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kernel: Kernel) -> torch.Tensor:
+        """This call writes into the one store as before (decision and ``after_write`` included); then each group
+        takes its heads' slots into its own store and keeps what its ``decide_group`` keeps; the one store goes."""
+        call, q_rot, stored = self._rotate(q, k)
+        self._write(q_rot, stored, v, raw_keys=k)
+        store, n = self.store, k.shape[2]
+        F = self.owner.geometry.tokens_per_frame
+        views = []
+        for group in groups:
+            capacity = group.capacity_frames(self.owner.geometry.chunk_frames) * F
+            view = HeadGroupCache(self, group, store.subset(list(group.heads), max(capacity, store.length),
+                                                             group.sink_frames * F))
+            view.rope = call.rope
+            view.global_end = self.global_end
+            self.groups.append(view)  # (the first group counts the layer's events)
+            view._apply_policy(call, store.length - n, n)
+            view.store.fit(capacity)
+            views.append(view)
+        self.store = None
+        reads = []
+        for view in views:
+            h = view.heads
+            keys, values = view.store.view()
+            keys, values = self.owner.policy.read(view, keys, values)
+            reads.append(view._read(call, q_rot[:, h], keys, values, None, read=False))
+        return self._grouped_kernel(q_rot, reads, kernel)
+
+    def _read(self, call: CallInfo, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, write: Write | None,
+              read: bool = True):
+        """A group's read after its write: the policy's read, deferral, statistics, the observer."""
+        if read:
+            keys, values = self.owner.policy.read(self, keys, values)
+        if self._defers and write is not None:
             self._after_attention = write
-        return q_rot, *self._attended(call, q_rot, keys, values)
+        if self.owner.observes:
+            self.owner.policy.observe_attention(self, q, keys, values)
+        self._attended(call, q, keys, values)
+        return self, q, keys, values
+
+    def _grouped_kernel(self, q_rot: torch.Tensor, reads: list, kernel: Kernel) -> torch.Tensor:
+        """One kernel call per group, or per pack of groups with equal key counts; outputs back in head order."""
+        out = torch.empty_like(q_rot)
+        calls: dict[object, list] = {}
+        for read in reads:
+            view, _, keys, _ = read
+            pack = view.group.pack
+            calls.setdefault((pack, keys.shape[2]) if pack is not None else id(view), []).append(read)
+        for batch in calls.values():
+            if len(batch) == 1:
+                view, q, keys, values = batch[0]
+                out[:, view.heads] = kernel(q, keys, values)
+                continue
+            result = kernel(*(torch.cat([r[i] for r in batch], 1) for i in (1, 2, 3)))
+            start = 0
+            for view, q, _, _ in batch:
+                out[:, view.heads] = result[:, start:start + q.shape[1]]
+                start += q.shape[1]
+        return out
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
+        """(One store, no head groups.) Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
         new chunk, and return the keys/values to attend to (``[B, H, L, D]`` views, valid until the next update)."""
         if self.owner.jitter is not None:
             raise RuntimeError("--rope-jitter rotates queries and keys per head: the model must call attend()")
@@ -273,6 +422,7 @@ class LayerCache:
             query_sum=self.queries.total() if self.queries is not None else None,
             state=self.state,
             generator=self.owner.generator,
+            group=self.group,
         )
         decision = self.owner.policy.decide(ctx)
         if decision.keep is not None:
@@ -290,15 +440,41 @@ class LayerCache:
         if decision.sink_delta:
             store.shift_anchor(decision.sink_delta)
         self.owner.policy_seconds += time.perf_counter() - started
-        if self.index == 0:
+        if self.index == 0 and (self.group is None or self is self._first_view()):
             self.owner.event_counts[decision.event] = self.owner.event_counts.get(decision.event, 0) + 1
             self.owner.sink_shift_frames += decision.sink_delta
         if self.owner.record_events:
             self.owner.events.append(
-                CacheEvent(self.index, call.start_frame, decision.event, before, total, decision)
+                CacheEvent(self.index, call.start_frame, decision.event, before, total, decision,
+                           self.group.name if self.group is not None else None)
             )
         if self.owner.on_event is not None:
             self.owner.on_event(self, decision)
+
+    def _first_view(self) -> "LayerCache":
+        return self
+
+
+class HeadGroupCache(LayerCache):
+    """One head group of a split layer (:meth:`CachePolicy.head_groups`): a :class:`LayerCache` over its own store
+    (``heads`` of the layer only), its own ``state`` and query window; ``layer`` is the split layer. The policy's
+    hooks receive this view for the group's writes, decisions and reads, so a hook written for a layer
+    (``regions``, ``after_write`` with ``put``, ``read``) works per group unchanged."""
+
+    def __init__(self, layer: LayerCache, group: HeadGroup, store: LayerKVStore) -> None:
+        super().__init__(layer.owner, layer.index, store)
+        self.layer = layer
+        self.group = group
+        heads = list(group.heads)
+        contiguous = heads == list(range(heads[0], heads[0] + len(heads)))
+        self.heads = (slice(heads[0], heads[0] + len(heads)) if contiguous
+                      else torch.tensor(heads, device=store.keys.device))
+
+    def _first_view(self) -> LayerCache:
+        return self.layer.groups[0] if self.layer.groups else self
+
+    def reset(self) -> None:
+        raise RuntimeError("a head group is reset with its layer (KVCache.reset)")
 
 
 class KVCache:
@@ -345,6 +521,10 @@ class KVCache:
         self.sink_shift_frames = 0  # layer 0's total sink movement
         self.policy_seconds = 0.0  # host time spent in policy decisions and compaction (asynchronous on GPU)
         self.call: CallInfo | None = None
+        self.state: dict = {}  # per-video scratch shared by all layers (a cross-layer head assignment)
+        # the engine's plain path stays untouched unless the policy overrides these hooks
+        self.splits_heads = type(policy).head_groups is not CachePolicy.head_groups
+        self.observes = type(policy).observe_attention is not CachePolicy.observe_attention
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         # LoL's RoPE modifier (cache/rope_jitter.py): per-head temporal tables, None when off (the model's own RoPE)
         self.jitter = (JitteredTemporalRope.of(rope, heads, policy.rope_jitter, policy.rope_jitter_seed)
@@ -352,26 +532,25 @@ class KVCache:
         rope = self.jitter or rope
         F = geometry.tokens_per_frame
         capacity = self.capacity_frames(policy, geometry.chunk_frames, max_frames) * F
-        self.layers = [
-            LayerCache(
-                self,
-                i,
-                LayerKVStore(
-                    batch=batch,
-                    heads=heads,
-                    head_dim=head_dim,
-                    capacity=capacity,
-                    anchor_tokens=min(policy.sink_frames * F, capacity),
-                    tokens_per_frame=F,
-                    rope=rope,
-                    dtype=dtype,
-                    device=device,
-                    growable=not policy.bounded,
-                    pre_rope=policy.key_storage(i) == "pre-rope",
-                ),
+
+        def new_store(i: int) -> LayerKVStore:
+            return LayerKVStore(
+                batch=batch,
+                heads=heads,
+                head_dim=head_dim,
+                capacity=capacity,
+                anchor_tokens=min(policy.sink_frames * F, capacity),
+                tokens_per_frame=F,
+                rope=rope,
+                dtype=dtype,
+                device=device,
+                growable=not policy.bounded,
+                pre_rope=policy.key_storage(i) == "pre-rope",
             )
-            for i in range(num_layers)
-        ]
+
+        self._new_store = new_store
+        self.heads = heads
+        self.layers = [LayerCache(self, i, new_store(i)) for i in range(num_layers)]
 
     @staticmethod
     def capacity_frames(policy: CachePolicy, chunk_frames: int, max_frames: int | None = None) -> int:
@@ -386,7 +565,9 @@ class KVCache:
     @classmethod
     def estimate_bytes(cls, policy: CachePolicy, geometry: CacheGeometry, *, num_layers: int, batch: int, heads: int,
                        head_dim: int, dtype: torch.dtype, max_frames: int | None = None) -> int:
-        """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation."""
+        """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation.
+        For a policy with head groups: the one store per layer before the split (each group's store holds its
+        heads' share of ``window + chunk`` frames of its own, allocated at the split while the one store is freed)."""
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
         return sum(LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots, dtype=dtype,
@@ -429,17 +610,23 @@ class KVCache:
         for layer in self.layers:
             layer.reset()
         self.events.clear()
+        self.state.clear()
         self.call = None
 
     @property
     def length(self) -> int:
-        """Filled slots of layer 0 (all layers hold the same count)."""
-        return self.layers[0].store.length
+        """Filled slots of layer 0 (all layers hold the same count); with head groups, per head on average
+        (each group's slots weighted by its heads, floored)."""
+        layer = self.layers[0]
+        if not layer.groups:
+            return layer.store.length
+        return sum(view.store.length * len(view.group.heads) for view in layer.groups) // self.heads
 
     def memory_bytes(self) -> int:
+        """Bytes every store allocates now (keys, values, sink copies, per-slot metadata; each head group's own)."""
         total = 0
         for layer in self.layers:
-            s = layer.store
-            for t in (s.keys, s.values, s.anchor_keys, s.token_ids, s.positions, s.reuse):
-                total += t.numel() * t.element_size()
+            for s in layer.stores():
+                for t in (s.keys, s.values, s.anchor_keys, s.token_ids, s.positions, s.reuse):
+                    total += t.numel() * t.element_size()
         return total

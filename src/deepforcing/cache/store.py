@@ -81,6 +81,45 @@ class LayerKVStore:
         metadata = torch.empty((), dtype=torch.long).element_size() * 2 + torch.empty((), dtype=torch.int32).element_size()
         return batch * heads * head_dim * element * (2 * capacity + anchor_tokens) + batch * capacity * metadata
 
+    def subset(self, heads: list[int], capacity: int, anchor_tokens: int) -> "LayerKVStore":
+        """A new store of ``heads`` only (a head group's, :meth:`~deepforcing.cache.CachePolicy.head_groups`) with
+        this store's filled slots and metadata, ``capacity`` slots and an ``anchor_tokens`` sink.
+
+        The group's sink copies come from this store's exact copies where this store has them, else from the keys
+        themselves (a slot that was never moved is its own exact copy)."""
+        if capacity < self.length:
+            raise ValueError(f"a head group's store of {capacity} slots cannot take {self.length} filled slots")
+        b, _, _, d = self.keys.shape
+        out = LayerKVStore(batch=b, heads=len(heads), head_dim=d, capacity=capacity,
+                           anchor_tokens=min(anchor_tokens, capacity), tokens_per_frame=self.tokens_per_frame,
+                           rope=self.rope, dtype=self.keys.dtype, device=self.keys.device, growable=self.growable,
+                           pre_rope=self.pre_rope)
+        idx = torch.tensor(heads, device=self.keys.device)
+        n = self.length
+        out.keys[:, :, :n] = self.keys[:, idx, :n]
+        out.values[:, :, :n] = self.values[:, idx, :n]
+        for mine, theirs in ((out.token_ids, self.token_ids), (out.positions, self.positions), (out.reuse, self.reuse)):
+            mine[:, :n] = theirs[:, :n]
+        a = min(out.anchor_keys.shape[2], n)
+        if a:
+            copied = min(a, self.anchor_keys.shape[2])
+            out.anchor_keys[:, :, :copied] = self.anchor_keys[:, idx, :copied]
+            out.anchor_keys[:, :, copied:a] = self.keys[:, idx, copied:a]
+        out.length = n
+        return out
+
+    def fit(self, capacity: int) -> None:
+        """Shrink the buffers to ``capacity`` slots (a head group's bound once its first decision ran)."""
+        if capacity < self.length:
+            raise ValueError(f"cannot fit {self.length} filled slots into {capacity}")
+        if capacity >= self.capacity:
+            return
+        self.keys = self.keys[:, :, :capacity].clone()
+        self.values = self.values[:, :, :capacity].clone()
+        self.token_ids = self.token_ids[:, :capacity].clone()
+        self.positions = self.positions[:, :capacity].clone()
+        self.reuse = self.reuse[:, :capacity].clone()
+
     # ------------------------------------------------------------------ views
     @property
     def capacity(self) -> int:

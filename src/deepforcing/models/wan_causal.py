@@ -254,8 +254,11 @@ class CausalWanTransformer(WanTransformer3DModel):
         cache.begin_call(start_frame, f, clean=clean, rope=self.rope3d.bind(angles, wp))
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q, keys, values = cache.layers[i].attend(q, k, v)  # pre-RoPE in; the cache's policy places them
-            return self.attention(q, keys.to(q.dtype), values.to(q.dtype), module=self.blocks[i].attn1)
+            def kernel(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                return self.attention(q, keys.to(q.dtype), values.to(q.dtype), module=self.blocks[i].attn1)
+
+            # pre-RoPE in; the cache's policy places them (one kernel call, or one per head group)
+            return cache.layers[i].attention(q, k, v, kernel)
 
         return self._run(x, e, e0, grid, angles, context, attend, rotate=False)
 

@@ -16,7 +16,7 @@ Rolling Forcing (its release, ``TencentARC/RollingForcing`` ``pipeline/rolling_f
   ``attention_frames`` cached frames (the anchor only while it is among them, at its own position).
 
 The model is the same :class:`~deepforcing.models.wan_causal.CausalWanTransformer` (it talks to any object with
-``begin_call`` and ``layers[i].attend``). Noise comes from the pipeline's seeded stream, so videos are reproducible
+``begin_call`` and ``layers[i].attention``). Noise comes from the pipeline's seeded stream, so videos are reproducible
 but not seed-for-seed equal to the release's (which draws a window-sized tensor per re-noised chunk).
 """
 
