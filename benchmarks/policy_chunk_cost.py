@@ -30,45 +30,8 @@ import time
 import torch
 
 from deepforcing.cache import CacheGeometry, KVCache, make_policy, policy_names
+from deepforcing.eval.kv_cost import WAN_1P3B, cache_bytes, formula_bytes, formula_frames
 from deepforcing.models.wan_causal import CausalWanTransformer
-
-WAN_1P3B = {"layers": 30, "heads": 12, "head_dim": 128, "tokens_per_frame": 1560, "chunk_frames": 3}
-
-
-def _tensor_bytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.nbytes
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
-def cache_bytes(cache: KVCache) -> tuple[int, int]:
-    """(bytes of K/V the cache holds in its filled slots + states, bytes allocated incl. spare slots + states)."""
-    held = allocated = 0
-    for layer in cache.layers:
-        store = layer.store
-        per_slot = 2 * store.keys.shape[0] * store.keys.shape[1] * store.keys.shape[3] * store.keys.element_size()
-        state = _tensor_bytes(layer.state)
-        held += store.length * per_slot + store.anchor_keys.nbytes + state
-        allocated += store.keys.nbytes + store.values.nbytes + store.anchor_keys.nbytes + state
-    return held, allocated
-
-
-def formula_frames(policy) -> tuple[int | None, int]:
-    """(frames held by the 1.3B cache from the policy's layout + archive (None: unbounded), sink-copy frames)."""
-    if any(v is None for v in policy.layout.values()):
-        return None, 0
-    post_rope_sink = policy.sink_frames if policy.key_storage(0) == "post-rope" else 0
-    return sum(policy.layout.values()) + policy.archive_frames, post_rope_sink
-
-
-def formula_bytes(policy, frames: int, sink_copy: int) -> int:
-    g = WAN_1P3B
-    per_frame = g["layers"] * g["heads"] * g["head_dim"] * g["tokens_per_frame"] * 2  # bf16, K or V
-    return 2 * per_frame * frames + per_frame * sink_copy
 
 
 def main() -> None:

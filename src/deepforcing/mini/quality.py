@@ -31,6 +31,7 @@ Baselines: **copy-last-frame** (the last context frame repeated) and an **untrai
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,11 +112,13 @@ def open_batch_rollout(bundle, policy, prompts: list[str], seeds: list[int], max
 
 
 def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames: int,
-                   start: torch.Tensor | None = None) -> torch.Tensor:
+                   start: torch.Tensor | None = None, observe=None) -> torch.Tensor:
     """Decoded videos ``[B, T, 3, H, W]`` of a batch of free rollouts (one prompt and seed per video). ``start``
     ``[B, S, 3, H, W]``: true first frames, encoded and written into the cache at the clean timestep
     (:meth:`~deepforcing.pipeline.rollout.VideoRollout.prefill`, as ``generate --video`` does) and kept as the
-    videos' first frames; sampling continues after them, positions counted from the first given frame."""
+    videos' first frames; sampling continues after them, positions counted from the first given frame.
+    ``observe(rollout, seconds)``: called after every sampled chunk with the rollout (its cache) and the seconds its
+    ``step`` took (the leaderboard's cost columns); decoding is not timed."""
     rollout = open_batch_rollout(bundle, policy, prompts, seeds, frames)
     decoder = bundle.codec.streaming_decoder()
     decoder.reset()
@@ -127,7 +130,11 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
             decoder.decode_chunk(given.permute(0, 2, 1, 3, 4))  # a causal decoder's context
             out.append(start)
         while rollout.next_frame < frames:
-            out.append(decoder.decode_chunk(rollout.step().latents.permute(0, 2, 1, 3, 4)))
+            t0 = time.perf_counter()
+            latents = rollout.step().latents
+            if observe is not None:
+                observe(rollout, time.perf_counter() - t0)
+            out.append(decoder.decode_chunk(latents.permute(0, 2, 1, 3, 4)))
     return torch.cat(out, dim=1)[:, :frames]
 
 
