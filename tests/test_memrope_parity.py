@@ -50,3 +50,15 @@ def test_the_memories_and_the_cache_are_the_releases(replay):
     regions = cache.policy.regions(cache.layers[0])[0, ::F].tolist()
     assert [REGIONS[r] for r in regions] == ["sink"] * 3 + ["memory"] * 2 + ["recent"] * 7
     assert int((cache.policy.regions(cache.layers[0]) == MEMORY).sum()) == 2 * F
+
+
+def test_the_release_window_not_the_models():
+    """MemRoPE's 12 frames (``memrope_60s.yaml``: local_attn_size 12 on Self Forcing's 21-frame model) are part of the
+    method: a preset's attention window does not replace them (``own_window``); ``--window`` still does."""
+    from deepforcing.models.presets import get_preset
+    from deepforcing.pipeline.generate import policy_from_defaults
+
+    defaults = get_preset("self-forcing").product_policy()
+    assert defaults["window"] == 21
+    assert policy_from_defaults(defaults, "memrope").window == 12
+    assert policy_from_defaults(defaults, "memrope", window=15).window == 15

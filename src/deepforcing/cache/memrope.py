@@ -36,6 +36,7 @@ class MemRope(FifoSelector):
 
     name: ClassVar[str] = "memrope"
     source: ClassVar[str] = "arXiv 2603.12513; YoungRaeKimm/MemRoPE@b89bf5b wan/modules/causal_model.py"
+    own_window: ClassVar[bool] = True  # the release's local_attn_size 12 (memrope_60s.yaml) on a 21-frame model
     window: int = 12
     sink: int = 3
     alpha_long: float = option(0.01, "memrope: EMA weight of the newest evicted mean in the long memory frame")
