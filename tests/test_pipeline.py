@@ -52,6 +52,18 @@ def test_timeline_file_and_errors(tmp_path):
         load_timeline(tmp_path / "missing.txt")
 
 
+@pytest.mark.parametrize("head", ["1e9s", "-5s", "inf s", "nan", "10 min", "2m", "1e3f"])
+def test_a_duration_that_is_not_one_is_refused_not_read_as_prompt_words(head, tmp_path):
+    with pytest.raises(ValueError, match=f"timeline entry 2: '{head}' is not a duration; write seconds like '10s'"):
+        parse_timeline(f"2s: a red circle; {head}: a blue square")
+    f = tmp_path / "t.txt"
+    f.write_text(f"{head}: a blue square\n")
+    with pytest.raises(ValueError, match="line 1: .* is not a duration"):
+        load_timeline(f)
+    # words before a colon that are no duration stay the prompt (a real model's prompt may hold a colon)
+    assert parse_timeline("3 cats: on a mat")[0].prompt == "3 cats: on a mat"
+
+
 # --------------------------------------------------------------------- rollout
 def collect(generator, **kw):
     return torch.cat([c.latents for c in generator.stream(PROMPT, **kw)], dim=2)

@@ -27,6 +27,10 @@ from pathlib import Path
 __all__ = ["TimelineEntry", "parse_timeline", "load_timeline", "schedule_chunks", "check_timeline_events"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds|f|frames)\s*$", re.IGNORECASE)
+_UNITS = r"(s|sec|seconds|f|frames)?"
+# a head meant as a duration that is not one ("1e9s", "-5s", "inf s", "10 min"): refused, not read as prompt words
+_DURATION_LIKE = re.compile(rf"^\s*([-+.\d][^\s:]*|inf\S*|nan\S*)\s*{_UNITS}\s*$|^\s*\d+(\.\d+)?\s*(ms|m|mins?|minutes?|h|hrs?|hours?|secs?|second|frame)\s*$",
+                            re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ def _entry(text: str, where: str) -> TimelineEntry:
                     raise ValueError(f"{where}: a frame count must be a whole number, got {head.strip()!r}")
                 return TimelineEntry(prompt.strip(), frames=int(value), cut=cut)
             return TimelineEntry(prompt.strip(), seconds=value, cut=cut)
+        if _DURATION_LIKE.match(head):
+            raise ValueError(f"{where}: {head.strip()!r} is not a duration; write seconds like '10s' or '2.5s', or "
+                             f"latent frames like '30f'")
     return TimelineEntry(text.strip())
 
 
