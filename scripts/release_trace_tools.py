@@ -156,8 +156,9 @@ def frame_rows(x: torch.Tensor, frame: int) -> torch.Tensor:
     return x[:, frame * TINY_TOKENS:(frame + 1) * TINY_TOKENS]
 
 
-def save_trace(out: str | Path, model: torch.nn.Module, tensors: dict, meta: dict) -> Path:
-    """``out/``: the weights in the original Wan folder layout (``config.json`` +
+def save_trace(out: str | Path, model: torch.nn.Module, tensors: dict, meta: dict,
+               config: dict = TINY_CONFIG) -> Path:
+    """``out/``: the weights in the original Wan folder layout (``config.json`` of ``config`` +
     ``diffusion_pytorch_model.safetensors``), ``trace.safetensors`` and ``trace.json``."""
     import json
 
@@ -167,7 +168,7 @@ def save_trace(out: str | Path, model: torch.nn.Module, tensors: dict, meta: dic
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "freqs"},
               str(out / "diffusion_pytorch_model.safetensors"))
-    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **TINY_CONFIG}, indent=1))
+    (out / "config.json").write_text(json.dumps({"_class_name": "WanModel", **config}, indent=1))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "trace.safetensors"))
     (out / "trace.json").write_text(json.dumps({**meta, "torch": torch.__version__}, indent=1))
     return out
