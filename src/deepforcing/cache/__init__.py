@@ -16,11 +16,9 @@ from .policies import (
 )
 from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
 from .dummy_forcing import DummyForcing
-from .forcing_kv import ForcingKV
 from .infinity_rope import InfinityRope
 from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
-from .triattention import TriAttention
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
 from .session import CacheEvent, CacheGeometry, HeadGroupCache, KVCache, LayerCache
@@ -39,7 +37,6 @@ __all__ = [
     "DeepSink",
     "DummyForcing",
     "FifoSelector",
-    "ForcingKV",
     "FullCache",
     "HeadGroup",
     "HeadGroupCache",
@@ -57,7 +54,6 @@ __all__ = [
     "StreamEvent",
     "TemporalRope",
     "TopCSelector",
-    "TriAttention",
     "Write",
     "dense_participation_scores",
     "inverse_frequencies",
