@@ -139,13 +139,28 @@ class CheckedModel:
     def policy(self, name: str | None = None, **sizes) -> "CachePolicy":
         """The cache policy ``name`` (``None``: the product default) with ``sizes`` (``None`` values: defaults; the
         model's window unless one is given), built once here and passed down; impossible sizes raise ``ValueError``."""
+        from deepforcing.cache import CachePolicy
         from deepforcing.pipeline.generate import policy_from_defaults
 
         policy = policy_from_defaults(self.default_policy(), name, **sizes)
+        if type(policy).validate_model is not CachePolicy.validate_model:  # only policies that check read the config
+            policy.validate_model(*self.attention_shape())
         if policy.rope_jitter and self.preset is not None and self.preset.sampling.solver == "rolling-forcing":
             raise ValueError("--rope-jitter: Rolling Forcing's sampler has its own cache and RoPE (pipeline.rolling), "
                              "which the jitter does not reach; drop --rope-jitter or use a chunk-wise preset")
         return policy
+
+    def attention_shape(self) -> tuple[int, int]:
+        """(transformer layers, attention heads per layer), from the model's config without loading weights."""
+        if self.is_mini:
+            from deepforcing.mini.model import MiniConfig
+
+            config = MiniConfig(**json.loads(self.mini[0]["config"]))
+            return config.layers, config.heads
+        from deepforcing.models.bundle import transformer_config
+
+        config = transformer_config(self.spec.model)
+        return int(config["num_layers"]), int(config["num_attention_heads"])
 
     def horizon_pixel_frames(self) -> int:
         """Pixel frames of the model's training horizon (its attention window through its codec), without loading

@@ -16,6 +16,7 @@ from .policies import (
 )
 from .registry import POLICIES, make_policy, policy_names, policy_option_table, register_policy
 from .dummy_forcing import DummyForcing
+from .forcing_kv import ForcingKV
 from .infinity_rope import InfinityRope
 from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
@@ -37,6 +38,7 @@ __all__ = [
     "DeepSink",
     "DummyForcing",
     "FifoSelector",
+    "ForcingKV",
     "FullCache",
     "HeadGroup",
     "HeadGroupCache",

@@ -111,6 +111,7 @@ class ChunkContext:
     generator: torch.Generator | None = None
     values: torch.Tensor | None = None  # [B, H, T, D] stored values (read only; e.g. to fold evicted tokens)
     group: HeadGroup | None = None  # the head group deciding (keys/values hold its heads only); None: whole layer
+    shared: dict | None = None  # the video's cross-layer scratch (KVCache.state), e.g. a choice made on one layer
 
     @property
     def total(self) -> int:
@@ -358,6 +359,11 @@ class CachePolicy:
         the new prompt, LongLive's recipe; a scene cut does nothing); ``"handled"``: the policy changed the cache
         itself (e.g. ∞-RoPE's KV flush)."""
         return "default"
+
+    def validate_model(self, num_layers: int, num_heads: int) -> None:
+        """Raise ``ValueError`` (saying what to change) if the policy cannot run on a transformer of ``num_layers``
+        layers with ``num_heads`` attention heads, e.g. a per-checkpoint file made for another model; checked before
+        any weights load (:meth:`deepforcing.model_spec.CheckedModel.policy`). Default: any model."""
 
     def validate_event(self, kind: str, chunk_frames: int) -> None:
         """Raise ``ValueError`` (one line saying what to change) if the policy cannot react to a ``kind`` event

@@ -423,6 +423,7 @@ class LayerCache:
             state=self.state,
             generator=self.owner.generator,
             group=self.group,
+            shared=self.owner.state,
         )
         decision = self.owner.policy.decide(ctx)
         if decision.keep is not None:

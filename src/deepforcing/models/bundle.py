@@ -15,12 +15,12 @@ import torch
 
 from deepforcing.models.contract import ModelBundle
 
-from .loading import load_causal_wan
+from .loading import load_causal_wan, read_model_config
 from .presets import get_preset
 from .text_encoder import UMT5TextEncoder
 from .vae import WanVAE
 
-__all__ = ["wan_bundle", "parse_dtype"]
+__all__ = ["wan_bundle", "transformer_config", "parse_dtype"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,6 +35,12 @@ def parse_dtype(name: str | None, device: str) -> torch.dtype:
 
 def _transformer_source(model_dir: Path) -> Path:
     return model_dir / "transformer" if (model_dir / "transformer" / "config.json").is_file() else model_dir
+
+
+def transformer_config(model_dir: str | Path) -> dict:
+    """The transformer's constructor kwargs (``num_layers``, ``num_attention_heads``, ...) from a Wan model folder's
+    config (original or diffusers layout), without loading weights."""
+    return read_model_config(_transformer_source(Path(model_dir)) / "config.json")
 
 
 def wan_bundle(
