@@ -152,8 +152,11 @@ def test_reuse_cap_excludes_tokens_and_they_get_evicted():
 
 def _expected_cache_frames(policy, chunks: int, chunk: int = 3) -> list[float]:
     """Cache length after each chunk from the policy's definition alone (not from KVCache)."""
-    out, length = [], 0
-    for _ in range(chunks):
+    out, length, compressed = [], 0, 0
+    for i in range(chunks):
+        if policy.name == "triattention":  # before a chunk, every compress_every frames: over the budget -> budget
+            if i * chunk - compressed >= policy.compress_every and length > policy.budget:
+                length, compressed = policy.budget, i * chunk
         length += chunk
         if policy.bounded and length > policy.window:
             length = getattr(policy, "budget", policy.window)  # Top-C compresses to the budget, FIFO rolls

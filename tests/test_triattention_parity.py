@@ -3,6 +3,9 @@ NVlabs/LongLive@2462895), recorded on a tiny random model by ``scripts/record_tr
 
 * calibration: the engine's calibration run (global attention, 81 frames, every self-attention call's pre-RoPE
   queries) reproduces the release's calibrate mode's ``calibration.pt`` for the same model and draws;
+* compression: the ``triattention`` policy replays both videos (``120f``: the release defaults, sink 3;
+  ``interactive``: sink 1, two frames' worth scored per (layer, head)) chunk by chunk to <= 1e-5, and every
+  compression keeps exactly the release's slots in every (layer, head).
 """
 
 from __future__ import annotations
@@ -81,3 +84,83 @@ def test_calibration_files_round_trip_and_refuse_other_models(tmp_path, trace, m
     assert got.shape == (1, 2, 2) and got.token_count.tolist() == [2.0] and got.metadata == {"model_name": "toy"}
     assert torch.equal(got.mean, torch.zeros(1, 2, 2, dtype=torch.complex64))  # q and -q cancel
     assert torch.allclose(got.abs_mean[0, 0], torch.tensor([5.0 ** 0.5, 5.0]))  # |1+2i|, |3+4i|
+
+
+def _replay(trace, name: str, **options):
+    from deepforcing.cache import make_policy
+    from deepforcing.models.loading import load_causal_wan
+    from deepforcing.pipeline.rollout import VideoRollout
+    from release_traces import per_chunk_error
+    from test_causvid_parity import ReplayedNoise, _chunks
+
+    meta, t = trace
+    sink = meta["videos"][name]["sink_size"]
+    policy = make_policy("triattention", sink=sink, calibration=str(TRACE / "calibration.pt"), **options)
+    model = load_causal_wan(TRACE)
+    with torch.no_grad():
+        rollout = VideoRollout(model=model, policy=policy, context=model.encode_context(t["context"]),
+                               latent_shape=tuple(t[f"noise_{name}"].shape[2:]), sampling=_sampling(),
+                               noise=ReplayedNoise(_chunks(t[f"noise_{name}"]), t[f"renoise_{name}"]),
+                               record_events=True)
+        ours = torch.cat([rollout.step().latents for _ in range(meta["frames"] // 3)], dim=2).permute(0, 2, 1, 3, 4)
+    return per_chunk_error(ours, t[f"latents_{name}"]), rollout.cache
+
+
+@pytest.mark.parametrize("name", ["120f", "interactive"])
+def test_the_policy_replays_the_release(trace, name):
+    meta, t = trace
+    err, cache = _replay(trace, name)
+    assert float(err.max()) <= 1e-5, err.tolist()
+    # every compression of the release (but its last, after the final chunk) keeps the same slots per (layer, head)
+    F, budget = meta["tokens_per_frame"], meta["kv_budget_tokens"]
+    compressions = [e for e in cache.events if e.kind == "compress"]
+    starts = sorted({e.start_frame for e in compressions})
+    assert starts == [c[0] for c in meta["videos"][name]["compressions"][:-1]]
+    kept = t[f"kept_{name}"]
+    for e in compressions:
+        c, head = starts.index(e.start_frame), int(e.group.split()[-1])
+        assert e.length_before == 9 * F and e.total == 12 * F
+        assert torch.equal(e.decision.keep[0, :budget], kept[c, e.layer, head]), (name, e.start_frame, e.layer, head)
+        assert torch.equal(e.decision.keep[0, budget:], torch.arange(9 * F, 12 * F))  # then the new chunk
+    assert len(compressions) == len(starts) * 2 * 2  # 2 layers x 2 heads
+    # the heads really differ (interactive) and the cache is per head: packed into one attention call
+    layer = cache.layers[0]
+    assert [v.group.heads for v in layer.views()] == [(0,), (1,)]
+    if name == "interactive":
+        ids = [v.store.token_ids[0, : v.store.length] for v in layer.views()]
+        assert not torch.equal(ids[0], ids[1])
+
+
+def test_the_tie_noise_seed_matters_only_at_ties_and_the_score_matters(trace):
+    err, _ = _replay(trace, "interactive", tie_seed=1)
+    assert float(err.max()) <= 1e-5  # noise of 1e-6 on standardised scores: no near-tie in this trace
+    err, _ = _replay(trace, "interactive", aggregation="max")
+    assert float(err[3:].max()) > 1e-3  # another score (max over offsets) picks other tokens
+
+
+def test_the_policy_refuses_what_it_cannot_run(tmp_path):
+    from deepforcing.cache import CacheGeometry, KVCache, TemporalRope, make_policy
+    from deepforcing.cache.triattention_stats import CalibrationError
+    from deepforcing.models.rope3d import WanRope3D
+
+    calibration = str(TRACE / "calibration.pt")
+    with pytest.raises(CalibrationError, match="needs the checkpoint's calibration statistics: --calibration PATH"):
+        make_policy("triattention").validate_model(2, 2)
+    make_policy("triattention", calibration=calibration).validate_model(2, 2)
+    with pytest.raises(CalibrationError, match="2 layers x 2 heads x 24 channels, the model has 30 x 12 x 24"):
+        make_policy("triattention", calibration=calibration).validate_model(30, 12)
+    with pytest.raises(CalibrationError, match="not found"):
+        make_policy("triattention", calibration=str(tmp_path / "none.pt"))
+    with pytest.raises(ValueError, match="budget \\(12\\) must be below the window \\(12\\)"):
+        make_policy("triattention", budget=12)
+    with pytest.raises(ValueError, match="prompt-switch is not supported"):
+        make_policy("triattention").validate_event("prompt-switch", 3)
+    # a head size other than the calibration's: refused when the cache meets the model, before any attention
+    policy = make_policy("triattention", calibration=calibration)
+    cache = KVCache(policy, CacheGeometry(tokens_per_frame=6, chunk_frames=3), num_layers=2, batch=1, heads=2,
+                    head_dim=12, rope=TemporalRope.for_wan_head(12))
+    rope3d = WanRope3D(12)
+    cache.begin_call(0, 3, rope=rope3d.bind(rope3d.angles(0, 3, 2, 3), 3))
+    q = k = v = torch.zeros(1, 2, 18, 12)
+    with pytest.raises(CalibrationError, match="the model has 2 x 2 x 12"):
+        cache.layers[0].attention(q, k, v, lambda q, k, v: q)

@@ -20,6 +20,7 @@ from .forcing_kv import ForcingKV
 from .infinity_rope import InfinityRope
 from .memrope import MemRope
 from .rolling_sink import RollingSinkReplay
+from .triattention import TriAttention
 from .rope import TemporalRope, inverse_frequencies, rotate_pairs
 from .scoring import QueryWindow, dense_participation_scores, participation_scores
 from .session import CacheEvent, CacheGeometry, HeadGroupCache, KVCache, LayerCache
@@ -56,6 +57,7 @@ __all__ = [
     "StreamEvent",
     "TemporalRope",
     "TopCSelector",
+    "TriAttention",
     "Write",
     "dense_participation_scores",
     "inverse_frequencies",

@@ -56,8 +56,13 @@ def collect_query_stats(model, *, context, latent_shape: tuple[int, int, int], s
     """Generate ``frames`` latent frames with global attention and return the summed pre-RoPE queries.
 
     ``noise`` replaces the Gaussian noise stream (a :class:`~deepforcing.pipeline.rollout.NoiseSource`, e.g. a
-    release's recorded draws); ``frames`` is rounded up to whole chunks."""
+    release's recorded draws); ``frames`` is rounded up to whole chunks. Classifier-free guidance is off (the
+    release's LongLive has none): the statistics are the prompt branch's queries."""
+    import dataclasses
+
     from deepforcing.pipeline.rollout import VideoRollout
+
+    sampling = dataclasses.replace(sampling, guidance=1.0, first_chunk_guidance=None)
 
     stats = QueryStatsAccumulator(model.num_layers, model.num_heads, model.head_dim)
     chunks = -(-frames // sampling.chunk_frames)
