@@ -147,7 +147,7 @@ def test_the_policy_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(CalibrationError, match="needs the checkpoint's calibration statistics: --calibration PATH"):
         make_policy("triattention").validate_model(2, 2)
     make_policy("triattention", calibration=calibration).validate_model(2, 2)
-    with pytest.raises(CalibrationError, match="2 layers x 2 heads x 24 channels, the model has 30 x 12 x 24"):
+    with pytest.raises(CalibrationError, match="2 layers x 2 heads x 24 channels, the model has 30 x 12; calibrate"):
         make_policy("triattention", calibration=calibration).validate_model(30, 12)
     with pytest.raises(CalibrationError, match="not found"):
         make_policy("triattention", calibration=str(tmp_path / "none.pt"))
@@ -164,3 +164,59 @@ def test_the_policy_refuses_what_it_cannot_run(tmp_path):
     q = k = v = torch.zeros(1, 2, 18, 12)
     with pytest.raises(CalibrationError, match="the model has 2 x 2 x 12"):
         cache.layers[0].attention(q, k, v, lambda q, k, v: q)
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    """A tiny random Wan2.1 model in the diffusers pipeline layout (DiT + VAE + umT5)."""
+    from deepforcing.models.loading import load_causal_wan
+    from tiny_layouts import write_tiny_umt5, write_tiny_wan_vae
+    from tiny_transformer_layouts import TINY_WAN_CONFIG, original_wan_state_dict, write_original_folder
+
+    cfg = {**TINY_WAN_CONFIG, "text_dim": 16}
+    original = tmp_path_factory.mktemp("wan_original")
+    write_original_folder(original, original_wan_state_dict(cfg, seed=1), cfg)
+    folder = tmp_path_factory.mktemp("wan_diffusers")
+    load_causal_wan(original).save_pretrained(str(folder / "transformer"))
+    write_tiny_wan_vae(folder, layout="diffusers")
+    write_tiny_umt5(folder, layout="diffusers")
+    return folder
+
+
+def test_calibrate_a_checkpoint_then_generate_with_it(wan_folder, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import json
+
+    from deepforcing.cache.triattention_stats import QueryStatsAccumulator
+    from deepforcing.cli import main
+    from deepforcing.model_spec import CheckedModel
+    from deepforcing.models.loading import load_causal_wan
+
+    spec = importlib.util.spec_from_file_location("calibrate_triattention",
+                                                  Path(__file__).parents[1] / "scripts" / "calibrate_triattention.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    real = ["--model", str(wan_folder), "--resolution", "32x48"]
+    out = tmp_path / "calibration.pt"
+    assert script.main([*real, "--prompt", "a red cat", "--out", str(out), "--frames", "9"]) == 0
+    model = load_causal_wan(wan_folder / "transformer")
+    stats = torch.load(out, weights_only=True)
+    assert stats["q_mean_real"].shape == (model.num_layers, model.num_heads, model.head_dim // 2)
+    assert stats["token_count"].tolist() == [9 * 6 * 5] * model.num_layers  # 9 frames x 6 tokens x 5 calls
+    video = tmp_path / "tri.mp4"
+    generate = ["generate", "a red cat", *real, "--frames", "15", "--policy", "triattention", "--sink", "1", "-o"]
+    assert main([*generate, str(video), "--calibration", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    assert sidecar["policy"]["policy"] == "triattention" and sidecar["policy"]["calibration"] == str(out)
+    # refused before any weights load: no calibration, or one made for another model
+    monkeypatch.setattr(CheckedModel, "open", lambda self: pytest.fail("the model was opened"))
+    capsys.readouterr()
+    assert main([*generate, str(tmp_path / "x.mp4"), "--quiet"]) == 2
+    assert "--calibration PATH" in capsys.readouterr().err
+    other = tmp_path / "other.pt"  # statistics of a model with 3 heads
+    other_stats = QueryStatsAccumulator(model.num_layers, 3, model.head_dim)
+    other_stats.add(0, torch.ones(1, 1, 3, model.head_dim))
+    other_stats.save(other)
+    assert main([*generate, str(tmp_path / "x.mp4"), "--calibration", str(other), "--quiet"]) == 2
+    assert f"{model.num_layers} layers x 3 heads x {model.head_dim} channels, the model has {model.num_layers} x " \
+           f"{model.num_heads}; calibrate" in capsys.readouterr().err

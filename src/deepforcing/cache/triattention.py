@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from .base import ChunkContext, Decision, HeadGroup, Write
+from .base import ChunkContext, Decision, HeadGroup
 from .options import option
 from .policies import FifoSelector
 from .registry import register_policy
@@ -103,8 +103,7 @@ class TriAttention(FifoSelector):
                 "triattention needs the checkpoint's calibration statistics: --calibration PATH (LongLive 1.3B: the "
                 "release's longlive/assets/calibration_stats_81f.pt; another checkpoint: deepforcing calibrate "
                 "--policy triattention)")
-        layers, heads, pairs = self._centres.shape
-        self._centres.check(layers=num_layers, heads=num_heads, head_dim=2 * pairs, source=str(self.calibration))
+        self._centres.check(layers=num_layers, heads=num_heads, source=str(self.calibration))
 
     def validate_event(self, kind: str, chunk_frames: int) -> None:
         raise ValueError(f"triattention: a {kind} is not supported (the release's interactive pipeline force-"
@@ -119,15 +118,14 @@ class TriAttention(FifoSelector):
                 self._centres.check(layers=len(owner.layers), heads=owner.heads, head_dim=layer.store.keys.shape[-1],
                                     source=str(self.calibration))
             owner.generator.manual_seed(self.tie_seed)
-            owner.state["triattention"] = True
+            # the token grid's width, to split a token's spatial index into row and column (a rope without a grid,
+            # as plan's, counts the frame as one row)
+            width = getattr(owner.call.rope, "width", owner.geometry.tokens_per_frame)
+            owner.state["triattention"] = {"grid_width": int(width)}
         chunk = owner.geometry.chunk_frames
         held = min(self.window, self.budget + -(-self.compress_every // chunk) * chunk)
         return tuple(HeadGroup(f"head {h}", (h,), window=max(held, self.sink + chunk), sink_frames=self.sink,
                                pack=PACK) for h in range(owner.heads))
-
-    def after_write(self, layer, write: Write) -> None:
-        if "grid_width" not in layer.state and write.call.rope is not None:
-            layer.state["grid_width"] = int(getattr(write.call.rope, "width", layer.store.tokens_per_frame))
 
     def decide_group(self, ctx: ChunkContext) -> Decision:
         """Compress the cache before the new chunk when due (the release's ``maybe_compress`` after the previous
@@ -191,7 +189,7 @@ class TriAttention(FifoSelector):
         scores = trig_scores(ctx.keys[b, :, start:start + length], positions,
                              self._centres.mean[ctx.layer, heads], self._centres.abs_mean[ctx.layer, heads],
                              end_frame=ctx.start_frame, tokens_per_frame=F,
-                             grid_width=ctx.state.get("grid_width", F),
+                             grid_width=ctx.shared["triattention"]["grid_width"],
                              offsets=geometric_offsets(self.offset_max, ctx.keys.device), aggregation=self.aggregation)
         return standardise(scores, normalize=self.normalize, noise_scale=self.tie_noise or None,
                            generator=ctx.generator)

@@ -45,14 +45,18 @@ class QueryCentres:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.mean.shape)  # type: ignore[return-value]
 
-    def check(self, *, layers: int, heads: int, head_dim: int, source: str = "the calibration file") -> None:
-        """Raise :class:`CalibrationError` unless the statistics are for a model of this shape."""
-        want = (layers, heads, head_dim // 2)
-        if self.shape != want:
+    def check(self, *, layers: int, heads: int, head_dim: int | None = None,
+              source: str = "the calibration file") -> None:
+        """Raise :class:`CalibrationError` unless the statistics are for a model of this shape (``head_dim``
+        ``None``: layers and heads only, as known before the weights load)."""
+        have = self.shape[:2] if head_dim is None else self.shape
+        want = (layers, heads) if head_dim is None else (layers, heads, head_dim // 2)
+        if have != want:
+            model = f"{layers} x {heads}" + ("" if head_dim is None else f" x {head_dim}")
             raise CalibrationError(
                 f"triattention: {source} holds statistics for {self.shape[0]} layers x {self.shape[1]} heads x "
-                f"{2 * self.shape[2]} channels, the model has {layers} x {heads} x {head_dim}; calibrate this "
-                f"checkpoint (deepforcing calibrate --policy triattention)")
+                f"{2 * self.shape[2]} channels, the model has {model}; calibrate this checkpoint (deepforcing "
+                f"calibrate --policy triattention)")
 
 
 def load_query_centres(path: str | Path) -> QueryCentres:
