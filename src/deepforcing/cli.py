@@ -26,6 +26,7 @@ _HELP = {  # one line per command, shown by `deepforcing --help` (which builds n
     "experiment": "the long-horizon policy comparison on the mini model (results/long_horizon)",
     "serve": "a live web page: watch the video as it is generated, switch its prompt while it runs",
     "presets": "list the model presets (chunk, window, steps, shift, policy) and their sources",
+    "calibrate": "make the per-checkpoint file a policy needs for your model (forcing-kv: its head profile)",
 }
 
 
@@ -306,6 +307,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+# ------------------------------------------------------------------------ calibrate
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    from .eval.calibrate import add_calibrate_arguments, run_calibrate
+
+    p = sub.add_parser(
+        "calibrate",
+        help=_HELP["calibrate"],
+        description="Roll out one video of the model with global attention and write the file the policy's release "
+        "makes per checkpoint (forcing-kv: static / dynamic heads per layer, as its configs_head/head_profile.py).",
+    )
+    add_calibrate_arguments(p)
+    p.set_defaults(func=run_calibrate)
+
+
 # ------------------------------------------------------------------------- diagnose
 def _add_diagnose(sub: argparse._SubParsersAction) -> None:
     from .eval.diagnostics import add_diagnose_arguments, run_diagnose
@@ -387,6 +402,7 @@ def _run_presets(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "plan": _add_plan, "presets": _add_presets, "generate": _add_generate, "eval": _add_eval, "bench": _add_bench,
     "diagnose": _add_diagnose, "experiment": _add_experiment, "train-mini": _add_train_mini, "serve": _add_serve,
+    "calibrate": _add_calibrate,
 }
 
 

@@ -239,7 +239,8 @@ class ForcingKV(FifoSelector):
             return None
         tokens = layer.owner.geometry.tokens_per_frame
         if tokens % self.patches:
-            raise ValueError(f"forcing-kv: {tokens} tokens per frame are not divisible into --patches {self.patches}")
+            raise ValueError(f"forcing-kv: {tokens} tokens per frame do not split into --patches {self.patches} "
+                             f"(the release requires it); pass --patches dividing {tokens}")
         profile = self.profile()
         profile.check(len(layer.owner.layers), layer.owner.heads)
         static, dynamic = profile.static[layer.index], profile.dynamic[layer.index]
