@@ -56,7 +56,7 @@ def _fmt_span(span: list[int] | None) -> str:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from .cache.plan import simulate
+    from .cache.plan import GROUP_HEADS, simulate
 
     for name, most in PLAN_LIMITS.items():
         value = getattr(args, name)
@@ -84,6 +84,11 @@ def _run_plan(args: argparse.Namespace) -> int:
             f"{_fmt_span(r.recent_positions):>10} {r.sink_delta:>+5d}"
             + (f" {r.memory_frames:>6g} {_fmt_span(r.memory_positions):>8}" if memory else "")
         )
+        for g in r.groups or ():  # a per-head policy: the row above is the heads' mean, then each head group
+            print(f"{'':>5} {g['group'][:17]:>17} {g['cache_frames']:>6g} {g['sink_frames']:>5g} "
+                  f"{g['topc_frames']:>6g} {g['recent_frames']:>6g}  {_fmt_span(g['sink_positions']):>10} "
+                  f"{_fmt_span(g['topc_positions']):>10} {_fmt_span(g['recent_positions']):>10}  "
+                  f"{g['heads']} of {GROUP_HEADS} heads")
     return 0
 
 

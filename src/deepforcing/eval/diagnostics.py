@@ -23,8 +23,8 @@ from deepforcing.cache import REGIONS
 
 from deepforcing.cli_options import add_model_arguments
 
-__all__ = ["AttentionMassProbe", "topc_selection_heatmap", "region_mass", "attention_regions", "add_diagnose_arguments",
-           "run_diagnose"]
+__all__ = ["AttentionMassProbe", "topc_selection_heatmap", "region_mass", "layer_region_mass", "attention_regions",
+           "add_diagnose_arguments", "run_diagnose"]
 
 
 class AttentionMassProbe:
@@ -32,7 +32,8 @@ class AttentionMassProbe:
 
     Each record: ``{"chunk_start": f0, "layer": i, "frames": [source frame per slot], "positions": [...],
     "regions": [region index per slot, :data:`~deepforcing.cache.REGIONS`, as the policy reports them],
-    "mass": [H, L] (query-averaged softmax weight per slot)}`` for batch element 0. The keys are those attention
+    "mass": [H, L] (query-averaged softmax weight per slot)}`` for batch element 0; a layer split into head groups
+    gives one record per group, with ``"group"`` (its name) and ``"heads"`` (the layer's heads it holds). The keys are those attention
     read (for pre-RoPE storage: rotated at the read positions).
     """
 
@@ -42,7 +43,8 @@ class AttentionMassProbe:
         self._seen: set[tuple[int, int]] = set()
 
     def __call__(self, layer_cache, call, q: torch.Tensor) -> None:
-        key = (call.start_frame, layer_cache.index)
+        group = layer_cache.group  # a head group's view of a split layer (CachePolicy.head_groups), else None
+        key = (call.start_frame, layer_cache.index, group.name if group is not None else None)
         if call.clean or key in self._seen:
             return  # first denoising step of each chunk only
         self._seen.add(key)
@@ -60,14 +62,17 @@ class AttentionMassProbe:
             mass += w.sum(dim=1).cpu()
         mass /= qq.shape[1]
         store = layer_cache.store
-        self.records.append({
+        record = {
             "chunk_start": call.start_frame,
             "layer": layer_cache.index,
             "frames": store.frames()[0].tolist(),
             "positions": store.positions[0, : store.length].tolist(),
             "regions": layer_cache.owner.policy.regions(layer_cache)[0].tolist(),
             "mass": mass.tolist(),
-        })
+        }
+        if group is not None:  # one record per head group: its name and the layer's heads it holds
+            record.update(group=group.name, heads=list(group.heads))
+        self.records.append(record)
 
     def per_frame(self, record: dict) -> dict[int, list[float]]:
         """Mass per source frame (summed over its tokens) for each head."""
@@ -100,13 +105,36 @@ def region_mass(record: dict, sink_frames: int, chunk_frames: int, tokens_per_fr
     frames = torch.tensor(record["frames"])
     start = record["chunk_start"]
     sink = torch.zeros_like(frames, dtype=torch.bool)
-    sink[: sink_frames * tokens_per_frame] = True
+    if "group" in record:  # a head group: its own sink (none for most groups), as the policy reports its slots
+        sink = torch.tensor(record["regions"]) == REGIONS.index("sink")
+    else:
+        sink[: sink_frames * tokens_per_frame] = True
     memory = torch.tensor(record["regions"]) == REGIONS.index("memory") if "regions" in record else sink & False
     own = ~sink & ~memory & (frames >= start)
     previous = ~sink & ~memory & (frames < start) & (frames >= start - chunk_frames)
     middle = ~(sink | memory | own | previous)
     shares = (("sink", sink), ("middle", middle), ("previous", previous), ("own", own))
     return {name: float(mass[m].sum()) for name, m in shares + ((("memory", memory),) if memory.any() else ())}
+
+
+def layer_region_mass(records: list[dict], sink_frames: int, chunk_frames: int, tokens_per_frame: int
+                      ) -> dict[int, dict]:
+    """:func:`region_mass` per layer; a layer split into head groups gets its heads' mean (each group weighted by
+    its heads) and, under ``"groups"``, each group's own shares."""
+    by_layer: dict[int, list[dict]] = {}
+    for r in records:
+        by_layer.setdefault(r["layer"], []).append(r)
+    out: dict[int, dict] = {}
+    for layer, recs in sorted(by_layer.items()):
+        shares = [(len(r.get("heads", ())), region_mass(r, sink_frames, chunk_frames, tokens_per_frame)) for r in recs]
+        if "group" not in recs[0]:
+            out[layer] = shares[-1][1]
+            continue
+        heads = sum(n for n, _ in shares)
+        names = sorted({k for _, m in shares for k in m})
+        out[layer] = {k: sum(n * m.get(k, 0.0) for n, m in shares) / heads for k in names}
+        out[layer]["groups"] = {r["group"]: m for r, (_, m) in zip(recs, shares)}
+    return out
 
 
 @torch.no_grad()
@@ -179,7 +207,7 @@ def _plot(probe: AttentionMassProbe, heat: torch.Tensor, out: Path, sink_tokens:
             frames = list(pf)
             m = torch.tensor([pf[f] for f in frames]).T.numpy()  # [H, frames]
             ax.imshow(m, aspect="auto", cmap="magma")
-            ax.set_ylabel(f"L{r['layer']} head")
+            ax.set_ylabel(f"L{r['layer']} {r.get('group', '')} head".replace("  ", " "))
             ax.set_xticks(range(len(frames)), [str(f) for f in frames], fontsize=6)
         axes[-1, 0].set_xlabel(f"cached source frame (chunk starting at frame {last})")
         fig.suptitle(f"{title}: attention mass per cached frame")
@@ -228,13 +256,15 @@ def run_diagnose(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     F = cache.geometry.tokens_per_frame
-    regions = {r["layer"]: region_mass(r, policy.sink_frames, gen.bundle.sampling.chunk_frames, F)
-               for r in probe.records if r["chunk_start"] == last_start}
+    regions = layer_region_mass([r for r in probe.records if r["chunk_start"] == last_start], policy.sink_frames,
+                                gen.bundle.sampling.chunk_frames, F)
     (out / "attention.json").write_text(json.dumps({"policy": policy.describe(), "regions_last_chunk": regions,
                                                     "records": probe.records}))
     print(f"attention mass of the last chunk (frames {last_start}+) by cache region, per layer:")
     for layer, r in sorted(regions.items()):
-        print(f"  layer {layer}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+        print(f"  layer {layer}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "groups"))
+        for name, shares in r.get("groups", {}).items():  # a layer split into head groups
+            print(f"    {name} heads: " + ", ".join(f"{k} {v:.3f}" for k, v in shares.items()))
     sink_tokens = policy.sink_frames * cache.geometry.tokens_per_frame
     for p in _plot(probe, heat, out, sink_tokens, policy.name):
         print(f"wrote {p}")

@@ -345,7 +345,8 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                     "type": "chunk", "index": chunk.index, "start_frame": chunk.start_frame, "prompt": chunk.prompt,
                     "frames": encoded, "chunk_ms": round(chunk.seconds * 1000, 1),
                     "generation_fps": round(len(chunk.frames) / chunk.seconds, 1) if chunk.seconds else None,
-                    "cache_frames": chunk.cache_frames, "attention": chunk.attention, "switched": chunk.switched,
+                    "cache_frames": chunk.cache_frames, "head_groups": chunk.head_groups,
+                    "attention": chunk.attention, "switched": chunk.switched,
                     "switch_ms": round(chunk.switch_seconds * 1000, 1) if chunk.switch_seconds is not None else None,
                     "video_seconds": round(video_seconds, 3), "given": chunk.given})
                 ahead = video_seconds - (time.perf_counter() - clock)

@@ -71,6 +71,8 @@ class LiveChunk:
     seconds: float  # wall time: switch (if any) + denoising + clean pass + decode
     cache_frames: dict[str, float] = field(default_factory=dict)  # frames' worth of tokens per segment
     attention: dict[str, float] = field(default_factory=dict)  # attention mass per segment (sums to 1)
+    head_groups: list[dict] = field(default_factory=list)  # a per-head policy: per group of layer 0, its name,
+    # heads and frames per segment (``cache_frames`` is then the heads' mean); empty when the heads share one cache
     switched: bool = False  # the first chunk under a new prompt
     switch_seconds: float | None = None  # from the prompt request to the end of this chunk
     given: bool = False  # the start image, as given (resized to the model), not sampled
@@ -176,6 +178,7 @@ class LiveSession:
         now = time.perf_counter()
         chunk = LiveChunk(res.index, res.start_frame, self.prompt, frames, now - t0,
                           cache_frames=self._cache_makeup(res.start_frame), attention=self._attention(res.start_frame),
+                          head_groups=self._head_groups(),
                           switched=switched, switch_seconds=(now - requested) if switched else None)
         self.frames_sent += len(frames)
         return chunk
@@ -189,23 +192,54 @@ class LiveSession:
         seg[(seg == SEGMENTS.index("recent")) & (frames >= chunk_start)] = SEGMENTS.index("current")
         return seg
 
-    def _cache_makeup(self, chunk_start: int) -> dict[str, float]:
-        """Frames' worth of tokens per region in layer 0's cache after the chunk (the new chunk counts as recent)."""
-        self.rollout.cache.settle()
-        layer = self.rollout.cache.layers[0]
-        seg = _SEGMENT_OF_REGION[self.policy.regions(layer)[0].long().cpu()]
-        per_frame = layer.store.tokens_per_frame
+    def _makeup(self, view) -> dict[str, float]:
+        seg = _SEGMENT_OF_REGION[self.policy.regions(view)[0].long().cpu()]
+        per_frame = view.store.tokens_per_frame
         return {name: float((seg == i).sum()) / per_frame for i, name in enumerate(SEGMENTS[:-1])}
+
+    def _cache_makeup(self, chunk_start: int) -> dict[str, float]:
+        """Frames' worth of tokens per region in layer 0's cache after the chunk (the new chunk counts as recent);
+        a layer split into head groups: the heads' mean (each group weighted by its heads)."""
+        self.rollout.cache.settle()
+        views = self.rollout.cache.layers[0].views()
+        if len(views) == 1:
+            return self._makeup(views[0])
+        heads = sum(_heads(view) for view in views)
+        makeups = [(_heads(view), self._makeup(view)) for view in views]
+        return {name: sum(n * m[name] for n, m in makeups) / heads for name in SEGMENTS[:-1]}
+
+    def _head_groups(self) -> list[dict]:
+        """Layer 0's head groups (a per-head policy, :meth:`~deepforcing.cache.CachePolicy.head_groups`): name,
+        heads and frames per segment; empty while all heads share one cache."""
+        return [{"group": view.group.name, "heads": len(view.group.heads), "frames": self._makeup(view)}
+                for view in self.rollout.cache.layers[0].groups]
 
     def _attention(self, chunk_start: int) -> dict[str, float]:
         if self.probe is None or not self.probe.records:
             return {}
-        record = self.probe.records.pop()
+        last = self.probe.records[-1]["chunk_start"]
+        records = [r for r in self.probe.records if r["chunk_start"] == last]  # one per head group when split
         self.probe.records.clear()
-        mass = torch.tensor(record["mass"]).mean(dim=0)  # [slots], averaged over heads
-        seg = self._segment_of(torch.tensor(record["regions"]), torch.tensor(record["frames"]), chunk_start)
-        total = float(mass.sum()) or 1.0
-        return {name: float(mass[seg == i].sum()) / total for i, name in enumerate(SEGMENTS)}
+        if len(records) == 1:  # one cache for all heads: the head-averaged mass as a share of its total
+            record = records[0]
+            mass = torch.tensor(record["mass"]).mean(dim=0)  # [slots], averaged over heads
+            seg = self._segment_of(torch.tensor(record["regions"]), torch.tensor(record["frames"]), chunk_start)
+            total = float(mass.sum()) or 1.0
+            return {name: float(mass[seg == i].sum()) / total for i, name in enumerate(SEGMENTS)}
+        shares, heads = dict.fromkeys(SEGMENTS, 0.0), 0  # head groups: every head's shares, averaged over heads
+        for record in records:
+            mass = torch.tensor(record["mass"])  # [group heads, slots]
+            mass = mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-30)
+            seg = self._segment_of(torch.tensor(record["regions"]), torch.tensor(record["frames"]), chunk_start)
+            for i, name in enumerate(SEGMENTS):
+                shares[name] += float(mass[:, seg == i].sum())
+            heads += mass.shape[0]
+        return {name: v / heads for name, v in shares.items()}
+
+
+def _heads(view) -> int:
+    """Heads a cache view holds: a head group's, or the layer's (its store's)."""
+    return len(view.group.heads) if view.group is not None else view.store.keys.shape[1]
 
 
 def encode_frame(frame: np.ndarray, quality: int = 90) -> bytes:
