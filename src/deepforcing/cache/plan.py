@@ -3,8 +3,9 @@
 The simulation drives the real :class:`~deepforcing.cache.KVCache` (same code path as generation,
 :meth:`~deepforcing.cache.session.LayerCache.attention` with a temporal-only rotary embedding) with random
 queries/keys for one layer, one head (``GROUP_LAYERS`` x ``GROUP_HEADS`` for a policy with head groups): a
-new-chunk call (the first denoising step) and a clean pass per chunk. Frame counts do not depend on the random values; for score-based
-policies, *which* tokens Top-C keeps does, and for a per-head policy which heads fall in which group. The regions
+new-chunk call (the first denoising step) and a clean pass per chunk. Frame counts do not depend on the random
+values; for score-based policies, *which* tokens Top-C keeps does, and for a per-head policy which heads fall in
+which group. The regions
 (sink / kept / memory / recent) are the policy's own description of its slots (:meth:`CachePolicy.regions`), per
 head group when the policy splits the heads.
 """
