@@ -121,3 +121,5 @@ def test_impossible_settings_are_refused():
         make_policy("forcing-kv").validate(1)
     with pytest.raises(ValueError, match="drop --window"):
         make_policy("forcing-kv", window=21).validate(3)
+    with pytest.raises(ValueError, match="not reproduced"):
+        make_policy("forcing-kv").validate_event("prompt-switch", 3)

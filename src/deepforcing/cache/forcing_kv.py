@@ -217,6 +217,11 @@ class ForcingKV(FifoSelector):
             raise ValueError(f"forcing-kv: the plain cache is sink + max(static, ring) + chunk = {plain} frames, not "
                              f"--window {self.window}; drop --window")
 
+    def validate_event(self, kind: str, chunk_frames: int) -> None:
+        raise ValueError(f"forcing-kv: a {kind} is not reproduced (the release's interactive pipeline, "
+                         f"pipeline/interactive_causal_inference_forcingkv.py, drops the head groups and re-caches "
+                         f"on a switch; not ported): generate one prompt without cuts")
+
     def validate_model(self, num_layers: int, num_heads: int) -> None:
         self.profile().check(num_layers, num_heads)
 
