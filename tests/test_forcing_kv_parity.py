@@ -123,3 +123,21 @@ def test_impossible_settings_are_refused():
         make_policy("forcing-kv", window=21).validate(3)
     with pytest.raises(ValueError, match="not reproduced"):
         make_policy("forcing-kv").validate_event("prompt-switch", 3)
+
+
+def test_plan_shows_the_split_and_the_buffer(tmp_path):
+    from deepforcing.cache.plan import GROUP_HEADS, simulate
+
+    profile = {"num_layers": 2, "num_heads": GROUP_HEADS, "layers": [
+        {"layer_idx": 0, "static_head": [0, 1, 2, 3], "dynamic_head": []},
+        {"layer_idx": 1, "static_head": [0, 3], "dynamic_head": [1, 2]}]}
+    (tmp_path / "heads.json").write_text(json.dumps(profile))
+    reports = simulate(make_policy("forcing-kv", head_profile=str(tmp_path / "heads.json")), 8, tokens_per_frame=6)
+    assert [r.cache_frames for r in reports] == [3, 5, 5] + [5.5] * 5  # heads' mean of the last layer
+    assert [r.groups for r in reports[:2]] == [None, None]  # plain until AR step 1's clean pass
+    rows = {g["group"]: g for g in reports[-1].groups}
+    assert (rows["static"]["heads"], rows["dynamic"]["heads"]) == (2, 2)
+    assert [rows["static"][k] for k in ("sink_frames", "topc_frames", "recent_frames")] == [1, 0, 4]
+    assert [rows["dynamic"][k] for k in ("sink_frames", "topc_frames", "recent_frames")] == [1, 1, 4]
+    lo, hi = rows["dynamic"]["topc_positions"]  # the buffer at chunk 7: patches of frame 17 (the ring) and 18-19
+    assert 17 <= lo <= hi <= 19 and rows["dynamic"]["recent_positions"] == [20, 23]
