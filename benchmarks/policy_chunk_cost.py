@@ -93,7 +93,7 @@ def main() -> None:
     print("| policy | layout (sink/kept/memory/recent) + archive | frames | KV GiB held | / self-forcing "
           "| allocated GiB | frames measured in table 1 |")
     print("|---|---|---|---|---|---|---|")
-    sf = formula_bytes(policies["self-forcing"], *formula_frames(policies["self-forcing"])) \
+    sf = formula_bytes(*formula_frames(policies["self-forcing"])) \
         if "self-forcing" in policies else None
     for n in names:
         policy = policies[n]
@@ -105,7 +105,7 @@ def main() -> None:
             per_frame = 2 * 30 * 12 * 128 * 1560 * 2 / 2**30
             print(f"| {n} | {layout} | grows | {per_frame:.3f} per frame | - | - | - |")
             continue
-        nbytes = formula_bytes(policy, frames, sink_copy)
+        nbytes = formula_bytes(frames, sink_copy)
         alloc = KVCache.estimate_bytes(policy, CacheGeometry(g["tokens_per_frame"], g["chunk_frames"]),
                                        num_layers=g["layers"], batch=1, heads=g["heads"], head_dim=g["head_dim"],
                                        dtype=torch.bfloat16)

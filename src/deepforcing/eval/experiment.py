@@ -42,10 +42,10 @@ from .experiment_arms import (  # noqa: F401  (re-exported: the study's public n
 )
 
 __all__ = ["Arm", "ARMS", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "horizon_key", "run_experiment", "truth_start_rollout",
-           "add_experiment_arguments", "run_experiment_command"]
+           "score_video", "add_experiment_arguments", "run_experiment_command"]
 
 
-def _scores(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
+def score_video(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
     """Ground-truth metrics inside / beyond the horizon and drift metrics of one video ``[T, 3, H, W]``."""
     from deepforcing.mini.measure import MeasureConfig, score_tracks, track_objects
     from deepforcing.mini.quality import slice_tracks
@@ -132,7 +132,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
     }
     strips: dict[str, torch.Tensor] = {}
     longest = int(round(horizons[-1] * window))
-    truth = [_scores(_truth_video(p, s, longest, size), p, window, fps, horizons) for p, s in held]
+    truth = [score_video(_truth_video(p, s, longest, size), p, window, fps, horizons) for p, s in held]
     results["arms"].append({"label": "world (ground truth)", "policy": None, "sizes": {}, "groups": ["policies"],
                             "horizons": horizons, "seconds": 0.0, "videos": truth})
     strip_pair = 0
@@ -146,7 +146,7 @@ def run_experiment(out: Path, *, pairs: int = 32, horizons: tuple[float, ...] = 
             part = slice(start, start + batch)
             batch_videos = truth_start_rollout(bundle, policy, prompts[part], seeds[part], frames, start_frames) \
                 if start_frames else rollout_videos(bundle, policy, prompts[part], seeds[part], frames)
-            videos += [_scores(v, p, window, fps, arm_horizons) for v, p in zip(batch_videos, prompts[part])]
+            videos += [score_video(v, p, window, fps, arm_horizons) for v, p in zip(batch_videos, prompts[part])]
             if start == 0:
                 if not strips:  # the strip follows the first pair that starts right (all objects in frames 0-20)
                     strip_pair = next((i for i, v in enumerate(videos) if v["inside"]["object_persistence"] == 1.0),
@@ -218,17 +218,38 @@ def _parse_horizons(text: str) -> tuple[float, ...]:
     return values
 
 
+BOARD_OUT = "results/leaderboard"
+STUDY_OUT = "results/long_horizon"
+
+
 def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--out", default="results/long_horizon")
+    p.add_argument("--out", default=None, help=f"output folder (default {STUDY_OUT}; with --board {BOARD_OUT})")
+    p.add_argument("--board", action="store_true",
+                   help="the leaderboard (deepforcing.eval.leaderboard): every registered policy at its release "
+                        "defaults plus LoL (paper only), per scene class (--classes) and start mode (--starts), to "
+                        "every horizon; each finished arm is stored in OUT/arms at once and skipped on a rerun with "
+                        "the same settings, so a long run can go in legs; --policies names board entries "
+                        "(see --board --list)")
+    p.add_argument("--classes", default="1-object,2-object,hard",
+                   help="with --board: scene classes, comma-separated (default 1-object,2-object,hard; hard is "
+                        "reported separately)")
+    p.add_argument("--starts", default="prompt,truth",
+                   help="with --board: start modes, comma-separated: prompt (the prompt alone), truth (the world's "
+                        "true first frames through the image-to-video path); default both")
+    p.add_argument("--batch", type=int, default=32, help="videos sampled together (default 32)")
+    p.add_argument("--entry-option", action="append", metavar="ENTRY:OPTION=VALUE",
+                   help="with --board: an extra option of one entry, repeatable; for the per-checkpoint files that "
+                        "two releases need: forcing-kv:head_profile=FILE (deepforcing calibrate --policy forcing-kv), "
+                        "triattention:calibration=FILE (scripts/calibrate_triattention.py)")
     p.add_argument("--pairs", type=int, default=32, help="held-out prompt x seed pairs per arm (default 32)")
     p.add_argument("--horizons", default="12,48",
                    help="video lengths in training windows, comma-separated (default 12,48); the headline arms run "
                         "to the longest, the ablations to the shortest")
     p.add_argument("--policies", default=None,
-                   help="comma-separated arm labels to run (default: all; see --list)")
+                   help="comma-separated arm labels (board entries with --board) to run (default: all; see --list)")
     p.add_argument("--every-arm-long", action="store_true", help="run every arm to the longest horizon")
     p.add_argument("--list", action="store_true", help="print the arms and exit")
-    p.add_argument("--start", choices=["prompt", "truth"], default="prompt",
+    p.add_argument("--start", choices=["prompt", "truth"], default="prompt",  # the study's; the board: --starts
                    help="start every rollout from the prompt alone (default) or from its world's true first frames, "
                         "the same for every policy (drift given a correct start)")
     p.add_argument("--start-frames", type=int, default=None,
@@ -240,6 +261,12 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_experiment_command(args: argparse.Namespace) -> int:
+    if args.board:
+        from .leaderboard import run_board_command
+
+        return run_board_command(args)
+    if args.out is None:
+        args.out = STUDY_OUT
     if args.list:
         for arm in ARMS:
             print(f"{arm.label:<34} {arm.policy:<14} {json.dumps(arm.sizes):<40} {'long' if arm.long else 'short'}  "
@@ -256,6 +283,8 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         return 0
     if args.pairs < 2:
         raise ValueError(f"--pairs must be at least 2 (for a confidence interval), got {args.pairs}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
     from deepforcing.mini.quality import HELD_OUT_POOL
 
     if args.pairs > HELD_OUT_POOL:
@@ -276,7 +305,7 @@ def run_experiment_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     run_experiment(Path(args.out), pairs=args.pairs, horizons=horizons, labels=labels,
                    model=None if args.model == MINI else args.model, every_arm_long=args.every_arm_long,
-                   generator=model.open(), start_frames=start_frames)
+                   generator=model.open(), start_frames=start_frames, batch=args.batch)
     print(Path(args.out, "summary.md").read_text())
     return 0
 

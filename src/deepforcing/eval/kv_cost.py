@@ -56,7 +56,7 @@ def formula_frames(policy) -> tuple[int | None, int]:
     return sum(policy.layout.values()) + policy.archive_frames, post_rope_sink
 
 
-def formula_bytes(policy, frames: int, sink_copy: int, geometry: dict = WAN_1P3B, element_bytes: int = 2) -> int:
+def formula_bytes(frames: int, sink_copy: int, geometry: dict = WAN_1P3B, element_bytes: int = 2) -> int:
     """K and V of ``frames`` frames plus a key copy of ``sink_copy`` frames at ``geometry`` (default the 1.3B, bf16)."""
     g = geometry
     per_frame = g["layers"] * g["heads"] * g["head_dim"] * g["tokens_per_frame"] * element_bytes  # K or V
@@ -67,4 +67,4 @@ def wan_1p3b_bytes(policy) -> int | None:
     """bf16 KV bytes the real Wan2.1-1.3B's cache holds under ``policy`` once its window is full (``None``: the
     policy's memory grows with the video)."""
     frames, sink_copy = formula_frames(policy)
-    return None if frames is None else formula_bytes(policy, frames, sink_copy)
+    return None if frames is None else formula_bytes(frames, sink_copy)

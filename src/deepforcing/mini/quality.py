@@ -117,8 +117,9 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
     ``[B, S, 3, H, W]``: true first frames, encoded and written into the cache at the clean timestep
     (:meth:`~deepforcing.pipeline.rollout.VideoRollout.prefill`, as ``generate --video`` does) and kept as the
     videos' first frames; sampling continues after them, positions counted from the first given frame.
-    ``observe(rollout, seconds)``: called after every sampled chunk with the rollout (its cache) and the seconds its
-    ``step`` took (the leaderboard's cost columns); decoding is not timed."""
+    ``observe(rollout, seconds, cpu_seconds)``: called after every sampled chunk with the rollout (its cache), the
+    wall-clock and the process CPU seconds its ``step`` took (the leaderboard's cost columns); decoding is not
+    timed."""
     rollout = open_batch_rollout(bundle, policy, prompts, seeds, frames)
     decoder = bundle.codec.streaming_decoder()
     decoder.reset()
@@ -130,10 +131,10 @@ def rollout_videos(bundle, policy, prompts: list[str], seeds: list[int], frames:
             decoder.decode_chunk(given.permute(0, 2, 1, 3, 4))  # a causal decoder's context
             out.append(start)
         while rollout.next_frame < frames:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             latents = rollout.step().latents
             if observe is not None:
-                observe(rollout, time.perf_counter() - t0)
+                observe(rollout, time.perf_counter() - t0, time.process_time() - c0)
             out.append(decoder.decode_chunk(latents.permute(0, 2, 1, 3, 4)))
     return torch.cat(out, dim=1)[:, :frames]
 
