@@ -184,7 +184,6 @@ def wan_folder(tmp_path_factory):
 
 
 def test_calibrate_a_checkpoint_then_generate_with_it(wan_folder, tmp_path, capsys, monkeypatch):
-    import importlib.util
     import json
 
     from deepforcing.cache.triattention_stats import QueryStatsAccumulator
@@ -192,13 +191,11 @@ def test_calibrate_a_checkpoint_then_generate_with_it(wan_folder, tmp_path, caps
     from deepforcing.model_spec import CheckedModel
     from deepforcing.models.loading import load_causal_wan
 
-    spec = importlib.util.spec_from_file_location("calibrate_triattention",
-                                                  Path(__file__).parents[1] / "scripts" / "calibrate_triattention.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     real = ["--model", str(wan_folder), "--resolution", "32x48"]
     out = tmp_path / "calibration.pt"
-    assert script.main([*real, "--prompt", "a red cat", "--out", str(out), "--frames", "9"]) == 0
+    assert main(["calibrate", "a red cat", "--policy", "triattention", "--out", str(out), "--frames", "9",
+                 *real]) == 0, capsys.readouterr().err
+    assert f"--calibration {out}" in capsys.readouterr().out
     model = load_causal_wan(wan_folder / "transformer")
     stats = torch.load(out, weights_only=True)
     assert stats["q_mean_real"].shape == (model.num_layers, model.num_heads, model.head_dim // 2)

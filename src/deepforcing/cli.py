@@ -26,7 +26,8 @@ _HELP = {  # one line per command, shown by `deepforcing --help` (which builds n
     "experiment": "the long-horizon policy comparison on the mini model (results/long_horizon)",
     "serve": "a live web page: watch the video as it is generated, switch its prompt while it runs",
     "presets": "list the model presets (chunk, window, steps, shift, policy) and their sources",
-    "calibrate": "make the per-checkpoint file a policy needs for your model (forcing-kv: its head profile)",
+    "calibrate": "make the per-checkpoint file a policy needs for your model (forcing-kv: its head profile; "
+                 "triattention: its query statistics)",
 }
 
 

@@ -56,13 +56,9 @@ def collect_query_stats(model, *, context, latent_shape: tuple[int, int, int], s
     """Generate ``frames`` latent frames with global attention and return the summed pre-RoPE queries.
 
     ``noise`` replaces the Gaussian noise stream (a :class:`~deepforcing.pipeline.rollout.NoiseSource`, e.g. a
-    release's recorded draws); ``frames`` is rounded up to whole chunks. Classifier-free guidance is off (the
-    release's LongLive has none): the statistics are the prompt branch's queries."""
-    import dataclasses
-
+    release's recorded draws); ``frames`` is rounded up to whole chunks."""
     from deepforcing.pipeline.rollout import VideoRollout
 
-    sampling = dataclasses.replace(sampling, guidance=1.0, first_chunk_guidance=None)
 
     stats = QueryStatsAccumulator(model.num_layers, model.num_heads, model.head_dim)
     chunks = -(-frames // sampling.chunk_frames)
@@ -79,14 +75,26 @@ def collect_query_stats(model, *, context, latent_shape: tuple[int, int, int], s
     return stats
 
 
-def calibrate_triattention(model, out: str | Path, *, context, latent_shape: tuple[int, int, int],
-                           sampling: SamplingConfig, frames: int = CALIBRATION_FRAMES, seed: int = 0,
-                           model_name: str = "") -> Path:
-    """:func:`collect_query_stats` saved to ``out`` in the release's format, with metadata naming the run."""
-    stats = collect_query_stats(model, context=context, latent_shape=latent_shape, sampling=sampling, frames=frames,
-                                seed=seed)
-    chunks = -(-frames // sampling.chunk_frames)
-    return stats.save(out, {"model_name": model_name, "num_frames": chunks * sampling.chunk_frames,
-                            "num_blocks": model.num_layers, "num_frame_per_block": sampling.chunk_frames,
+def calibrate_triattention(gen, prompt: str | None, out: str | Path, *, frames: int = CALIBRATION_FRAMES,
+                           seed: int = 0) -> tuple[Path, QueryStatsAccumulator]:
+    """Generate one ``frames``-frame video of ``gen`` (a :class:`~deepforcing.pipeline.generate.VideoGenerator`;
+    ``prompt`` ``None``: the model's default prompt) with global attention and write its query statistics to
+    ``out`` in the release's format. Returns the path and the statistics."""
+    model = gen.bundle.transformer
+    sampling = gen.bundle.sampling
+    if sampling.guidance > 1.0 or (sampling.first_chunk_guidance or 1.0) > 1.0:
+        raise ValueError("triattention calibration runs the model's sampler without classifier-free guidance, as the "
+                         "release's LongLive has none; this preset guides its chunks")
+    stats = QueryStatsAccumulator(model.num_layers, model.num_heads, model.head_dim)
+    tap = _QueryTap(model, stats)
+    try:
+        for _ in gen.stream(prompt, latent_frames=frames, policy=make_policy("full"), seed=seed):
+            pass
+    finally:
+        tap.remove()
+    chunk = sampling.chunk_frames
+    path = stats.save(out, {"model_name": gen.bundle.name, "num_frames": -(-frames // chunk) * chunk,
+                            "num_blocks": model.num_layers, "num_frame_per_block": chunk,
                             "denoising_step_list": [int(s) for s in sampling.denoising_steps],
                             "source": "deepforcing calibrate --policy triattention (global attention, every call)"})
+    return path, stats
