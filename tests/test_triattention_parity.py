@@ -5,7 +5,10 @@ NVlabs/LongLive@2462895), recorded on a tiny random model by ``scripts/record_tr
   queries) reproduces the release's calibrate mode's ``calibration.pt`` for the same model and draws;
 * compression: the ``triattention`` policy replays both videos (``120f``: the release defaults, sink 3;
   ``interactive``: sink 1, two frames' worth scored per (layer, head)) chunk by chunk to <= 1e-5, and every
-  compression keeps exactly the release's slots in every (layer, head).
+  compression keeps exactly the release's slots in every (layer, head);
+* the command line: ``deepforcing calibrate --policy triattention`` writes a tiny real-layout checkpoint's file that
+  ``generate --policy triattention --calibration`` runs with, and a missing or other-model file is refused before
+  the weights load.
 """
 
 from __future__ import annotations
