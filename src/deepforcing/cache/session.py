@@ -567,13 +567,27 @@ class KVCache:
     def estimate_bytes(cls, policy: CachePolicy, geometry: CacheGeometry, *, num_layers: int, batch: int, heads: int,
                        head_dim: int, dtype: torch.dtype, max_frames: int | None = None) -> int:
         """Bytes the pre-allocated stores take (keys, values, sink anchor copy, per-slot metadata), before allocation.
-        For a policy with head groups: the one store per layer before the split (each group's store holds its
-        heads' share of ``window + chunk`` frames of its own, allocated at the split while the one store is freed)."""
+
+        For a policy with head groups, per layer the larger of the one store before the split and a bound on the
+        groups' stores after it: each group allocates ``window + chunk`` frames for its heads (plus its own per-slot
+        metadata), and a per-head policy's :attr:`~CachePolicy.layout` is its largest head's (docs/cache_api.md,
+        "Head groups"), so every head at ``sum(layout) + chunk`` frames in a store of its own bounds them. Forcing-KV's
+        dynamic heads hold 9 frames where the one store holds 8. (The split itself holds one layer's one store and
+        its groups at once for the length of that call; not counted.)"""
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
-        return sum(LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots, dtype=dtype,
-                                       anchor_tokens=0 if policy.key_storage(i) == "pre-rope" else anchor)
-                   for i in range(num_layers))
+        grouped = type(policy).head_groups is not CachePolicy.head_groups and None not in policy.layout.values()
+        group_slots = (sum(policy.layout.values()) + geometry.chunk_frames) * geometry.tokens_per_frame
+        total = 0
+        for i in range(num_layers):
+            sink = 0 if policy.key_storage(i) == "pre-rope" else anchor
+            one = LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots, dtype=dtype,
+                                      anchor_tokens=sink)
+            if grouped:
+                one = max(one, heads * LayerKVStore.nbytes(batch=batch, heads=1, head_dim=head_dim, capacity=group_slots,
+                                                           dtype=dtype, anchor_tokens=min(sink, group_slots)))
+            total += one
+        return total
 
     def begin_call(self, start_frame: int, num_frames: int, clean: bool = False, rope: CallRope | None = None) -> None:
         """Declare the frames the next forward covers (``start_frame`` = absolute latent index of its first frame)

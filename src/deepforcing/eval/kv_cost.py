@@ -8,13 +8,19 @@ own description (``benchmarks/policy_chunk_cost.py`` and the leaderboard, :mod:`
   frames held = the sum of :attr:`CachePolicy.layout` (sink + kept + memory + recent) + :attr:`CachePolicy.
   archive_frames`; bytes = 30 x 2 (K, V) x 12 x 128 x 1560 x frames x 2 B, plus the post-RoPE sink's key copy when
   :meth:`CachePolicy.key_storage` is post-RoPE. ``None`` for a policy whose memory grows with the video.
+* :func:`simulate_cache`: a per-head policy's groups depend on the layer and head count (Forcing-KV's profile, Dummy
+  Forcing's cross-layer assignment), so its layout alone does not give the real model's bytes: the cache itself is
+  driven at the real layer / head / head-size shape with random queries and keys at a few tokens per frame
+  (:func:`scaled_bytes` scales what it holds to 1560 tokens per frame; every byte of a store is per token).
+* :func:`head_frames`: frames each (layer, head) holds on average, over every store (head groups weighted by heads).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["WAN_1P3B", "tensor_bytes", "cache_bytes", "formula_frames", "formula_bytes", "wan_1p3b_bytes"]
+__all__ = ["WAN_1P3B", "tensor_bytes", "cache_bytes", "formula_frames", "formula_bytes", "wan_1p3b_bytes",
+           "simulate_cache", "head_frames", "scaled_bytes"]
 
 # Wan2.1-T2V-1.3B (arXiv 2503.20314): 30 blocks, dim 1536 = 12 heads x 128; a 480x832 video is 60x104 latents,
 # patch 2x2 -> 30 x 52 = 1560 tokens per latent frame; Self Forcing's chunk of 3 latent frames
@@ -68,3 +74,48 @@ def wan_1p3b_bytes(policy) -> int | None:
     policy's memory grows with the video)."""
     frames, sink_copy = formula_frames(policy)
     return None if frames is None else formula_bytes(frames, sink_copy)
+
+
+def head_frames(cache) -> float:
+    """Frames of K/V one (layer, head) holds on average: every store's filled slots weighted by its heads (a head
+    group's store has its heads only), over all layers and heads, without the post-RoPE sink's key copy."""
+    F = cache.geometry.tokens_per_frame
+    held = sum(store.length * store.keys.shape[1] for layer in cache.layers for store in layer.stores())
+    return held / (F * len(cache.layers) * cache.heads)
+
+
+def simulate_cache(policy, *, layers: int, heads: int, head_dim: int, tokens_per_frame: int, chunks: int,
+                   chunk_frames: int = 3, steps: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
+    """Drive a fresh :class:`~deepforcing.cache.KVCache` of ``layers`` x ``heads`` x ``head_dim`` under ``policy``
+    through ``chunks`` chunks with random queries, keys and values (``steps`` denoising calls and the clean pass per
+    chunk, every layer, a temporal-only RoPE, as ``plan`` drives it). Returns the cache after the last chunk and the
+    largest :meth:`~deepforcing.cache.KVCache.memory_bytes` after any call (the groups' stores included)."""
+    import torch.nn.functional as F
+
+    from deepforcing.cache import CacheGeometry, KVCache
+    from deepforcing.cache.rope import TemporalCallRope, TemporalRope
+
+    geometry = CacheGeometry(tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames)
+    rope = TemporalRope(pairs=head_dim // 2)
+    cache = KVCache(policy, geometry, num_layers=layers, batch=1, heads=heads, head_dim=head_dim, rope=rope,
+                    dtype=dtype, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    n, peak = geometry.chunk_tokens, cache.memory_bytes()
+    with torch.no_grad():
+        for i in range(chunks):
+            f0 = i * chunk_frames
+            for call in range(steps + 1):
+                cache.begin_call(f0, chunk_frames, clean=call == steps,
+                                 rope=TemporalCallRope(rope, f0, tokens_per_frame))
+                for layer in cache.layers:
+                    q, k, v = (torch.randn(1, heads, n, head_dim, generator=gen).to(dtype) for _ in range(3))
+                    layer.attention(q, k, v, F.scaled_dot_product_attention)
+                peak = max(peak, cache.memory_bytes())
+            cache.settle()
+    return cache, peak
+
+
+def scaled_bytes(nbytes: int, cache, geometry: dict = WAN_1P3B) -> float:
+    """``nbytes`` measured on ``cache`` (simulated at a few tokens per frame) at ``geometry``'s tokens per frame:
+    keys, values, sink copies and per-slot metadata are all per token."""
+    return nbytes * geometry["tokens_per_frame"] / cache.geometry.tokens_per_frame
