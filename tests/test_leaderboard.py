@@ -220,3 +220,19 @@ def test_board_command_checks_its_options_and_lists_entries(capsys):
     out = capsys.readouterr().out
     assert "lol" in out and "paper only" in out and "2601.16914" in out
     assert len(out.strip().splitlines()) == len(board_entries())
+
+
+def test_a_policy_needing_a_per_checkpoint_file_gets_it_made_for_the_model(tiny_mini, tmp_path):
+    # forcing-kv needs its head profile (deepforcing calibrate makes it once per model) and, on 16 tokens per frame,
+    # a patch count that divides them
+    config = BoardConfig(out=tmp_path, pairs=2, horizons=(2.0,), classes=("1-object",), starts=("prompt",),
+                         labels=["forcing-kv"], batch=2, model=str(tiny_mini),
+                         entry_options={"forcing-kv": {"patches": 4}})
+    summary = run_board(config, log=lambda *_: None)
+    assert summary["failed"] == [] and summary["run"] == [arm_key("1-object", "prompt", "forcing-kv")]
+    (profile,) = (tmp_path / "calibration").glob("forcing-kv_*_heads.json")
+    assert json.loads(profile.read_text())["num_layers"] == 2
+    _, arms, _ = load_arms(tmp_path)
+    arm = next(a for a in arms if a["label"] == "forcing-kv")
+    assert arm["settings"]["policy"]["head_profile"] == str(profile) and arm["settings"]["policy"]["patches"] == 4
+    assert run_board(config, log=lambda *_: None)["skipped"] == [arm_key("1-object", "prompt", "forcing-kv")]

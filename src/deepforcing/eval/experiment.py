@@ -238,9 +238,10 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "true first frames through the image-to-video path); default both")
     p.add_argument("--batch", type=int, default=32, help="videos sampled together (default 32)")
     p.add_argument("--entry-option", action="append", metavar="ENTRY:OPTION=VALUE",
-                   help="with --board: an extra option of one entry, repeatable; for the per-checkpoint files that "
-                        "two releases need: forcing-kv:head_profile=FILE (deepforcing calibrate --policy forcing-kv), "
-                        "triattention:calibration=FILE (scripts/calibrate_triattention.py)")
+                   help="with --board: an extra option of one entry, repeatable (e.g. forcing-kv:patches=4, which "
+                        "the mini model's 16 tokens per frame need); the per-checkpoint files of forcing-kv "
+                        "(head_profile) and triattention (calibration) are made by deepforcing calibrate into "
+                        "OUT/calibration unless given here")
     p.add_argument("--pairs", type=int, default=32, help="held-out prompt x seed pairs per arm (default 32)")
     p.add_argument("--horizons", default="12,48",
                    help="video lengths in training windows, comma-separated (default 12,48); the headline arms run "

@@ -206,6 +206,41 @@ def _policy_arm(gen, policy, held, horizons: list[float], window: int, fps: int,
     return videos, strip, cost
 
 
+# policy -> (its option naming the per-checkpoint file, the file's name): made by ``deepforcing calibrate`` for the
+# board's model when the run does not name one (--entry-option), so every release runs at its defaults
+CALIBRATION_FILES = {"forcing-kv": ("head_profile", "heads.json"), "triattention": ("calibration", "stats.pt")}
+
+
+def calibrate_entries(entries: list[Entry], out: Path, model: str | None, model_hash: str, log) -> list[Entry]:
+    """``entries`` with the per-checkpoint file of every policy that needs one (:data:`CALIBRATION_FILES`) and that
+    ``deepforcing calibrate`` can make (:data:`deepforcing.eval.calibrate.CALIBRATED_POLICIES`), made once per model
+    into ``<out>/calibration/<policy>_<model hash>_<name>``; a file given with ``--entry-option`` is kept."""
+    import argparse
+    from dataclasses import replace
+
+    from .calibrate import CALIBRATED_POLICIES, add_calibrate_arguments, run_calibrate
+
+    result = []
+    for entry in entries:
+        spec = CALIBRATION_FILES.get(entry.policy)
+        if spec is None or entry.policy not in CALIBRATED_POLICIES or entry.sizes.get(spec[0]):
+            result.append(entry)
+            continue
+        option, name = spec
+        path = out / "calibration" / f"{entry.policy}_{model_hash}_{name}"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"partial_{path.name}")
+            args = add_calibrate_arguments(argparse.ArgumentParser()).parse_args(
+                ["--policy", entry.policy, "--out", str(tmp), "--model", model or "mini",
+                 "--threads", str(torch.get_num_threads())])
+            log(f"calibrating {entry.policy} for the model (deepforcing calibrate) into {path}")
+            run_calibrate(args)
+            tmp.replace(path)
+        result.append(replace(entry, sizes={**entry.sizes, option: str(path)}))
+    return result
+
+
 def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, flush=True)) -> dict:
     """Run every missing or stale arm of the board into ``config.out`` and write the report; return the run's
     summary (arms run, skipped, failed, seconds)."""
@@ -226,6 +261,7 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
     shared = board_settings(config, bundle, model_id(config.model))
     arms_dir = config.out / "arms"
     arms_dir.mkdir(parents=True, exist_ok=True)
+    entries = calibrate_entries(entries, config.out, config.model, shared["model_sha256"], log)
     (config.out / "board.json").write_text(json.dumps(
         {"settings": shared, "window": window, "fps": fps, "classes": list(config.classes),
          "starts": list(config.starts), "entries": [e.label for e in board_entries()],
@@ -258,14 +294,14 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
                     summary["skipped"].append(key)
                     log(f"{key}: stored with the same settings, skipped")
                     continue
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 try:
                     videos, strip, cost = _policy_arm(gen, policy, held, arm_horizons, window, fps, size,
                                                       config.batch, config.start_frames if start == "truth" else 0)
                 except Exception as error:  # one policy that cannot run must not stop the board; the report says why
                     _fail(arms_dir, key, entry, error, summary, log)
                     continue
-                seconds = time.perf_counter() - t0
+                seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
                 info = method_info(entry)
                 cost["wan_1p3b_bf16_bytes"] = wan_1p3b_bytes(policy)
                 _save_arm(arms_dir, key, {
@@ -273,13 +309,14 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
                     "paper_only": entry.paper_only, "method": info.method, "arxiv": info.arxiv,
                     "release": info.release, "scene_class": scene_class, "start": start, "horizons": arm_horizons,
                     "prompts": [p for p, _ in held], "seeds": [s for _, s in held], "settings": settings,
-                    "videos": videos, "cost": cost, "seconds": seconds, "threads": torch.get_num_threads()}, strip)
+                    "videos": videos, "cost": cost, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                    "threads": torch.get_num_threads()}, strip)
                 summary["run"].append(key)
                 summary["seconds"][key] = seconds
                 persistence = np.mean([v["beyond"][f"{arm_horizons[-1]:g}x"]["object_persistence"] for v in videos])
                 log(f"{key}: {len(held)} pairs to {arm_horizons[-1]:g}x, persistence beyond the window "
-                    f"{persistence:.3f}, {cost['ms_per_chunk']:.0f} ms/chunk, {seconds:.0f} s "
-                    f"({time.perf_counter() - started:.0f} s so far)")
+                    f"{persistence:.3f}, {cost['ms_per_chunk']:.0f} CPU ms/chunk, {seconds:.0f} s ({cpu_seconds:.0f} "
+                    f"CPU s; {time.perf_counter() - started:.0f} s so far)")
     write_board_report(config.out)
     summary["wall_seconds"] = time.perf_counter() - started
     return summary

@@ -261,13 +261,15 @@ def board_markdown(board: dict, arms: list[dict], failures: list[dict], verdicts
     slices = _slices(arms)
     policy_arms = [a for a in arms if a.get("start") is not None]
     seconds = [a["seconds"] for a in policy_arms]
+    cpu = [a.get("cpu_seconds", math.nan) for a in policy_arms]
     lines = ["# Long-horizon leaderboard on the mini model", "",
              f"`deepforcing experiment --board` — model {board['model']} (sha256 {s['model_sha256']}), "
              f"{s['pairs']} held-out pairs per scene class, window {window} latent frames, horizons "
              f"{', '.join(horizon_key(h) for h in s['horizons'])}, start modes: prompt alone / the world's true first "
              f"{s['start_frames']} frames (image-to-video path); sampler {s['sampling']['solver']} "
              f"{len(s['sampling']['denoising_steps'])} steps; {len(policy_arms)} policy arms stored, "
-             f"{sum(seconds) / 60:.1f} min of generation.", ""]
+             f"{sum(seconds) / 60:.1f} min of generation and scoring ({sum(cpu) / 60:.1f} CPU min on "
+             f"{board.get('threads', '?')} thread(s)).", ""]
     lines += _methods_lines(arms, board, failures)
     worlds = {a["scene_class"]: a for a in arms if a.get("start") is None}
     main = [sl for sl in slices if sl[0] in MAIN_CLASSES]
