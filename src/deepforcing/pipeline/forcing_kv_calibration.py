@@ -25,7 +25,8 @@ from deepforcing.cache import make_policy
 from deepforcing.cache.forcing_kv import (LAST_K, SKIP_FIRST_K, THRESHOLD, head_profile_json, static_share,
                                           write_head_profile)
 
-__all__ = ["CALIBRATION_FRAMES", "HeadProfileProbe", "calibration_policy", "calibrate_forcing_kv"]
+__all__ = ["CALIBRATION_FRAMES", "HeadProfileProbe", "calibration_policy", "calibrate_forcing_kv",
+           "collect_head_shares"]
 
 CALIBRATION_FRAMES = 21
 """Latent frames of the profiling video: Self Forcing's training length (the shipped profiles are for 21-frame
@@ -72,15 +73,38 @@ def calibration_policy(frames: int):
     return make_policy("self-forcing", window=frames)
 
 
+def _check_frames(frames: int, chunk: int) -> None:
+    if frames % chunk or frames <= SKIP_FIRST_K + chunk:
+        raise ValueError(f"--frames must be a multiple of the {chunk}-frame chunk and more than {SKIP_FIRST_K + chunk} "
+                         f"(the statistic skips the first {SKIP_FIRST_K} key frames), got {frames}")
+
+
+def collect_head_shares(model, *, context, latent_shape: tuple[int, int, int], sampling,
+                        frames: int = CALIBRATION_FRAMES, seed: int = 0) -> torch.Tensor:
+    """The ``[layers, heads]`` static shares of a causal chunk model without a generator around it (a bare
+    transformer and its prompt context, e.g. ``benchmarks/policy_chunk_cost.py``'s random model): the same
+    ``frames``-frame global-attention rollout and probe as :func:`calibrate_forcing_kv`, through
+    :class:`~deepforcing.pipeline.rollout.VideoRollout` with Gaussian noise from ``seed``."""
+    from deepforcing.pipeline.rollout import VideoRollout
+
+    _check_frames(frames, sampling.chunk_frames)
+    probe = HeadProfileProbe(chunk_start=frames - sampling.chunk_frames)
+    with torch.no_grad():
+        rollout = VideoRollout(model=model, policy=calibration_policy(frames), context=context, sampling=sampling,
+                               latent_shape=tuple(latent_shape), seeds=(seed,), max_frames=frames)
+        rollout.cache.attention_observer = probe
+        for _ in range(frames // sampling.chunk_frames):
+            rollout.step()
+    return probe.shares()
+
+
 def calibrate_forcing_kv(gen, prompt: str | None, out: str | Path, *, frames: int = CALIBRATION_FRAMES,
                          seed: int = 0, threshold: float = THRESHOLD) -> tuple[dict, torch.Tensor]:
     """Roll out one ``frames``-frame video of ``gen`` (a :class:`~deepforcing.pipeline.generate.VideoGenerator`),
     profile its heads at the last chunk's clean pass and write the head profile JSON to ``out``. Returns the profile
     and the ``[layers, heads]`` shares."""
     chunk = gen.bundle.sampling.chunk_frames
-    if frames % chunk or frames <= SKIP_FIRST_K + chunk:
-        raise ValueError(f"--frames must be a multiple of the {chunk}-frame chunk and more than {SKIP_FIRST_K + chunk} "
-                         f"(the statistic skips the first {SKIP_FIRST_K} key frames), got {frames}")
+    _check_frames(frames, chunk)
     probe = HeadProfileProbe(chunk_start=frames - chunk)
     for _ in gen.stream(prompt, latent_frames=frames, policy=calibration_policy(frames), seed=seed,
                         attention_observer=probe):
