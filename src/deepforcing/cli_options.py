@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_policy_arguments", "policy_sizes_from_args", "policy_from_args", "add_model_arguments",
-           "add_start_arguments", "start_from_args"]
+__all__ = ["add_policy_arguments", "add_policy_option_arguments", "policy_sizes_from_args", "policy_from_args",
+           "add_model_arguments", "add_start_arguments", "start_from_args"]
 
 
 def _parse_bool(text: str) -> bool:
@@ -18,7 +18,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-forcing") -> None:
-    from .cache import POLICIES, policy_names, policy_option_table
+    from .cache import POLICIES, policy_names
 
     group = parser.add_argument_group("cache policy")
     group.add_argument(
@@ -26,7 +26,15 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "deep-f
         help=f"KV-cache policy: {', '.join(policy_names())} (default: {default or 'the model preset'}; old names: "
              f"{', '.join(f'{old} = {new}' for old, new in POLICIES.aliases().items())})",
     )
-    for opt in policy_option_table():  # every registered policy's options (None = the policy's own default)
+    add_policy_option_arguments(group)
+
+
+def add_policy_option_arguments(group) -> None:
+    """Every registered policy's options as flags (``None`` = the policy's own default) on ``group`` (a parser or an
+    argument group): ``--policy``'s commands and ``bench``, whose ``--policies`` each take the ones they have."""
+    from .cache import policy_option_table
+
+    for opt in policy_option_table():
         kind = {"bool": _parse_bool}.get(opt.type.__name__, opt.type)
         extra = {"choices": list(opt.choices)} if opt.choices else {"type": kind}
         group.add_argument(opt.flag, dest=opt.name, default=None, help=opt.help, **extra)

@@ -577,7 +577,7 @@ class KVCache:
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
         grouped = type(policy).head_groups is not CachePolicy.head_groups and None not in policy.layout.values()
-        group_slots = (sum(policy.layout.values()) + geometry.chunk_frames) * geometry.tokens_per_frame
+        group_slots = (sum(policy.layout.values()) + geometry.chunk_frames) * geometry.tokens_per_frame if grouped else 0
         total = 0
         for i in range(num_layers):
             sink = 0 if policy.key_storage(i) == "pre-rope" else anchor

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from deepforcing.cli_options import add_model_arguments
+from deepforcing.cli_options import add_model_arguments, add_policy_option_arguments, policy_sizes_from_args
 
-__all__ = ["add_bench_arguments", "run_bench", "bench_policy"]
+__all__ = ["add_bench_arguments", "run_bench", "bench_policy", "policy_options_for"]
 
 DEFAULT_POLICIES = ("self-forcing", "attention-sink", "rolling-forcing-sink", "deep-sink", "deep-forcing",
                     "random-topc")
@@ -75,6 +75,9 @@ def bench_policy(generator, policy, latent_frames: int, seed: int = 0, prompt: s
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="comma-separated policy names")
+    add_policy_option_arguments(p.add_argument_group(
+        "policy options", "each named policy takes the options it has (e.g. --policies self-forcing,forcing-kv "
+                          "--head-profile heads.json: forcing-kv's per-checkpoint file); an option none has is refused"))
     p.add_argument("--horizons", default="1,4,12,48", help="video lengths as multiples of the training horizon")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", default=None, help="prompt of every video (default: the model's; real models need one)")
@@ -112,6 +115,25 @@ def time_main_job(generator, seconds: float = 60.0, prompt: str | None = None) -
             "fps": result.pixel_frames / wall, "real_time_factor": video_seconds / wall}
 
 
+def policy_options_for(names: list[str], sizes: dict) -> dict[str, dict]:
+    """The given policy options (``sizes``, ``None`` = not given) each of ``names`` has; an option none of them has
+    raises ``ValueError`` (a misspelt artefact flag would otherwise be dropped in silence)."""
+    import dataclasses
+
+    from deepforcing.cache import POLICIES
+
+    given = {k: v for k, v in sizes.items() if v is not None}
+    for name in names:
+        if name not in POLICIES:
+            raise ValueError(f"unknown cache policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    fields = {name: {f.name for f in dataclasses.fields(POLICIES[name]) if f.init} for name in names}
+    unused = sorted(k for k in given if not any(k in f for f in fields.values()))
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ValueError(f"{flags}: no option of {', '.join(names)}")
+    return {name: {k: v for k, v in given.items() if k in fields[name]} for name in names}
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from deepforcing.model_spec import ModelSpec, check_model, set_threads
 
@@ -135,7 +157,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if not model.is_mini and not args.prompt:
         raise ValueError("a real model needs --prompt (the mini model has a default one)")
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
-    policies = {name: model.policy(name) for name in names}  # built once each, before the weights load
+    options = policy_options_for(names, policy_sizes_from_args(args))
+    policies = {name: model.policy(name, **options[name]) for name in names}  # built once each, before weights load
     horizon = model.policy().window  # the training horizon = the model's attention window
     generator = model.open()
     set_threads(generator, args.threads)
