@@ -13,7 +13,9 @@ from deepforcing.cache import POLICIES
 from deepforcing.cache.policies import SelfForcing
 from deepforcing.cli import main
 from deepforcing.eval.kv_cost import formula_bytes
-from deepforcing.eval.leaderboard import WORLD, BoardConfig, arm_key, load_arms, parse_entry_options, run_board
+from deepforcing.eval.leaderboard import BoardConfig, run_board
+from deepforcing.eval.leaderboard_command import parse_entry_options
+from deepforcing.eval.leaderboard_store import WORLD, arm_key, load_arms
 from deepforcing.eval.leaderboard_methods import Claim, board_entries, method_info
 from deepforcing.eval.leaderboard_report import board_verdicts, cost_verdict, rank_with_ties
 

@@ -40,45 +40,11 @@ from deepforcing.cli_options import add_model_arguments
 from .experiment_arms import (  # noqa: F401  (re-exported: the study's public names)
     ARMS, CLAIMS, DEFAULT_HORIZONS, DRIFT_KEYS, SINK_SWEEP, WORLD_KEYS, Arm, horizon_key, select_arms,
 )
+from .experiment_arms import parse_horizons as _parse_horizons
+from .video_scores import score_video, truth_video as _truth_video
 
 __all__ = ["Arm", "ARMS", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "horizon_key", "run_experiment", "truth_start_rollout",
            "score_video", "add_experiment_arguments", "run_experiment_command"]
-
-
-def score_video(video: torch.Tensor, prompt: str, window: int, fps: int, horizons: list[float]) -> dict:
-    """Ground-truth metrics inside / beyond the horizon and drift metrics of one video ``[T, 3, H, W]``."""
-    from deepforcing.mini.measure import MeasureConfig, score_tracks, track_objects
-    from deepforcing.mini.quality import slice_tracks
-    from deepforcing.mini.world import to_uint8
-
-    from .flow import FlowConfig
-    from .metrics import EvalConfig, evaluate_frames
-
-    tracks = track_objects(video, prompt, MeasureConfig())
-
-    def gt(start: int, stop: int) -> dict:
-        m = score_tracks(slice_tracks(tracks, start, stop), prompt)
-        # the whole span's speed ratio is VideoMetrics.speed_preservation; the other keys share their names
-        return {k: getattr(m, "speed_preservation" if k == "speed_ratio" else k) for k in WORLD_KEYS}
-
-    whole = score_tracks(tracks, prompt)
-    out = {"inside": gt(0, window), "beyond": {}, "drift": {}, "window_frames": whole.window,
-           "windows": {k: [None if not math.isfinite(x) else round(x, 4) for x in whole.windows[k]] for k in WORLD_KEYS}}
-    uint8 = to_uint8(video.clamp(-1, 1))
-    # flow at twice the mini frame size: the world's motion is a few pixels per frame; 128 px would cost 4x more
-    config = EvalConfig(window_frames=window, flow=FlowConfig(short_side=2 * video.shape[-1]))
-    for h in horizons:
-        stop = int(round(h * window))
-        out["beyond"][horizon_key(h)] = gt(window, stop)
-        drift = evaluate_frames(uint8[:stop], fps, config)
-        out["drift"][horizon_key(h)] = {k: drift.summary.get(k) for k in DRIFT_KEYS}
-    return out
-
-
-def _truth_video(prompt: str, seed: int, frames: int, size: int) -> torch.Tensor:
-    from deepforcing.mini.world import render_clip
-
-    return render_clip(prompt, seed=seed, num_frames=frames, size=size).frames
 
 
 def truth_start_rollout(bundle, policy, prompts: list[str], seeds: list[int], frames: int,
@@ -207,22 +173,12 @@ def _json_default(value):
     return None
 
 
-def _parse_horizons(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) and 1 < v <= 10_000 for v in values):
-        raise ValueError(f"--horizons must be comma-separated multiples of the window, each above 1 and at most "
-                         f"10000 (e.g. 12,48), got {text!r}")
-    return values
-
-
-BOARD_OUT = "results/leaderboard"
 STUDY_OUT = "results/long_horizon"
 
 
 def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from .leaderboard_methods import BOARD_OUT
+
     p.add_argument("--out", default=None, help=f"output folder (default {STUDY_OUT}; with --board {BOARD_OUT})")
     p.add_argument("--board", action="store_true",
                    help="the leaderboard (deepforcing.eval.leaderboard): every registered policy at its release "
@@ -263,7 +219,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     if args.board:
-        from .leaderboard import run_board_command
+        from .leaderboard_command import run_board_command
 
         return run_board_command(args)
     if args.out is None:

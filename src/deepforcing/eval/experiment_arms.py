@@ -4,10 +4,11 @@ other (arXiv 2512.05081: Tab. 1, Tab. 4, Fig. 5, Tab. 5, App. A and D)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 __all__ = ["Arm", "ARMS", "SINK_SWEEP", "CLAIMS", "WORLD_KEYS", "DRIFT_KEYS", "DEFAULT_HORIZONS", "horizon_key",
-           "select_arms"]
+           "parse_horizons", "select_arms"]
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,15 @@ def select_arms(labels: list[str] | None, every_arm_long: bool = False) -> list[
             raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     arms = [a for a in ARMS if labels is None or a.label in labels]
     return [Arm(a.label, a.policy, a.sizes, a.groups, True) for a in arms] if every_arm_long else arms
+
+
+def parse_horizons(text: str) -> tuple[float, ...]:
+    """``"12,48"`` -> ``(12.0, 48.0)``: video lengths in windows, each above 1 and at most 10000 (else ``ValueError``)."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and 1 < v <= 10_000 for v in values):
+        raise ValueError(f"--horizons must be comma-separated multiples of the window, each above 1 and at most "
+                         f"10000 (e.g. 12,48), got {text!r}")
+    return values

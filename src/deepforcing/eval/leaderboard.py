@@ -4,9 +4,9 @@ protocol, ground truth (``deepforcing experiment --board``; results in ``results
 An *arm* is one entry (:mod:`.leaderboard_methods`: a policy, or LoL's jitter on its base) on one scene class
 (:func:`deepforcing.mini.quality.held_out_pairs` with ``scene_class``: ``1-object``, ``2-object``, ``hard``) in one
 start mode: ``prompt`` (free rollouts from the prompt alone) or ``truth`` (the world's true first chunk given
-through the image-to-video path, :func:`deepforcing.eval.experiment.truth_start_rollout`'s prefill). Each arm's
+through the image-to-video path, ``VideoRollout.prefill`` as in ``generate --video``). Each arm's
 videos are generated once to the longest horizon (a causal rollout contains every shorter one) and scored on every
-prefix with the long-horizon study's metrics (:func:`deepforcing.eval.experiment.score_video`). The same run gives
+prefix with the long-horizon study's metrics (:func:`deepforcing.eval.video_scores.score_video`). The same run gives
 the arm's cost: the median process CPU time of a sampled chunk (the batch's ``VideoRollout.step``, decoding
 excluded; other jobs on a shared machine disturb it far less than the wall clock, whose median is stored too) and
 the peak KV bytes its cache holds per video (:func:`deepforcing.eval.kv_cost.cache_bytes`), next to the real
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import statistics
 import time
 import traceback
@@ -35,11 +33,10 @@ import numpy as np
 import torch
 
 from .leaderboard_methods import SCENE_CLASSES, START_MODES, Entry, board_entries, select_entries
+from .leaderboard_store import WORLD, arm_key, save_arm, stored_arm
 
-__all__ = ["BoardConfig", "arm_key", "run_board", "load_arms", "board_settings", "model_id", "parse_entry_options",
-           "run_board_command", "WORLD"]
+__all__ = ["BoardConfig", "run_board", "board_settings", "model_id", "calibrate_entries", "CALIBRATION_FILES"]
 
-WORLD = "world (ground truth)"
 STRIP_COLUMNS = 14  # frames per strip row, evenly spaced over the video (as the long-horizon study's strips)
 STRIP_PAIR = 0  # the strips show each class's first held-out pair (fixed, so arms stay independent of each other)
 
@@ -59,15 +56,6 @@ class BoardConfig:
     model: str | None = None  # a mini model file; None: the shipped one
     entry_options: dict = field(default_factory=dict)  # entry label -> extra policy options (per-checkpoint files)
     extra: dict = field(default_factory=dict)  # recorded with the run (e.g. threads), not part of the settings
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
-
-
-def arm_key(scene_class: str, start: str | None, label: str) -> str:
-    """File stem of an arm: ``<class>__<start>__<entry>`` (the world's ground truth has no start mode)."""
-    return "__".join(_slug(x) for x in (scene_class, start or "world", label))
 
 
 def model_id(model: str | None) -> str:
@@ -97,44 +85,6 @@ def _arm_settings(shared: dict, entry: Entry | None, policy, scene_class: str, s
     return {**shared, **own}
 
 
-def _stored(path: Path, settings: dict) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if record.get("settings") == settings else None
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
-def _save_arm(arms_dir: Path, key: str, record: dict, strips: dict[str, np.ndarray]) -> None:
-    """Strips first, then the JSON: an arm counts as done only once its JSON is in place."""
-    _write_atomic(arms_dir / f"{key}.npz", lambda p: _savez(p, strips))
-    _write_atomic(arms_dir / f"{key}.json", lambda p: p.write_text(json.dumps(record, default=_json_default)))
-    failed = arms_dir / f"{key}.failed.json"
-    if failed.exists():
-        failed.unlink()
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object: numpy adds no ".npz" to the temporary name
-        np.savez_compressed(f, **arrays)
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return None
-
-
 def _strip(video: torch.Tensor, horizons: list[float], window: int) -> dict[str, np.ndarray]:
     from deepforcing.mini.world import to_uint8
 
@@ -149,12 +99,12 @@ def _strip(video: torch.Tensor, horizons: list[float], window: int) -> dict[str,
 
 
 def _world_arm(held, scene_class: str, horizons: list[float], window: int, fps: int, size: int):
-    from .experiment import _truth_video, score_video
+    from .video_scores import score_video, truth_video
 
     longest = int(round(horizons[-1] * window))
     videos, strip = [], {}
     for i, (prompt, seed) in enumerate(held):
-        video = _truth_video(prompt, seed, longest, size)
+        video = truth_video(prompt, seed, longest, size)
         videos.append(score_video(video, prompt, window, fps, horizons))
         if i == STRIP_PAIR:
             strip = _strip(video, horizons, window)
@@ -166,7 +116,7 @@ def _policy_arm(gen, policy, held, horizons: list[float], window: int, fps: int,
     """Scores, strip frames and cost of one arm's rollouts (batches of ``batch`` pairs)."""
     from deepforcing.mini.quality import rollout_videos
 
-    from .experiment import _truth_video, score_video
+    from .video_scores import score_video, truth_video
     from .kv_cost import cache_bytes
 
     frames = int(round(horizons[-1] * window))
@@ -190,7 +140,7 @@ def _policy_arm(gen, policy, held, horizons: list[float], window: int, fps: int,
         part = slice(begin, begin + batch)
         start = None
         if start_frames:
-            start = torch.stack([_truth_video(p, s, start_frames, size) for p, s in zip(prompts[part], seeds[part])])
+            start = torch.stack([truth_video(p, s, start_frames, size) for p, s in zip(prompts[part], seeds[part])])
         batch_videos = rollout_videos(gen.bundle, policy, prompts[part], seeds[part], frames, start=start,
                                       observe=observe)
         first_batch[0] = False
@@ -229,14 +179,21 @@ def calibrate_entries(entries: list[Entry], out: Path, model: str | None, model_
         option, name = spec
         path = out / "calibration" / f"{entry.policy}_{model_hash}_{name}"
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"partial_{path.name}")
+            tmp = path.parent / "partial" / path.name  # renamed into place when complete
+            tmp.parent.mkdir(parents=True, exist_ok=True)
             args = add_calibrate_arguments(argparse.ArgumentParser()).parse_args(
                 ["--policy", entry.policy, "--out", str(tmp), "--model", model or "mini",
                  "--threads", str(torch.get_num_threads())])
             log(f"calibrating {entry.policy} for the model (deepforcing calibrate) into {path}")
-            run_calibrate(args)
-            tmp.replace(path)
+            try:
+                run_calibrate(args)
+                tmp.replace(path)
+            except Exception as error:  # the entry then runs without the file: its arms fail and are reported if
+                # the policy needs it, and the next run tries the calibration again
+                log(f"calibrating {entry.policy} FAILED ({type(error).__name__}: {error}); its arms run without "
+                    f"--{option.replace('_', '-')}")
+                result.append(entry)
+                continue
         result.append(replace(entry, sizes={**entry.sizes, option: str(path)}))
     return result
 
@@ -273,10 +230,10 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
         held = held_out_pairs(config.pairs, scene_class)
         key = arm_key(scene_class, None, WORLD)
         settings = _arm_settings(shared, None, None, scene_class, None, horizons)
-        if _stored(arms_dir / f"{key}.json", settings) is None:
+        if stored_arm(arms_dir / f"{key}.json", settings) is None:
             t0 = time.perf_counter()
             videos, strip = _world_arm(held, scene_class, horizons, window, fps, size)
-            _save_arm(arms_dir, key, {"key": key, "label": WORLD, "policy": None, "scene_class": scene_class,
+            save_arm(arms_dir, key, {"key": key, "label": WORLD, "policy": None, "scene_class": scene_class,
                                       "start": None, "horizons": horizons, "prompts": [p for p, _ in held],
                                       "seeds": [s for _, s in held], "settings": settings, "videos": videos,
                                       "seconds": time.perf_counter() - t0}, strip)
@@ -290,7 +247,7 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
                     _fail(arms_dir, key, entry, error, summary, log)
                     continue
                 settings = _arm_settings(shared, entry, policy, scene_class, start, arm_horizons)
-                if _stored(arms_dir / f"{key}.json", settings) is not None:
+                if stored_arm(arms_dir / f"{key}.json", settings) is not None:
                     summary["skipped"].append(key)
                     log(f"{key}: stored with the same settings, skipped")
                     continue
@@ -304,7 +261,7 @@ def run_board(config: BoardConfig, generator=None, log=lambda line: print(line, 
                 seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
                 info = method_info(entry)
                 cost["wan_1p3b_bf16_bytes"] = wan_1p3b_bytes(policy)
-                _save_arm(arms_dir, key, {
+                save_arm(arms_dir, key, {
                     "key": key, "label": entry.label, "policy": entry.policy, "sizes": entry.sizes,
                     "paper_only": entry.paper_only, "method": info.method, "arxiv": info.arxiv,
                     "release": info.release, "scene_class": scene_class, "start": start, "horizons": arm_horizons,
@@ -328,111 +285,3 @@ def _fail(arms_dir: Path, key: str, entry: Entry, error: BaseException, summary:
         {"key": key, "label": entry.label, "error": message, "traceback": traceback.format_exc(limit=4)}, indent=1))
     summary["failed"].append(key)
     log(f"{key}: FAILED ({message}); the report lists it, a rerun retries it")
-
-
-def load_arms(out: Path) -> tuple[dict, list[dict], list[dict]]:
-    """(the run's ``board.json``, the stored arms that match its settings, the failures) of a board folder."""
-    board = json.loads((out / "board.json").read_text())
-    shared = board["settings"]
-    arms, failures = [], []
-    for path in sorted((out / "arms").glob("*.json")):
-        record = json.loads(path.read_text())
-        if path.name.endswith(".failed.json"):
-            failures.append(record)
-            continue
-        own = record.get("settings", {})
-        same = all(own.get(k) == v for k, v in shared.items() if k != "horizons")
-        if same and set(own.get("horizons", ())) <= set(shared["horizons"]):  # full runs to the shortest only
-            npz = path.with_suffix(".npz")
-            if npz.is_file():
-                with np.load(npz) as data:
-                    record["strips"] = {k: data[k] for k in data.files}
-            arms.append(record)
-    return board, arms, failures
-
-
-def parse_entry_options(items: list[str]) -> dict[str, dict]:
-    """``["forcing-kv:head_profile=heads.json", "lol:rope_jitter=0.5"]`` -> ``{"forcing-kv": {"head_profile":
-    "heads.json"}, "lol": {"rope_jitter": 0.5}}`` (values read as JSON numbers / booleans when they parse)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        entry, sep, assignment = item.partition(":")
-        key, eq, value = assignment.partition("=")
-        if not (sep and eq and entry.strip() and key.strip()):
-            raise ValueError(f"--entry-option must be ENTRY:OPTION=VALUE (e.g. forcing-kv:head_profile=heads.json), "
-                             f"got {item!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(entry.strip(), {})[key.strip().replace("-", "_")] = parsed
-    return out
-
-
-def run_board_command(args) -> int:
-    """``deepforcing experiment --board``: check every option before the model loads, then run (or, with
-    ``--report-only``, redraw) the board in ``--out`` (default ``results/leaderboard``)."""
-    from deepforcing.cache import make_policy
-    from deepforcing.mini.quality import CLASS_POOL
-
-    from .experiment import BOARD_OUT, _parse_horizons
-    from .leaderboard_report import write_board_report
-
-    out = Path(args.out or BOARD_OUT)
-    if args.list:
-        from .leaderboard_methods import method_info
-
-        for entry in board_entries(parse_entry_options(args.entry_option or [])):
-            info = method_info(entry)
-            print(f"{entry.label:<20} {'short' if entry.short else 'long':<5} arXiv {info.arxiv or '-':<10} "
-                  f"{entry.policy} {json.dumps(entry.sizes) if entry.sizes else ''}  ({info.release})"
-                  f"{'  paper only' if entry.paper_only else ''}")
-        return 0
-    if args.report_only:
-        if not (out / "board.json").is_file():
-            raise ValueError(f"--report-only needs a board in {out}: board.json not found; run deepforcing "
-                             f"experiment --board --out {out} first")
-        write_board_report(out)
-        print((out / "summary.md").read_text())
-        return 0
-    classes = tuple(x.strip() for x in args.classes.split(",") if x.strip())
-    unknown = [c for c in classes if c not in SCENE_CLASSES]
-    if not classes or unknown:
-        raise ValueError(f"--classes must name scene classes among {', '.join(SCENE_CLASSES)}, got {args.classes!r}")
-    starts = tuple(x.strip() for x in args.starts.split(",") if x.strip())
-    if not starts or any(x not in START_MODES for x in starts):
-        raise ValueError(f"--starts must name start modes among {', '.join(START_MODES)}, got {args.starts!r}")
-    if not 2 <= args.pairs <= CLASS_POOL:
-        raise ValueError(f"--pairs must be in 2..{CLASS_POOL} (a confidence interval; the held-out pool of each class), "
-                         f"got {args.pairs}")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {args.batch}")
-    if args.start != "prompt":
-        raise ValueError("--board runs its own start modes: use --starts instead of --start")
-    horizons = _parse_horizons(args.horizons)
-    labels = [x.strip() for x in args.policies.split(",") if x.strip()] if args.policies else None
-    entry_options = parse_entry_options(args.entry_option or [])
-    for entry in select_entries(labels, entry_options):  # unknown entries or options fail here, before the model loads
-        if entry.label in entry_options:
-            make_policy(entry.policy, **entry.sizes)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    from deepforcing.model_spec import MINI, ModelSpec, check_model
-
-    model = check_model(ModelSpec.from_args(args))
-    if not model.is_mini:
-        raise ValueError("the board scores videos against the mini world's ground truth, so it runs the mini model "
-                         "only (--model mini or a mini model file)")
-    frames = model.chunk_frames if args.start_frames is None else args.start_frames
-    if not 1 <= frames < model.policy().window:
-        raise ValueError(f"--start-frames must be at least 1 and below the attention window "
-                         f"({model.policy().window} frames), got {frames}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = BoardConfig(out=out, pairs=args.pairs, horizons=horizons, classes=classes, starts=starts, labels=labels,
-                         batch=args.batch, start_frames=frames, model=None if args.model == MINI else args.model,
-                         entry_options=entry_options, extra={"threads": torch.get_num_threads()})
-    summary = run_board(config, generator=model.open())
-    print(f"board: {len(summary['run'])} arms run, {len(summary['skipped'])} skipped (stored), "
-          f"{len(summary['failed'])} failed, {summary['wall_seconds'] / 60:.1f} min; report in {out / 'summary.md'}")
-    return 0 if not summary["failed"] else 1

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field, replace
 
 __all__ = ["Entry", "MethodInfo", "Claim", "CLAIMS", "LONGLIVE", "LOL", "board_entries", "select_entries", "method_info",
-           "SCENE_CLASSES", "MAIN_CLASSES", "START_MODES"]
+           "BOARD_OUT", "SCENE_CLASSES", "MAIN_CLASSES", "START_MODES"]
 
+BOARD_OUT = "results/leaderboard"  # the board's default folder
 SCENE_CLASSES = ("1-object", "2-object", "hard")  # deepforcing.mini.quality.SCENE_CLASSES
 MAIN_CLASSES = ("1-object", "2-object")  # the board's headline classes; "hard" is reported separately
 START_MODES = ("prompt", "truth")  # from the prompt alone; from the world's true first chunk (image-to-video path)

@@ -24,6 +24,7 @@ from deepforcing.stats import mean_ci
 from .experiment_arms import horizon_key
 from .experiment_report import PAIRED_METRICS, PRIMARY, _cell, _metric, _pyplot, _running_mean, claim_verdicts
 from .leaderboard_methods import CLAIMS, MAIN_CLASSES, Claim
+from .leaderboard_store import load_arms
 
 __all__ = ["RANK_METRIC", "rank_with_ties", "board_verdicts", "cost_verdict", "write_board_report",
            "board_markdown"]
@@ -301,8 +302,6 @@ def _slices(arms: list[dict]) -> list[tuple[str, str]]:
 
 def write_board_report(out: Path) -> list[dict]:
     """Rebuild ``summary.md``, ``verdicts.json`` and the plots of a board folder from its stored arms."""
-    from .leaderboard import load_arms
-
     board, arms, failures = load_arms(out)
     verdicts = board_verdicts(arms)
     (out / "summary.md").write_text(board_markdown(board, arms, failures, verdicts))
