@@ -238,3 +238,22 @@ def test_a_policy_needing_a_per_checkpoint_file_gets_it_made_for_the_model(tiny_
     arm = next(a for a in arms if a["label"] == "forcing-kv")
     assert arm["settings"]["policy"]["head_profile"] == str(profile) and arm["settings"]["policy"]["patches"] == 4
     assert run_board(config, log=lambda *_: None)["skipped"] == [arm_key("1-object", "prompt", "forcing-kv")]
+
+
+def test_a_failed_calibration_does_not_stop_the_board(tiny_mini, tmp_path, monkeypatch):
+    import deepforcing.eval.calibrate as calibrate
+
+    def broken(args):
+        raise RuntimeError("calibration crashed")
+
+    monkeypatch.setattr(calibrate, "run_calibrate", broken)
+    lines = []
+    config = BoardConfig(out=tmp_path, pairs=2, horizons=(2.0,), classes=("1-object",), starts=("prompt",),
+                         labels=["triattention"], batch=2, model=str(tiny_mini))
+    summary = run_board(config, log=lines.append)
+    assert any("calibrating triattention FAILED (RuntimeError: calibration crashed)" in x for x in lines)
+    assert not list((tmp_path / "calibration").glob("triattention_*"))  # nothing half-made in place
+    # its release default scores nothing (budget = sink + last frames), so it runs without the statistics
+    assert summary["run"] == [arm_key("1-object", "prompt", "triattention")]
+    _, arms, _ = load_arms(tmp_path)
+    assert next(a for a in arms if a["label"] == "triattention")["settings"]["policy"]["calibration"] is None
