@@ -193,7 +193,7 @@ def model_table(args, model, context, policies: dict, latent: tuple[int, int]) -
     base = min(times["self-forcing"][-args.timed:]) if "self-forcing" in times else None
     base_bytes = cache_bytes(caches["self-forcing"])[0] if "self-forcing" in caches else None
     print("\n| policy | ms/chunk | / self-forcing | attn share | frames held per head | KV MiB held (x30 layers) "
-          "| / self-forcing | MiB allocated (x30) |")
+          "| / self-forcing | MiB allocated incl. states (x30) |")
     print("|---|---|---|---|---|---|---|---|")
     for n in names:
         fastest = min(range(len(times[n]) - args.timed, len(times[n])), key=lambda j: times[n][j])
@@ -204,7 +204,7 @@ def model_table(args, model, context, policies: dict, latent: tuple[int, int]) -
         ratio = f"{ms / (base * 1e3):.2f}" if base else "-"
         bratio = f"{held / base_bytes:.2f}" if base_bytes else "-"
         print(f"| {n} | {ms:.0f} | {ratio} | {share:.0%} | {head_frames(caches[n]):g} | {held * scale:.1f} | {bratio} | "
-              f"{caches[n].memory_bytes() * scale:.1f} |")
+              f"{allocated * scale:.1f} |")
 
 
 # ------------------------------------------------------------------------------- table 2: the attention call
