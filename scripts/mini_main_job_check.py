@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-5")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--policy", default=None, help="cache policy (default: the model's, deep-forcing)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -37,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(lo, hi + 1):
             path = Path(tmp) / f"seed{seed}.mp4"
-            gen.generate(None, output=path, seconds=args.seconds, seed=seed, sidecar=False)
+            gen.generate(None, output=path, seconds=args.seconds, seed=seed, sidecar=False, policy=args.policy)
             frames, fps = read_video(path)  # uint8 [T, H, W, 3] at the display scale
             t, h, w, _ = frames.shape
             k = MINI_DISPLAY_SCALE  # back to the model's frames: the mean of each upscaled block
@@ -56,6 +57,7 @@ def main() -> None:
           f"{summary['persistence']['ci_high']:.3f}), count accuracy {summary['count_accuracy']['mean']:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model or "shipped", "prompt": MINI_DEFAULT_PROMPT,
+                                              "policy": args.policy or "default",
                                               "rows": rows, "summary": summary}, indent=1))
 
 
