@@ -23,7 +23,8 @@ _HELP = {  # one line per command, shown by `deepforcing --help` (which builds n
     "eval": "measure long-horizon drift of videos (no downloaded weights needed)",
     "bench": "per-chunk latency, frames/s, memory and policy overhead per policy at 1x..48x the training horizon",
     "diagnose": "attention mass per cached frame and Top-C selection heatmap (paper Fig. 4 / Fig. 13)",
-    "experiment": "the long-horizon policy comparison on the mini model (results/long_horizon)",
+    "experiment": "the long-horizon policy comparison on the mini model (results/long_horizon); --board: the "
+                  "leaderboard of every registered policy (results/leaderboard)",
     "serve": "a live web page: watch the video as it is generated, switch its prompt while it runs",
     "presets": "list the model presets (chunk, window, steps, shift, policy) and their sources",
     "calibrate": "make the per-checkpoint file a policy needs for your model (forcing-kv: its head profile; "
@@ -349,7 +350,9 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "experiment",
         help=_HELP["experiment"],
         description="Every policy on the same prompt x seed pairs at 12x (and 48x) the training horizon, scored "
-        "with the mini world's ground truth and the drift metrics; mean +- 95%% CI per policy.",
+        "with the mini world's ground truth and the drift metrics; mean +- 95%% CI per policy. With --board, the "
+        "leaderboard: every registered policy at its release defaults per scene class and start mode, stored arm by "
+        "arm so that a rerun resumes (results/leaderboard/README.md).",
     )
     add_experiment_arguments(p)
     p.set_defaults(func=run_experiment_command)
