@@ -85,3 +85,21 @@ def test_generate_refuses_a_foreign_profile_before_the_model_loads(tiny_mini, tm
     assert main(argv) == 2 and "needs --head-profile" in capsys.readouterr().err
     assert main(argv + ["--head-profile", str(TRACE / "heads.json")]) == 2
     assert "is for 3 layers x 2 heads, the model has 2 x" in capsys.readouterr().err
+
+
+def test_patches_that_do_not_divide_a_frame_are_refused_before_the_model_loads(tiny_mini, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from deepforcing.model_spec import CheckedModel, ModelSpec, check_model
+
+    out = tmp_path / "heads.json"
+    assert main(["calibrate", "--policy", "forcing-kv", "--out", str(out), "--model", str(tiny_mini)]) == 0
+    tokens = check_model(ModelSpec(str(tiny_mini))).tokens_per_frame()
+    bundle = check_model(ModelSpec(str(tiny_mini))).open().bundle
+    assert tokens == bundle.transformer.tokens_per_frame(*bundle.latent_shape[1:])
+    bad = next(p for p in range(2, tokens + 2) if tokens % p)
+    monkeypatch.setattr(CheckedModel, "open", lambda self: pytest.fail("weights loaded"))
+    argv = ["generate", "a red circle", "--model", str(tiny_mini), "--frames", "6", "-o", str(tmp_path / "v.mp4"),
+            "--policy", "forcing-kv", "--head-profile", str(out), "--patches", str(bad)]
+    assert main(argv) == 2
+    assert f"{tokens} tokens per frame do not split into --patches {bad}" in capsys.readouterr().err
+    assert not list(tmp_path.glob("v*.mp4"))

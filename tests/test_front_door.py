@@ -152,6 +152,15 @@ def test_the_policy_is_built_before_the_weights_load(wan_folder, tmp_path):
         model.policy("deep-forcing", sink=40)  # a sink larger than the window: refused, nothing loaded
 
 
+@pytest.mark.parametrize("resolution", [None, "32x48", "64x32"])
+def test_tokens_per_frame_are_known_before_the_weights_load(wan_folder, resolution):
+    """What a policy's geometry check reads (Forcing-KV's patches must divide a frame) equals the loaded model's."""
+    model = check_model(ModelSpec(str(wan_folder), resolution=resolution))
+    tokens = model.tokens_per_frame()
+    bundle = model.open().bundle
+    assert tokens == bundle.transformer.tokens_per_frame(*bundle.latent_shape[1:])
+
+
 def test_attention_backend_is_diffusers_own_switch(tiny_mini, monkeypatch):
     """--attention-backend calls diffusers' set_attention_backend, and the processor's backend reaches every
     dispatch_attention_fn call (self- and cross-attention)."""

@@ -145,6 +145,8 @@ class CheckedModel:
         policy = policy_from_defaults(self.default_policy(), name, **sizes)
         if type(policy).validate_model is not CachePolicy.validate_model:  # only policies that check read the config
             policy.validate_model(*self.attention_shape())
+        if type(policy).validate_tokens is not CachePolicy.validate_tokens:
+            policy.validate_tokens(self.tokens_per_frame())
         if policy.rope_jitter and self.preset is not None and self.preset.sampling.solver == "rolling-forcing":
             raise ValueError("--rope-jitter: Rolling Forcing's sampler has its own cache and RoPE (pipeline.rolling), "
                              "which the jitter does not reach; drop --rope-jitter or use a chunk-wise preset")
@@ -161,6 +163,26 @@ class CheckedModel:
 
         config = transformer_config(self.spec.model)
         return int(config["num_layers"]), int(config["num_attention_heads"])
+
+    def tokens_per_frame(self) -> int:
+        """Tokens per latent frame (the latent size over the transformer's patch), from the configs without weights."""
+        if self.is_mini:
+            from deepforcing.mini.model import MiniConfig
+
+            return MiniConfig(**json.loads(self.mini[0]["config"])).tokens_per_frame
+        from deepforcing.models.bundle import transformer_config
+        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
+
+        patch = transformer_config(self.spec.model).get("patch_size", (1, 2, 2))
+        latent = (self.preset.latent_height, self.preset.latent_width)
+        size = _resolution(self.spec.resolution)
+        if size is not None:
+            layout, path = resolve_vae_path(self.spec.model)
+            config = WanVAEConfig() if layout == "original" else \
+                WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+            spatial = 2 ** (len(config.dim_mult) - 1)
+            latent = (size[0] // spatial, size[1] // spatial)
+        return (latent[0] // patch[1]) * (latent[1] // patch[2])
 
     def horizon_pixel_frames(self) -> int:
         """Pixel frames of the model's training horizon (its attention window through its codec), without loading

@@ -365,6 +365,11 @@ class CachePolicy:
         layers with ``num_heads`` attention heads, e.g. a per-checkpoint file made for another model; checked before
         any weights load (:meth:`deepforcing.model_spec.CheckedModel.policy`). Default: any model."""
 
+    def validate_tokens(self, tokens_per_frame: int) -> None:
+        """Raise ``ValueError`` (saying what to change) if the policy cannot run on a model with ``tokens_per_frame``
+        tokens per latent frame (e.g. Forcing-KV's patches must divide a frame); checked before any weights load
+        (:meth:`deepforcing.model_spec.CheckedModel.policy`). Default: any size."""
+
     def validate_event(self, kind: str, chunk_frames: int) -> None:
         """Raise ``ValueError`` (one line saying what to change) if the policy cannot react to a ``kind`` event
         (:class:`StreamEvent`) on a model making ``chunk_frames``-frame chunks; a timeline's events are checked with

@@ -225,6 +225,13 @@ class ForcingKV(FifoSelector):
     def validate_model(self, num_layers: int, num_heads: int) -> None:
         self.profile().check(num_layers, num_heads)
 
+    def validate_tokens(self, tokens_per_frame: int) -> None:
+        if tokens_per_frame % self.patches:
+            divisors = [d for d in range(1, tokens_per_frame + 1) if tokens_per_frame % d == 0 and d > 1]
+            raise ValueError(f"forcing-kv: {tokens_per_frame} tokens per frame do not split into --patches "
+                             f"{self.patches} (the release requires it); pass --patches dividing {tokens_per_frame}, "
+                             f"e.g. {divisors[:6]}")
+
     def profile(self) -> HeadProfile:
         """The head profile (read once); refuses a policy built without ``--head-profile``."""
         if self._profile is None:
@@ -242,10 +249,7 @@ class ForcingKV(FifoSelector):
         chunk = layer.owner.geometry.chunk_frames
         if layer.index == 0 or layer.owner.call.start_frame < (self.split_after + 1) * chunk:
             return None
-        tokens = layer.owner.geometry.tokens_per_frame
-        if tokens % self.patches:
-            raise ValueError(f"forcing-kv: {tokens} tokens per frame do not split into --patches {self.patches} "
-                             f"(the release requires it); pass --patches dividing {tokens}")
+        self.validate_tokens(layer.owner.geometry.tokens_per_frame)
         profile = self.profile()
         profile.check(len(layer.owner.layers), layer.owner.heads)
         static, dynamic = profile.static[layer.index], profile.dynamic[layer.index]
