@@ -27,16 +27,15 @@ from typing import Callable
 
 import torch
 
+from . import head_groups
 from .base import CachePolicy, ChunkContext, Decision, HeadGroup, Reaction, StreamEvent, Write
+from .head_groups import Kernel
 from .rope import CallRope, TemporalRope
 from .rope_jitter import JitteredCallRope, JitteredTemporalRope
 from .scoring import QueryWindow
 from .store import LayerKVStore
 
 __all__ = ["CacheGeometry", "CallInfo", "CacheEvent", "KVCache", "LayerCache", "HeadGroupCache", "Kernel"]
-
-Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""The model's attention: ``(q, keys, values)`` ``[B, h, n, D]`` / ``[B, h, L, D]`` -> output ``[B, h, n, D]``."""
 
 
 @dataclass(frozen=True)
@@ -214,100 +213,13 @@ class LayerCache:
         (:meth:`~deepforcing.cache.CachePolicy.query_positions` of this layer), every group writes its heads' keys
         into its own store (decision, ``after_write``, ``read``, ``observe_attention`` on the group's view), groups
         sharing a ``pack`` name with equal key counts go through one kernel call, and the outputs are scattered
-        back to head order."""
-        if not self.groups:
-            groups = self._new_groups(k)
-            if groups is None:
-                return kernel(*self._attend(q, k, v))
-            return self._split(groups, q, k, v, kernel)
-        call, q_rot, stored = self._rotate(q, k)
-        reads = []
-        for view in self.groups:
-            view.rope = call.rope
-            h = view.heads
-            keys, values, write = view._write(q_rot[:, h], stored[:, h], v[:, h], raw_keys=k[:, h])
-            reads.append(view._read(call, q_rot[:, h], keys, values, write))
-        self.global_end = self.groups[0].global_end
-        return self._grouped_kernel(q_rot, reads, kernel)
-
-    def _new_groups(self, k: torch.Tensor) -> tuple[HeadGroup, ...] | None:
-        """The policy's head groups when this call starts a new chunk of a layer not split yet, else ``None``."""
-        owner = self.owner
-        if not owner.splits_heads or owner.call is None:
-            return None
-        end = (owner.call.start_frame + owner.call.num_frames) * owner.geometry.tokens_per_frame
-        if end <= self.global_end:
-            return None
-        groups = owner.policy.head_groups(self)
-        if not groups:
-            return None
-        heads = sorted(h for g in groups for h in g.heads)
-        if heads != list(range(k.shape[1])):
-            raise ValueError(f"{owner.policy.name}: layer {self.index}'s head groups must cover heads "
-                             f"0..{k.shape[1] - 1} once each, got {[g.heads for g in groups]}")
-        if owner.jitter is not None:
-            raise ValueError(f"{owner.policy.name}: --rope-jitter's per-head tables do not apply to head groups")
-        return tuple(groups)
-
-    def _split(self, groups: tuple[HeadGroup, ...], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               kernel: Kernel) -> torch.Tensor:
-        """This call writes into the one store as before (decision and ``after_write`` included); then each group
-        takes its heads' slots into its own store and keeps what its ``decide_group`` keeps; the one store goes."""
-        call, q_rot, stored = self._rotate(q, k)
-        self._write(q_rot, stored, v, raw_keys=k)
-        store, n = self.store, k.shape[2]
-        F = self.owner.geometry.tokens_per_frame
-        views = []
-        for group in groups:
-            capacity = group.capacity_frames(self.owner.geometry.chunk_frames) * F
-            view = HeadGroupCache(self, group, store.subset(list(group.heads), max(capacity, store.length),
-                                                             group.sink_frames * F))
-            view.rope = call.rope
-            view.global_end = self.global_end
-            self.groups.append(view)  # (the first group counts the layer's events)
-            view._apply_policy(call, store.length - n, n)
-            view.store.fit(capacity)
-            views.append(view)
-        self.store = None
-        reads = []
-        for view in views:
-            h = view.heads
-            keys, values = view.store.view()
-            keys, values = self.owner.policy.read(view, keys, values)
-            reads.append(view._read(call, q_rot[:, h], keys, values, None, read=False))
-        return self._grouped_kernel(q_rot, reads, kernel)
-
-    def _read(self, call: CallInfo, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, write: Write | None,
-              read: bool = True):
-        """A group's read after its write: the policy's read, deferral, statistics, the observer."""
-        if read:
-            keys, values = self.owner.policy.read(self, keys, values)
-        if self._defers and write is not None:
-            self._after_attention = write
-        if self.owner.observes:
-            self.owner.policy.observe_attention(self, q, keys, values)
-        self._attended(call, q, keys, values)
-        return self, q, keys, values
-
-    def _grouped_kernel(self, q_rot: torch.Tensor, reads: list, kernel: Kernel) -> torch.Tensor:
-        """One kernel call per group, or per pack of groups with equal key counts; outputs back in head order."""
-        out = torch.empty_like(q_rot)
-        calls: dict[object, list] = {}
-        for read in reads:
-            view, _, keys, _ = read
-            pack = view.group.pack
-            calls.setdefault((pack, keys.shape[2]) if pack is not None else id(view), []).append(read)
-        for batch in calls.values():
-            if len(batch) == 1:
-                view, q, keys, values = batch[0]
-                out[:, view.heads] = kernel(q, keys, values)
-                continue
-            result = kernel(*(torch.cat([r[i] for r in batch], 1) for i in (1, 2, 3)))
-            start = 0
-            for view, q, _, _ in batch:
-                out[:, view.heads] = result[:, start:start + q.shape[1]]
-                start += q.shape[1]
-        return out
+        back to head order (:mod:`deepforcing.cache.head_groups`)."""
+        if self.groups:
+            return head_groups.attend(self, q, k, v, kernel)
+        groups = head_groups.new_groups(self, k)
+        if groups is None:
+            return kernel(*self._attend(q, k, v))
+        return head_groups.split(self, groups, q, k, v, kernel, HeadGroupCache)
 
     def update(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(One store, no head groups.) Write this call's ``k, v`` (``[B, H, n, D]``, keys rotated at their true frames), apply the policy on a
@@ -460,7 +372,9 @@ class HeadGroupCache(LayerCache):
     """One head group of a split layer (:meth:`CachePolicy.head_groups`): a :class:`LayerCache` over its own store
     (``heads`` of the layer only), its own ``state`` and query window; ``layer`` is the split layer. The policy's
     hooks receive this view for the group's writes, decisions and reads, so a hook written for a layer
-    (``regions``, ``after_write`` with ``put``, ``read``) works per group unchanged."""
+    (``regions``, ``after_write`` with ``put``, ``read``) works per group unchanged. The split, the groups' calls and
+    their kernel calls are :mod:`deepforcing.cache.head_groups`'s (it makes this view; it lives here beside its base
+    class because that module may not import this one)."""
 
     def __init__(self, layer: LayerCache, group: HeadGroup, store: LayerKVStore) -> None:
         super().__init__(layer.owner, layer.index, store)
@@ -576,17 +490,14 @@ class KVCache:
         its groups at once for the length of that call; not counted.)"""
         slots = cls.capacity_frames(policy, geometry.chunk_frames, max_frames) * geometry.tokens_per_frame
         anchor = min(policy.sink_frames * geometry.tokens_per_frame, slots)
-        grouped = type(policy).head_groups is not CachePolicy.head_groups and None not in policy.layout.values()
-        group_slots = (sum(policy.layout.values()) + geometry.chunk_frames) * geometry.tokens_per_frame if grouped else 0
         total = 0
         for i in range(num_layers):
             sink = 0 if policy.key_storage(i) == "pre-rope" else anchor
             one = LayerKVStore.nbytes(batch=batch, heads=heads, head_dim=head_dim, capacity=slots, dtype=dtype,
                                       anchor_tokens=sink)
-            if grouped:
-                one = max(one, heads * LayerKVStore.nbytes(batch=batch, heads=1, head_dim=head_dim, capacity=group_slots,
-                                                           dtype=dtype, anchor_tokens=min(sink, group_slots)))
-            total += one
+            groups = head_groups.store_bytes_bound(policy, geometry, batch=batch, heads=heads, head_dim=head_dim,
+                                                   dtype=dtype, anchor_tokens=sink)
+            total += max(one, groups)
         return total
 
     def begin_call(self, start_frame: int, num_frames: int, clean: bool = False, rope: CallRope | None = None) -> None:
