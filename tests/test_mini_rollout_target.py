@@ -92,3 +92,19 @@ def test_a_drifted_rollout_is_continued_where_it_is_and_a_lost_object_comes_back
     assert (out.tracked, out.restored) == (rolled + 1, rolled - 1)
     back = np.linalg.norm(_centroids(out.clean, spec)[3:, 0] - st.positions[3:, 0], axis=-1)
     assert back.max() < 0.75
+
+
+def test_without_restoring_a_lost_object_stays_out_of_the_target(clip):
+    spec, clean, cells, states = clip
+    st = states[0]
+    only_blue = parse_prompt("a medium blue square bounces on a striped green background, the camera pans left")
+    lost = render_continuation([only_blue], [{"positions": st.positions[2, 1:], "velocities": st.velocities[2, 1:],
+                                              "camera_offset": st.camera_offsets[2]}], FRAMES - 3, SIZE)[0]
+    context = clean.clone()
+    context[:, :, 3:] = lost.permute(0, 2, 1, 3, 4)
+    out = resimulated_targets(PixelCodec(), clean, context, cells, [spec], states, [0], 1, CHUNK, SIZE, 8.0,
+                              restore=False)
+    tracks = track_objects(out.clean[0].permute(1, 0, 2, 3), spec)
+    assert tracks.present[3:6, 0].all() and not tracks.present[6:, 0].any()  # chunk 1 still continues frames 1-2
+    assert tracks.present[:, 1].all()  # the blue square, on track, stays
+    assert out.cells[0, 6:].sum() < cells[0, 6:].sum()  # the left-out circle's cells carry no object weight

@@ -152,7 +152,7 @@ def test_contextual_text_encoder_starts_as_the_bag_of_embeddings_and_then_mixes_
     assert not torch.allclose(out[0, blue], out[1, blue])
 
 
-@pytest.mark.parametrize("target, message", [("future", "'truth' or 'resimulated'"),
+@pytest.mark.parametrize("target, message", [("future", "'truth', 'resimulated' or 'resimulated-kept'"),
                                              ("resimulated", "needs the autoencoder codec")])
 def test_a_rollout_target_that_cannot_run_is_refused_before_training(tmp_path, target, message):
     import dataclasses

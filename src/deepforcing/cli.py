@@ -193,10 +193,10 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rollout-true-chunks", type=int, default=d.rollout_true_chunks,
                    help="with --rollout-context: true chunks before the model's own rollout starts (0: a random "
                    "number per batch; default %(default)s)")
-    p.add_argument("--rollout-target", choices=("truth", "resimulated"), default=d.rollout_target,
+    p.add_argument("--rollout-target", choices=("truth", "resimulated", "resimulated-kept"), default=d.rollout_target,
                    help="with --rollout-context: the target of a rolled-out chunk is the true continuation ('truth') "
-                   "or the world re-simulated from where the rollout put the objects ('resimulated'; default "
-                   "%(default)s)")
+                   "or the world re-simulated from where the rollout put the objects ('resimulated': lost objects "
+                   "restored where the truth has them; 'resimulated-kept': left out; default %(default)s)")
     p.add_argument("--world", choices=("original", "v5"), default=d.world,
                    help="scene mix drawn: 'original' (1-3 objects, v1-v4) or 'v5' (mostly 1-2 medium/big objects, "
                    "no near-identical colours; default %(default)s)")

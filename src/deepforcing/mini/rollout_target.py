@@ -44,20 +44,23 @@ class ResimulatedTargets:
     restored: int
 
 
-def rollout_start_state(frames: np.ndarray, spec: SceneSpec, truth: WorldStates, frame: int, size: int
-                        ) -> tuple[dict, int]:
+def rollout_start_state(frames: np.ndarray, spec: SceneSpec, truth: WorldStates, frame: int, size: int,
+                        restore: bool = True) -> tuple[dict, int]:
     """The world state at a rollout's frame ``frame - 1`` to continue from: ``frames`` are the rollout's last two
     pixel frames ``[2, 3, H, W]`` (``frame - 1``, ``frame``). Starting one frame back lets the physics replay a
     bounce that happened between the two frames (the tracked step is the pre-bounce direction). Returns the start
     dict of :func:`~deepforcing.mini.world.render_continuation` (whose first rendered frame is then ``frame``) and
-    how many objects were taken from the rollout (the others from ``truth``)."""
+    how many objects were taken from the rollout (the others from ``truth``). ``restore=False``: an object the
+    rollout lost or split stays out of the target (the dict's ``present`` mask says which objects are rendered)."""
     tracks = track_objects(frames, spec)
     positions = truth.positions[frame - 1].astype(np.float64).copy()
     velocities = truth.velocities[frame - 1].astype(np.float64).copy()
     tracked = 0
+    present = np.ones(len(spec.objects), bool)
     for k, obj in enumerate(spec.objects):
         if not (tracks.present[1, k] and tracks.blobs[1, k] == 1):
-            continue  # lost or split: the truth's place and motion
+            present[k] = restore  # lost or split: the truth's place and motion, or left out
+            continue
         tracked += 1
         speed = object_speed(obj.speed, size)
         if tracks.present[0, k] and tracks.blobs[0, k] == 1:
@@ -69,20 +72,21 @@ def rollout_start_state(frames: np.ndarray, spec: SceneSpec, truth: WorldStates,
             positions[k] = tracks.centroid[0, k]
         else:  # found in the last frame only: one step back along the truth's motion
             positions[k] = tracks.centroid[1, k] - velocities[k]
-    return {"positions": positions, "velocities": velocities, "camera_offset": truth.camera_offsets[frame - 1]}, tracked
+    return {"positions": positions, "velocities": velocities, "camera_offset": truth.camera_offsets[frame - 1],
+            "present": present}, tracked
 
 
 @torch.no_grad()
 def resimulated_targets(codec, clean: torch.Tensor, context: torch.Tensor, cells: torch.Tensor,
                         specs: Sequence[SceneSpec], states: Sequence[WorldStates], rows: Sequence[int],
-                        true_chunks: int, chunk_frames: int, frame_size: int, object_weight: float
-                        ) -> ResimulatedTargets:
+                        true_chunks: int, chunk_frames: int, frame_size: int, object_weight: float,
+                        restore: bool = True) -> ResimulatedTargets:
     """Replace the targets of every chunk after ``true_chunks`` of the clips ``rows`` (those whose context is the
     model's rollout) by the world continued from the rollout's state at the frame before the chunk.
 
     ``clean``: true latents ``[B, C, T, h, w]``; ``context``: the rolled-out context of the same shape; ``cells``:
     loss weights ``[B, T, h, w]`` (``object_weight`` on the cells that carry an object). ``codec`` encodes and
-    decodes latents (the frozen mini autoencoder)."""
+    decodes latents (the frozen mini autoencoder). ``restore=False`` leaves lost objects out of the targets."""
     frames = clean.shape[2]
     chunk_starts = list(range(true_chunks * chunk_frames, frames, chunk_frames))
     if not len(rows) or not chunk_starts:
@@ -92,14 +96,18 @@ def resimulated_targets(codec, clean: torch.Tensor, context: torch.Tensor, cells
     pixels = codec.decode(last).permute(0, 2, 1, 3, 4).numpy()  # [N, 2, 3, H, W]
     starts, tracked = [], 0
     for (r, start), pair in zip(jobs, pixels):
-        state, found = rollout_start_state(pair, specs[r], states[r], start - 1, frame_size)  # from frame start - 2
+        state, found = rollout_start_state(pair, specs[r], states[r], start - 1, frame_size,  # from frame start - 2
+                                           restore=restore)
         starts.append(state)
         tracked += found
     total = sum(len(specs[r].objects) for r, _ in jobs)
     video, new_states = render_continuation([specs[r] for r, _ in jobs], starts, chunk_frames + 1, frame_size)
     video = video[:, 1:]  # frames start - 1 (the tracked last context frame, re-simulated) are context, not target
-    for st in new_states:
-        st.positions, st.velocities, st.camera_offsets = st.positions[1:], st.velocities[1:], st.camera_offsets[1:]
+    for st, start in zip(new_states, starts):
+        shown = start["present"]  # left-out objects carry no object-cell weight
+        st.positions, st.velocities, st.camera_offsets = st.positions[1:, shown], st.velocities[1:, shown], \
+            st.camera_offsets[1:]
+        st.extents = st.extents[shown]
     latents = codec.encode(video.permute(0, 2, 1, 3, 4).contiguous())  # [N, C, chunk, h, w]
     new_cells = 1.0 + (object_weight - 1.0) * object_cells(new_states, frame_size, clean.shape[-1])
     clean, cells = clean.clone(), cells.clone()

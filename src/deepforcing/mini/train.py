@@ -82,7 +82,8 @@ class TrainConfig:
     self_context_steps: int = 2  # Euler steps of that re-generation (no gradient)
     rollout_context: float = 0.0  # fraction of long clips whose chunks after the first are the model's own rollout
     rollout_true_chunks: int = 1  # true chunks before the rollout starts; 0: a random number per batch (1..chunks-1)
-    rollout_target: str = "truth"  # target of rolled-out chunks: "truth" or "resimulated" (mini.rollout_target)
+    rollout_target: str = "truth"  # target of rolled-out chunks: "truth", "resimulated" or "resimulated-kept"
+    # (mini.rollout_target; "-kept": objects the rollout lost stay out of the target instead of being restored)
     world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
     layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
@@ -478,9 +479,10 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     started = time.perf_counter()
     window_loss = []
     resim = [0, 0]  # objects continued from the rollout / put back from the truth since the last log line
-    if cfg.rollout_target not in ("truth", "resimulated"):
-        raise ValueError(f"rollout_target must be 'truth' or 'resimulated', got {cfg.rollout_target!r}")
-    if cfg.rollout_target == "resimulated" and _codec(model) is None:
+    if cfg.rollout_target not in ("truth", "resimulated", "resimulated-kept"):
+        raise ValueError(f"rollout_target must be 'truth', 'resimulated' or 'resimulated-kept', got "
+                         f"{cfg.rollout_target!r}")
+    if cfg.rollout_target != "truth" and _codec(model) is None:
         raise ValueError("rollout_target='resimulated' needs the autoencoder codec (it decodes the rollout to track it)")
     try:
         while state["step"] < cfg.steps:
@@ -503,10 +505,10 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 s = sigma[:, None, :, None, None]
                 context = self_generated_context(model, cfg, clean, ids, gen, layout)
                 context, rows, true_chunks = _rollout(model, cfg, context, ids, gen, layout)
-                if cfg.rollout_target == "resimulated" and rows:
+                if cfg.rollout_target.startswith("resimulated") and rows:
                     target = resimulated_targets(_codec(model), clean, context, cells, specs, states, rows,
                                                  true_chunks, cfg.chunk_frames, cfg.model.frame_size,
-                                                 cfg.object_weight)
+                                                 cfg.object_weight, restore=cfg.rollout_target == "resimulated")
                     clean, cells = target.clean, target.cells
                     resim[0] += target.tracked
                     resim[1] += target.restored

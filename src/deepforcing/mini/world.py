@@ -299,7 +299,7 @@ def render_continuation(
 ) -> tuple[torch.Tensor, list[WorldStates]]:
     """Continue each scene from a given state instead of its seed: ``starts[b]`` holds ``positions`` and
     ``velocities`` ``[K, 2]`` (view pixels, one row per prompt object, in prompt order) and ``camera_offset``
-    ``[2]`` of the state's frame. Returns the ``num_frames`` frames *after* that state ``[B, T, 3, H, W]`` and their
+    ``[2]`` of the state's frame, optionally ``present`` ``[K]`` (False: the object is left out). Returns the ``num_frames`` frames *after* that state ``[B, T, 3, H, W]`` and their
     ground truth: the same physics and renderer as :func:`render_batch`, so a clip rendered from its own state at
     frame ``t`` continues it exactly. Positions are clamped into the view (an object's centre at least its extent
     from each border), as the physics keeps them.
@@ -349,9 +349,10 @@ def _render(
             pos[b, :k] = np.clip(given, extents[b, :k, None], size - extents[b, :k, None])
             vel[b, :k] = np.asarray(starts[b]["velocities"], np.float64).reshape(k, 2)
             offset0[b] = np.asarray(starts[b].get("camera_offset", (0.0, 0.0)), np.float64)
+            shown = np.asarray(starts[b].get("present", np.ones(k, bool)), bool)
         codes[b, :k] = [_SHAPE_CODE[o.shape] for o in spec.objects]
         colours[b, :k] = [o.rgb for o in spec.objects]
-        active[b, :k] = True
+        active[b, :k] = True if starts is None else shown  # an object left out neither renders nor collides
         tones[b] = spec.background.tones
         if spec.pan is not None:
             pan[b] = np.array(_PAN[spec.pan]) * PAN_SPEED_PX * size / REFERENCE_SIZE
