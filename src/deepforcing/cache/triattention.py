@@ -53,7 +53,7 @@ class TriAttention(FifoSelector):
     window: int = 12
     sink: int = 3
     budget: int = option(6, "triattention: frames each (layer, head) keeps when it compresses (the release's "
-                            "kv_budget_tokens 9360 = 6 x 1560); must be below the window")
+                            "kv_budget_tokens, 6 frames of the 1.3B's tokens); must be below the window")
     keep_last: int = option(3, "triattention: newest frames never evicted (kv_keep_last_frames)")
     compress_every: int = option(3, "triattention: compress at most every this many frames (kv_compress_every_n_frames)")
     offset_max: int = option(128, "triattention: largest future frame offset scored (geometric 1, 2, 4, ...)")

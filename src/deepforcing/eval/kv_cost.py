@@ -4,14 +4,15 @@ own description (``benchmarks/policy_chunk_cost.py`` and the leaderboard, :mod:`
 * :func:`cache_bytes`: bytes of K/V a :class:`~deepforcing.cache.KVCache` holds in its filled slots (every store of
   every layer, head groups included, plus the post-RoPE sink's exact key copy and every tensor a policy keeps in
   ``layer.state``: archives, memories), and the bytes allocated (spare slots included).
-* :func:`wan_1p3b_bytes`: the real 1.3B in bf16 (30 layers, 12 heads x 128, 1560 tokens per 480x832 latent frame):
-  frames held = the sum of :attr:`CachePolicy.layout` (sink + kept + memory + recent) + :attr:`CachePolicy.
-  archive_frames`; bytes = 30 x 2 (K, V) x 12 x 128 x 1560 x frames x 2 B, plus the post-RoPE sink's key copy when
+* :func:`wan_1p3b_bytes`: the real 1.3B in bf16 (``WAN_1P3B``: its layers, heads and head size, tokens per latent
+  frame of a 480x832 video, from the model config and the Self Forcing preset): frames held = the sum of
+  :attr:`CachePolicy.layout` (sink + kept + memory + recent) + :attr:`CachePolicy.archive_frames`; bytes = layers x
+  2 (K, V) x heads x head size x tokens per frame x frames x 2 B, plus the post-RoPE sink's key copy when
   :meth:`CachePolicy.key_storage` is post-RoPE. ``None`` for a policy whose memory grows with the video.
 * :func:`simulate_cache`: a per-head policy's groups depend on the layer and head count (Forcing-KV's profile, Dummy
   Forcing's cross-layer assignment), so its layout alone does not give the real model's bytes: the cache itself is
   driven at the real layer / head / head-size shape with random queries and keys at a few tokens per frame
-  (:func:`scaled_bytes` scales what it holds to 1560 tokens per frame; every byte of a store is per token).
+  (:func:`scaled_bytes` scales what it holds to the real tokens per frame; every byte of a store is per token).
 * :func:`head_frames`: frames each (layer, head) holds on average, over every store (head groups weighted by heads).
 """
 
@@ -22,9 +23,21 @@ import torch
 __all__ = ["WAN_1P3B", "tensor_bytes", "cache_bytes", "formula_frames", "formula_bytes", "wan_1p3b_bytes",
            "simulate_cache", "head_frames", "scaled_bytes"]
 
-# Wan2.1-T2V-1.3B (arXiv 2503.20314): 30 blocks, dim 1536 = 12 heads x 128; a 480x832 video is 60x104 latents,
-# patch 2x2 -> 30 x 52 = 1560 tokens per latent frame; Self Forcing's chunk of 3 latent frames
-WAN_1P3B = {"layers": 30, "heads": 12, "head_dim": 128, "tokens_per_frame": 1560, "chunk_frames": 3}
+
+
+def _wan_1p3b_geometry() -> dict:
+    """Wan2.1-T2V-1.3B's attention shape (its config, ``models.presets.WAN21_T2V_1_3B``) at the Self Forcing preset's
+    latent size and chunk (480x832 video: its latent over the 2x2 patch)."""
+    from deepforcing.models.presets import WAN21_T2V_1_3B, get_preset
+
+    preset, patch = get_preset("self-forcing"), WAN21_T2V_1_3B["patch_size"]
+    return {"layers": WAN21_T2V_1_3B["num_layers"], "heads": WAN21_T2V_1_3B["num_attention_heads"],
+            "head_dim": WAN21_T2V_1_3B["attention_head_dim"],
+            "tokens_per_frame": (preset.latent_height // patch[1]) * (preset.latent_width // patch[2]),
+            "chunk_frames": preset.sampling.chunk_frames}
+
+
+WAN_1P3B = _wan_1p3b_geometry()
 
 
 def tensor_bytes(obj) -> int:
