@@ -266,6 +266,16 @@ def _pyplot():
     return plt
 
 
+def window_mean(arm: dict, key: str, windows: int) -> np.ndarray:
+    """Mean over an arm's videos of metric ``key`` in each of its first ``windows`` windows (missing values skipped,
+    an all-missing window is NaN): the drift curves' y values."""
+    series = np.array([[np.nan if x is None else x for x in v["windows"][key][:windows]] for v in arm["videos"]],
+                      dtype=float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(series, axis=0)
+
+
 def _running_mean(values: np.ndarray, width: int) -> np.ndarray:
     """Centred running mean that ignores NaNs and averages fewer points at the ends (no zero padding)."""
     finite = np.isfinite(values)
@@ -291,11 +301,7 @@ def plot_window_curves(results: dict, path: Path, horizon: str) -> None:
         width = arm["videos"][0]["window_frames"]
         n = -(-stop // width)
         for ax, (key, title) in zip(axes, keys):
-            series = np.array([[np.nan if x is None else x for x in v["windows"][key][:n]] for v in arm["videos"]],
-                              dtype=float)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(series, axis=0)
+            mean = window_mean(arm, key, n)
             smooth = _running_mean(mean, 3)
             style = {"color": "black", "lw": 2} if arm["policy"] is None else {"lw": 1}
             ax.plot(np.arange(len(mean)) * width, smooth, label=arm["label"], **style)

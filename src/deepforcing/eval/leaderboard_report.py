@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ import numpy as np
 from deepforcing.stats import mean_ci
 
 from .experiment_arms import horizon_key
-from .experiment_report import PAIRED_METRICS, PRIMARY, _cell, _metric, _pyplot, _running_mean, claim_verdicts
+from .experiment_report import (PAIRED_METRICS, PRIMARY, _cell, _metric, _pyplot, _running_mean, claim_verdicts,
+                                window_mean)
 from .leaderboard_methods import CLAIMS, MAIN_CLASSES, Claim
 from .leaderboard_store import load_arms
 
@@ -327,11 +327,7 @@ def plot_drift(rows: list[dict], world: dict | None, board: dict, path: Path) ->
         stop = int(round(arm["horizons"][-1] * board["window"]))
         n = -(-stop // width)
         for ax, (key, title) in zip(axes, keys):
-            series = np.array([[np.nan if x is None else x for x in v["windows"][key][:n]] for v in arm["videos"]],
-                              dtype=float)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(series, axis=0)
+            mean = window_mean(arm, key, n)
             style = {"color": "black", "lw": 2} if arm.get("start") is None else \
                 {"lw": 1, "ls": "--" if arm.get("paper_only") else "-"}
             ax.plot(np.arange(len(mean)) * width, _running_mean(mean, 3), label=arm["label"], **style)
