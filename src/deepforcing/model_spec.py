@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from deepforcing.models.presets import ModelPreset
     from deepforcing.pipeline.generate import VideoGenerator
     from deepforcing.pipeline.start import StartGeometry
+    from deepforcing.models.vae import WanVAEConfig
 
 __all__ = ["ModelSpec", "CheckedModel", "check_model", "open_generator", "resolve_device", "set_threads",
            "MINI", "MINI_FORMAT"]
@@ -171,15 +172,12 @@ class CheckedModel:
 
             return MiniConfig(**json.loads(self.mini[0]["config"])).tokens_per_frame
         from deepforcing.models.bundle import transformer_config
-        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
 
         patch = transformer_config(self.spec.model).get("patch_size", (1, 2, 2))
         latent = (self.preset.latent_height, self.preset.latent_width)
         size = _resolution(self.spec.resolution)
         if size is not None:
-            layout, path = resolve_vae_path(self.spec.model)
-            config = WanVAEConfig() if layout == "original" else \
-                WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+            config = self._vae_config()
             spatial = 2 ** (len(config.dim_mult) - 1)
             latent = (size[0] // spatial, size[1] // spatial)
         return (latent[0] // patch[1]) * (latent[1] // patch[2])
@@ -190,11 +188,8 @@ class CheckedModel:
         window = self.policy().window
         if self.is_mini:
             return self._mini_bundle().pixel_frames(window)
-        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
 
-        layout, path = resolve_vae_path(self.spec.model)
-        config = WanVAEConfig() if layout == "original" else \
-            WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+        config = self._vae_config()
         return 1 + config.temporal_scale * (window - 1)
 
     def open(self) -> "VideoGenerator":
@@ -218,15 +213,22 @@ class CheckedModel:
             scale = getattr(bundle.codec, "spatial_scale", 1)
             return StartGeometry(h * scale, w * scale, bundle.temporal_scale, bundle.sampling.chunk_frames,
                                  policy.window)
-        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
 
-        layout, path = resolve_vae_path(self.spec.model)
-        config = WanVAEConfig() if layout == "original" else \
-            WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
+        config = self._vae_config()
         spatial = 2 ** (len(config.dim_mult) - 1)
         size = _resolution(self.spec.resolution) or (self.preset.latent_height * spatial,
                                                      self.preset.latent_width * spatial)
         return StartGeometry(size[0], size[1], config.temporal_scale, self.chunk_frames, policy.window)
+
+    def _vae_config(self) -> "WanVAEConfig":
+        """The Wan VAE's config (original layout: the defaults; diffusers layout: its ``config.json``), no weights."""
+        from deepforcing.models.vae import WanVAEConfig, resolve_vae_path
+
+
+        layout, path = resolve_vae_path(self.spec.model)
+        if layout == "original":
+            return WanVAEConfig()
+        return WanVAEConfig.from_diffusers_config(json.loads((path / "config.json").read_text()))
 
     def _mini_bundle(self) -> "ModelBundle":
         if self._bundle is None:
