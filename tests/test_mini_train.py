@@ -162,3 +162,35 @@ def test_a_rollout_target_that_cannot_run_is_refused_before_training(tmp_path, t
                       model=dataclasses.replace(TINY_MINI, codec="pixels"))
     with pytest.raises(ValueError, match=message):
         train(cfg, log=lambda *_: None)
+
+
+def _one_step_with_target(tmp_path, name, **target):
+    import dataclasses
+
+    from deepforcing.mini.model import MiniModel as Model
+
+    mini = dataclasses.replace(TINY_MINI, codec="autoencoder", latent_channels=4, codec_width=8, patch=1)
+    weights = tmp_path / "codec.pt"
+    if not weights.exists():
+        torch.manual_seed(1)
+        torch.save(Model(mini).codec.state_dict(), weights)
+    cfg = TrainConfig(steps=1, batch=2, clip_frames=6, chunk_frames=3, threads=1, run_dir=str(tmp_path / name),
+                      output=str(tmp_path / f"{name}.safetensors"), rollout_context=1.0, codec_weights=str(weights),
+                      model=mini, **target)
+    return train(cfg, log=lambda *_: None).state_dict()
+
+
+def test_a_truth_share_of_one_trains_as_the_true_target_and_of_zero_as_the_resimulated_one(tmp_path):
+    truth = _one_step_with_target(tmp_path, "truth", rollout_target="truth")
+    all_truth = _one_step_with_target(tmp_path, "share1", rollout_target="resimulated", rollout_truth_share=1.0)
+    resim = _one_step_with_target(tmp_path, "resim", rollout_target="resimulated")
+    no_truth = _one_step_with_target(tmp_path, "share0", rollout_target="resimulated", rollout_truth_share=0.0)
+    name = next(k for k in truth if k.startswith("transformer") and truth[k].dim() == 2)
+    assert torch.equal(truth[name], all_truth[name])
+    assert torch.equal(resim[name], no_truth[name])
+    assert not torch.equal(truth[name], resim[name])  # the re-simulated target changed the update
+
+
+def test_a_truth_share_outside_zero_to_one_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"rollout_truth_share must be in \[0, 1\]"):
+        _one_step_with_target(tmp_path, "bad", rollout_target="resimulated", rollout_truth_share=1.5)

@@ -197,6 +197,9 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
                    help="with --rollout-context: the target of a rolled-out chunk is the true continuation ('truth') "
                    "or the world re-simulated from where the rollout put the objects ('resimulated': lost objects "
                    "restored where the truth has them; 'resimulated-kept': left out; default %(default)s)")
+    p.add_argument("--rollout-truth-share", type=float, default=d.rollout_truth_share,
+                   help="with a re-simulated --rollout-target: fraction of rolled-out clips that keep the true "
+                   "continuation as their target (a mix of both targets; default %(default)s)")
     p.add_argument("--world", choices=("original", "v5"), default=d.world,
                    help="scene mix drawn: 'original' (1-3 objects, v1-v4) or 'v5' (mostly 1-2 medium/big objects, "
                    "no near-identical colours; default %(default)s)")
@@ -281,6 +284,7 @@ def _run_train_mini(args: argparse.Namespace) -> int:
                       init_from=args.init_from, self_context=args.self_context, self_context_sigma=(lo, hi),
                       probe_sampling=sampling, world=args.world, rollout_context=args.rollout_context,
                       rollout_true_chunks=args.rollout_true_chunks, rollout_target=args.rollout_target,
+                      rollout_truth_share=args.rollout_truth_share,
                       layout_dropout=args.layout_dropout, model=model)
     train(cfg)
     print(f"wrote {cfg.output}")

@@ -84,6 +84,7 @@ class TrainConfig:
     rollout_true_chunks: int = 1  # true chunks before the rollout starts; 0: a random number per batch (1..chunks-1)
     rollout_target: str = "truth"  # target of rolled-out chunks: "truth", "resimulated" or "resimulated-kept"
     # (mini.rollout_target; "-kept": objects the rollout lost stay out of the target instead of being restored)
+    rollout_truth_share: float = 0.0  # with a re-simulated target: fraction of rolled-out clips that keep the truth
     world: str = "original"  # the scene mix drawn: "original" (v1-v4) or "v5" (language.WORLD_V5)
     layout_dropout: float = 0.1  # layout models: fraction of clips trained without their start layout (prompt-only mode)
     model: MiniConfig = field(default_factory=MiniConfig)
@@ -298,6 +299,17 @@ def _rollout(model: MiniModel, cfg: TrainConfig, clean: torch.Tensor, token_ids:
     return out, rows.tolist(), true_chunks
 
 
+def _resimulated_rows(cfg: TrainConfig, rows: list[int], gen: torch.Generator) -> list[int]:
+    """The rolled-out clips whose target is re-simulated; the others (``rollout_truth_share`` of them, drawn per clip)
+    keep the true continuation. A share of 0 or 1 draws nothing, so it trains exactly as one target alone."""
+    if cfg.rollout_truth_share <= 0.0:
+        return rows
+    if cfg.rollout_truth_share >= 1.0:
+        return []
+    keep_truth = (torch.rand(len(rows), generator=gen) < cfg.rollout_truth_share).tolist()
+    return [r for r, truth in zip(rows, keep_truth) if not truth]
+
+
 def _train_mode(model: MiniModel, on: bool = True) -> None:
     """Training (or eval) mode for the trainable parts; the frozen codec always stays in eval mode."""
     model.train(on)
@@ -484,6 +496,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                          f"{cfg.rollout_target!r}")
     if cfg.rollout_target != "truth" and _codec(model) is None:
         raise ValueError("rollout_target='resimulated' needs the autoencoder codec (it decodes the rollout to track it)")
+    if not 0.0 <= cfg.rollout_truth_share <= 1.0:
+        raise ValueError(f"rollout_truth_share must be in [0, 1], got {cfg.rollout_truth_share}")
     try:
         while state["step"] < cfg.steps:
             if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
@@ -505,6 +519,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 s = sigma[:, None, :, None, None]
                 context = self_generated_context(model, cfg, clean, ids, gen, layout)
                 context, rows, true_chunks = _rollout(model, cfg, context, ids, gen, layout)
+                if cfg.rollout_target.startswith("resimulated") and rows:
+                    rows = _resimulated_rows(cfg, rows, gen)
                 if cfg.rollout_target.startswith("resimulated") and rows:
                     target = resimulated_targets(_codec(model), clean, context, cells, specs, states, rows,
                                                  true_chunks, cfg.chunk_frames, cfg.model.frame_size,
