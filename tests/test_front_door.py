@@ -133,12 +133,14 @@ def test_bad_model_options_are_one_line_errors(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_experiment_refuses_a_real_model_before_it_loads(wan_folder, capsys, monkeypatch):
+@pytest.mark.parametrize("board, who", [([], "experiment scores"), (["--board"], "the board scores")])
+def test_experiment_refuses_a_real_model_before_it_loads(wan_folder, capsys, monkeypatch, board, who, tmp_path):
     import deepforcing.models.bundle as bundle
 
     monkeypatch.setattr(bundle, "wan_bundle", lambda *a, **k: pytest.fail("the weights were loaded"))
-    assert main(["experiment", "--model", str(wan_folder), "--pairs", "2"]) == 2
-    assert "runs the mini model only" in capsys.readouterr().err
+    assert main(["experiment", *board, "--model", str(wan_folder), "--pairs", "2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert who in err and "runs the mini model only" in err and err.count("\n") == 1
 
 
 def test_the_policy_is_built_before_the_weights_load(wan_folder, tmp_path):

@@ -193,6 +193,7 @@ def test_the_study_can_start_every_policy_from_the_worlds_true_first_chunk(tiny_
 @pytest.mark.parametrize("argv, message", [
     (["--start-frames", "3"], "--start-frames gives true frames: use it with --start truth"),
     (["--start", "truth", "--start-frames", "0"], "--start-frames must be at least 1 and below the attention window"),
+    (["--board", "--start-frames", "99"], "--start-frames must be at least 1 and below the attention window"),
 ])
 def test_experiment_start_options_are_checked_before_the_model_loads(tiny_mini, tmp_path, capsys, argv, message):
     code = main(["experiment", "--model", str(tiny_mini), "--out", str(tmp_path / "study"), *argv])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .model_spec import CheckedModel, ModelSpec, check_model, set_threads
+from .model_spec import CheckedModel, ModelSpec, check_model, check_threads, set_threads
 from .pipeline.generate import VideoGenerator, restart_policy_error
 from .pipeline.start import StartFrames, load_start
 from .pipeline.timeline import check_timeline_events, load_timeline, parse_timeline
@@ -147,8 +147,7 @@ def _check_prompts(args: argparse.Namespace, mini: bool, jobs) -> None:
                 check_prompt_text(text)
     if not mini and not any(_prompts_of(job) for job, _ in jobs):
         raise ValueError("a prompt is required for real models (positional, --prompt, --prompt-file or --timeline)")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    check_threads(args.threads)
 
 
 def _timeline_frames(job, generator: VideoGenerator) -> int | None:

@@ -90,6 +90,12 @@ def resolve_device(name: str | None) -> str:
     return "cpu"
 
 
+def check_threads(threads: int | None) -> None:
+    """``--threads``: unset (chosen by model size) or at least 1."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+
+
 def set_threads(generator: "VideoGenerator", threads: int | None) -> int | None:
     """CPU intra-op threads: ``threads``, or by model size (one for small models such as the mini model, every core
     otherwise); ``None`` and nothing set on a GPU. Returns the number set."""
@@ -97,8 +103,7 @@ def set_threads(generator: "VideoGenerator", threads: int | None) -> int | None:
 
     from deepforcing.pipeline.resources import choose_threads
 
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+    check_threads(threads)
     if generator.device.type != "cpu" and threads is None:
         return None
     threads = threads or choose_threads(sum(p.numel() for p in generator.bundle.transformer.parameters()))

@@ -135,10 +135,9 @@ def policy_options_for(names: list[str], sizes: dict) -> dict[str, dict]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from deepforcing.model_spec import ModelSpec, check_model, set_threads
+    from deepforcing.model_spec import ModelSpec, check_model, check_threads, set_threads
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    check_threads(args.threads)
     if not 0 <= args.load <= 64:
         raise ValueError(f"--load must be between 0 and 64 busy processes, got {args.load}")
     try:

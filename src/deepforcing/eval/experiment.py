@@ -249,14 +249,12 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     horizons = _parse_horizons(args.horizons)
     labels = [x.strip() for x in args.policies.split(",") if x.strip()] if args.policies else None
     select_arms(labels)  # unknown labels fail here, before the model loads
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    from deepforcing.model_spec import MINI, ModelSpec, check_model
+    from deepforcing.model_spec import MINI, check_threads
 
-    model = check_model(ModelSpec.from_args(args))
-    if not model.is_mini:
-        raise ValueError("experiment scores videos against the mini world's ground truth, so it runs the mini model "
-                         "only (--model mini or a mini model file); measure a real model with bench and diagnose")
+    from .world_command import world_model
+
+    check_threads(args.threads)
+    model = world_model(args, "experiment", "; measure a real model with bench and diagnose")
     start_frames = _start_frames(args, model)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,12 +271,9 @@ def _start_frames(args: argparse.Namespace, model) -> int:
         if args.start_frames is not None:
             raise ValueError("--start-frames gives true frames: use it with --start truth")
         return 0
-    frames = model.chunk_frames if args.start_frames is None else args.start_frames
-    window = model.policy().window
-    if not 1 <= frames < window:
-        raise ValueError(f"--start-frames must be at least 1 and below the attention window ({window} frames), "
-                         f"got {frames}")
-    return frames
+    from .world_command import true_start_frames
+
+    return true_start_frames(model, args.start_frames)
 
 
 if __name__ == "__main__":

@@ -76,18 +76,13 @@ def run_board_command(args) -> int:
     for entry in select_entries(labels, entry_options):  # unknown entries or options fail here, before the model loads
         if entry.label in entry_options:
             make_policy(entry.policy, **entry.sizes)
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    from deepforcing.model_spec import MINI, ModelSpec, check_model
+    from deepforcing.model_spec import MINI, check_threads
 
-    model = check_model(ModelSpec.from_args(args))
-    if not model.is_mini:
-        raise ValueError("the board scores videos against the mini world's ground truth, so it runs the mini model "
-                         "only (--model mini or a mini model file)")
-    frames = model.chunk_frames if args.start_frames is None else args.start_frames
-    if not 1 <= frames < model.policy().window:
-        raise ValueError(f"--start-frames must be at least 1 and below the attention window "
-                         f"({model.policy().window} frames), got {frames}")
+    from .world_command import true_start_frames, world_model
+
+    check_threads(args.threads)
+    model = world_model(args, "the board")
+    frames = true_start_frames(model, args.start_frames)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = BoardConfig(out=out, pairs=args.pairs, horizons=horizons, classes=classes, starts=starts, labels=labels,

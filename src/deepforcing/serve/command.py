@@ -57,8 +57,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.token is None and not _loopback(args.host):
         raise ValueError(f"--host {args.host} serves the page beyond this machine: give --token SECRET (or set "
                          f"{TOKEN_ENV}) so only people you give the address to can use it, or bind --host 127.0.0.1")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    from deepforcing.model_spec import check_threads
+
+    check_threads(args.threads)
     try:
         family = socket.AF_INET6 if ipaddress.ip_address(args.host).version == 6 else socket.AF_INET
     except ValueError:
