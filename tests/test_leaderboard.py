@@ -49,6 +49,10 @@ def test_every_arm_is_stored_and_in_the_report(board):
             for label in expected:
                 assert f"| {label} " in table or f"| {label} *(paper only)* |" in table, (start, h, label)
             assert "| full " not in table if h == "3x" else True
+    glance = summary_md.split("## At a glance")[1].split("## ")[0]
+    assert "| entry | 1-object, prompt | 1-object, truth |" in glance and "at 3x" in glance
+    assert all(f"| {label} |" in glance for label in ("self-forcing", "deep-forcing", "lol"))
+    assert "| full |" not in glance  # it runs to the shortest horizon only
     for name in ("strips_1-object_prompt_3x.png", "strips_1-object_truth_2x.png", "drift_1-object_truth.png",
                  "quality_vs_cost.png"):
         assert (config.out / name).stat().st_size > 0, name
@@ -257,3 +261,23 @@ def test_a_failed_calibration_does_not_stop_the_board(tiny_mini, tmp_path, monke
     assert summary["run"] == [arm_key("1-object", "prompt", "triattention")]
     _, arms, _ = load_arms(tmp_path)
     assert next(a for a in arms if a["label"] == "triattention")["settings"]["policy"]["calibration"] is None
+
+
+def test_the_overview_orders_entries_by_mean_count_accuracy_at_the_longest_horizon():
+    from deepforcing.eval.leaderboard_report import overview_lines
+
+    def arm(label, count, scene_class="1-object", start="prompt"):
+        videos = [{"beyond": {"2x": {"object_persistence": 1.0, "count_accuracy": c}}} for c in count]
+        return {"label": label, "scene_class": scene_class, "start": start, "horizons": [1.0, 2.0],
+                "videos": videos, "cost": {"ms_per_chunk": 5.0, "kv_bytes_per_video": 1, "wan_1p3b_bf16_bytes": 2**30}}
+
+    arms = [arm("a", [0.2, 0.4]), arm("b", [0.9, 0.7]), arm("a", [0.9, 0.9], "2-object"),
+            arm("b", [0.1, 0.1], "2-object"), arm("c", [1.0, 1.0], "hard")]
+    lines = overview_lines(arms, {"settings": {"horizons": [1.0, 2.0]}})
+    table = [x for x in lines if x.startswith("| ")]
+    assert table[0] == ("| entry | 1-object, prompt | 2-object, prompt | mean count | CPU ms / chunk | "
+                        "KV GiB (1.3B bf16) |")
+    # a: (0.3 + 0.9) / 2 = 0.6 ahead of b: (0.8 + 0.1) / 2 = 0.45; the hard class is not a headline slice
+    assert table[1] == "| a | 0.300 / 1.000 | 0.900 / 1.000 | 0.600 | 5 | 1.00 |"
+    assert table[2].startswith("| b | 0.800 / 1.000 | 0.100 / 1.000 | 0.450 |")
+    assert len(table) == 3

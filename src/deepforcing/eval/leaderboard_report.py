@@ -27,7 +27,7 @@ from .leaderboard_methods import CLAIMS, MAIN_CLASSES, Claim
 from .leaderboard_store import load_arms
 
 __all__ = ["RANK_METRIC", "rank_with_ties", "board_verdicts", "cost_verdict", "write_board_report",
-           "board_markdown"]
+           "board_markdown", "overview_lines"]
 
 # beyond the window, higher is better. Count accuracy (the right number of objects) is the board's order: it fails
 # both when an object is lost and when a ghost copy appears; persistence (every prompted object found) gets its own
@@ -180,6 +180,42 @@ def _methods_lines(arms: list[dict], board: dict, failures: list[dict]) -> list[
     return lines + [""]
 
 
+def overview_lines(arms: list[dict], board: dict) -> list[str]:
+    """One row per entry: count accuracy / persistence at the longest horizon on every headline slice (1- and
+    2-object classes x start modes) that ran, the mean count accuracy over those slices (the row order), and the
+    cost — the board at a glance, the table the README quotes. Entries that did not reach the longest horizon
+    (``full``) are left out; the per-slice tables have them."""
+    longest = board["settings"]["horizons"][-1]
+    key = horizon_key(longest)
+    slices = [sl for sl in _slices(arms) if sl[0] in MAIN_CLASSES]
+    cells: dict[str, dict] = {}
+    for arm in arms:
+        if arm.get("start") is None or (arm["scene_class"], arm["start"]) not in slices or longest not in arm["horizons"]:
+            continue
+        count = float(np.nanmean([_metric(v, "count_accuracy", key) for v in arm["videos"]]))
+        persistence = float(np.nanmean([_metric(v, "object_persistence", key) for v in arm["videos"]]))
+        cells.setdefault(arm["label"], {})[(arm["scene_class"], arm["start"])] = (count, persistence)
+    if not slices or not cells:
+        return []
+    cost = _cost_of(arms)
+    mean_count = {label: float(np.mean([c[0] for c in row.values()])) for label, row in cells.items()}
+    order = sorted(cells, key=lambda label: (-len(cells[label]), -mean_count[label]))
+    lines = ["## At a glance", "",
+             f"Count accuracy / persistence beyond the window at {key} (means over the pairs; the tables below have "
+             "the intervals and ranks), per scene class and start mode; rows in the order of their mean count "
+             "accuracy over the slices shown. A slice an entry has not run yet is `–`.", "",
+             "| entry | " + " | ".join(f"{c}, {st}" for c, st in slices) + " | mean count | CPU ms / chunk | "
+             "KV GiB (1.3B bf16) |", "|---|" + "---|" * (len(slices) + 3)]
+    for label in order:
+        row = cells[label]
+        shown = [f"{row[sl][0]:.3f} / {row[sl][1]:.3f}" if sl in row else "–" for sl in slices]
+        c = cost.get(label, {})
+        wan = c.get("wan")
+        lines.append(f"| {label} | " + " | ".join(shown) + f" | {mean_count[label]:.3f} | "
+                     f"{c.get('ms', math.nan):.0f} | {'grows' if wan is None else f'{wan / 2**30:.2f}'} |")
+    return lines + [""]
+
+
 def _board_table(arms: list[dict], world: dict | None, horizon: float, title: str, window: int) -> list[str]:
     key = horizon_key(horizon)
     rows = [a for a in arms if horizon in a["horizons"]]
@@ -271,6 +307,7 @@ def board_markdown(board: dict, arms: list[dict], failures: list[dict], verdicts
              f"{len(s['sampling']['denoising_steps'])} steps; {len(policy_arms)} policy arms stored, "
              f"{sum(seconds) / 60:.1f} min of generation and scoring ({sum(cpu) / 60:.1f} CPU min on "
              f"{board.get('threads', '?')} thread(s)).", ""]
+    lines += overview_lines(policy_arms, board)
     lines += _methods_lines(arms, board, failures)
     worlds = {a["scene_class"]: a for a in arms if a.get("start") is None}
     main = [sl for sl in slices if sl[0] in MAIN_CLASSES]
