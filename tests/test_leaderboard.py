@@ -234,9 +234,12 @@ def test_a_policy_needing_a_per_checkpoint_file_gets_it_made_for_the_model(tiny_
     config = BoardConfig(out=tmp_path, pairs=2, horizons=(2.0,), classes=("1-object",), starts=("prompt",),
                          labels=["forcing-kv"], batch=2, model=str(tiny_mini),
                          entry_options={"forcing-kv": {"patches": 4}})
-    summary = run_board(config, log=lambda *_: None)
+    lines = []
+    summary = run_board(config, log=lines.append)
     assert summary["failed"] == [] and summary["run"] == [arm_key("1-object", "prompt", "forcing-kv")]
     (profile,) = (tmp_path / "calibration").glob("forcing-kv_*_heads.json")
+    wrote = [line for line in lines if line.startswith("wrote ")]  # calibrate's own lines name the final file
+    assert wrote and all(str(profile) in line and "partial" not in line for line in wrote), wrote
     assert json.loads(profile.read_text())["num_layers"] == 2
     _, arms, _ = load_arms(tmp_path)
     arm = next(a for a in arms if a["label"] == "forcing-kv")

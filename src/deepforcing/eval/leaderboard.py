@@ -21,7 +21,9 @@ its stored numbers. ``--report-only`` rebuilds the report from the stored arms (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import statistics
 import time
@@ -186,8 +188,12 @@ def calibrate_entries(entries: list[Entry], out: Path, model: str | None, model_
                  "--threads", str(torch.get_num_threads())])
             log(f"calibrating {entry.policy} for the model (deepforcing calibrate) into {path}")
             try:
-                run_calibrate(args)
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):  # its lines name the temporary file: show the final one
+                    run_calibrate(args)
                 tmp.replace(path)
+                for line in printed.getvalue().splitlines():
+                    log(line.replace(str(tmp), str(path)))
             except Exception as error:  # the entry then runs without the file: its arms fail and are reported if
                 # the policy needs it, and the next run tries the calibration again
                 log(f"calibrating {entry.policy} FAILED ({type(error).__name__}: {error}); its arms run without "
