@@ -140,7 +140,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- train-mini
 def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     from .mini.model import MiniConfig
-    from .mini.train import TrainConfig
+    from .mini.train import ROLLOUT_TARGETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -193,7 +193,7 @@ def _add_train_mini(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rollout-true-chunks", type=int, default=d.rollout_true_chunks,
                    help="with --rollout-context: true chunks before the model's own rollout starts (0: a random "
                    "number per batch; default %(default)s)")
-    p.add_argument("--rollout-target", choices=("truth", "resimulated", "resimulated-kept"), default=d.rollout_target,
+    p.add_argument("--rollout-target", choices=ROLLOUT_TARGETS, default=d.rollout_target,
                    help="with --rollout-context: the target of a rolled-out chunk is the true continuation ('truth') "
                    "or the world re-simulated from where the rollout put the objects ('resimulated': lost objects "
                    "restored where the truth has them; 'resimulated-kept': left out; default %(default)s)")

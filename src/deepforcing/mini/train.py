@@ -42,6 +42,8 @@ from .layout import start_layout_latents
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
 from .quality import free_rollout_bar, is_held_out
 from .rollout_target import resimulated_targets
+
+ROLLOUT_TARGETS = ("truth", "resimulated", "resimulated-kept")  # TrainConfig.rollout_target's values
 from .world import object_cells, render_batch_with_states
 
 __all__ = ["TrainConfig", "train", "teacher_forcing_forward", "first_chunk_forward", "context_probe",
@@ -491,7 +493,7 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     started = time.perf_counter()
     window_loss = []
     resim = [0, 0]  # objects continued from the rollout / put back from the truth since the last log line
-    if cfg.rollout_target not in ("truth", "resimulated", "resimulated-kept"):
+    if cfg.rollout_target not in ROLLOUT_TARGETS:
         raise ValueError(f"rollout_target must be 'truth', 'resimulated' or 'resimulated-kept', got "
                          f"{cfg.rollout_target!r}")
     if cfg.rollout_target != "truth" and _codec(model) is None:
@@ -519,10 +521,9 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
                 s = sigma[:, None, :, None, None]
                 context = self_generated_context(model, cfg, clean, ids, gen, layout)
                 context, rows, true_chunks = _rollout(model, cfg, context, ids, gen, layout)
-                if cfg.rollout_target.startswith("resimulated") and rows:
-                    rows = _resimulated_rows(cfg, rows, gen)
-                if cfg.rollout_target.startswith("resimulated") and rows:
-                    target = resimulated_targets(_codec(model), clean, context, cells, specs, states, rows,
+                resimulated = _resimulated_rows(cfg, rows, gen) if cfg.rollout_target != "truth" and rows else []
+                if resimulated:
+                    target = resimulated_targets(_codec(model), clean, context, cells, specs, states, resimulated,
                                                  true_chunks, cfg.chunk_frames, cfg.model.frame_size,
                                                  cfg.object_weight, restore=cfg.rollout_target == "resimulated")
                     clean, cells = target.clean, target.cells

@@ -299,7 +299,8 @@ def render_continuation(
 ) -> tuple[torch.Tensor, list[WorldStates]]:
     """Continue each scene from a given state instead of its seed: ``starts[b]`` holds ``positions`` and
     ``velocities`` ``[K, 2]`` (view pixels, one row per prompt object, in prompt order) and ``camera_offset``
-    ``[2]`` of the state's frame, optionally ``present`` ``[K]`` (False: the object is left out). Returns the ``num_frames`` frames *after* that state ``[B, T, 3, H, W]`` and their
+    ``[2]`` of the state's frame, optionally ``present`` ``[K]`` (False: the object is left out). Returns the
+    ``num_frames`` frames *after* that state ``[B, T, 3, H, W]`` and their
     ground truth: the same physics and renderer as :func:`render_batch`, so a clip rendered from its own state at
     frame ``t`` continues it exactly. Positions are clamped into the view (an object's centre at least its extent
     from each border), as the physics keeps them.
