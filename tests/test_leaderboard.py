@@ -228,16 +228,17 @@ def test_board_command_checks_its_options_and_lists_entries(capsys):
     assert len(out.strip().splitlines()) == len(board_entries())
 
 
-def test_a_policy_needing_a_per_checkpoint_file_gets_it_made_for_the_model(tiny_mini, tmp_path):
+def test_a_policy_needing_a_per_checkpoint_file_gets_it_made_for_the_model(tiny_mini, tmp_path, capsys):
     # forcing-kv needs its head profile (deepforcing calibrate makes it once per model) and, on 16 tokens per frame,
     # a patch count that divides them
     config = BoardConfig(out=tmp_path, pairs=2, horizons=(2.0,), classes=("1-object",), starts=("prompt",),
                          labels=["forcing-kv"], batch=2, model=str(tiny_mini),
                          entry_options={"forcing-kv": {"patches": 4}})
-    lines = []
-    summary = run_board(config, log=lines.append)
+    summary = run_board(config, log=lambda *_: None)
     assert summary["failed"] == [] and summary["run"] == [arm_key("1-object", "prompt", "forcing-kv")]
     (profile,) = (tmp_path / "calibration").glob("forcing-kv_*_heads.json")
+    assert [p.name for p in profile.parent.iterdir()] == [profile.name]  # written whole: no temporary file left
+    lines = capsys.readouterr().out.splitlines()
     wrote = [line for line in lines if line.startswith("wrote ")]  # calibrate's own lines name the final file
     assert wrote and all(str(profile) in line and "partial" not in line for line in wrote), wrote
     assert json.loads(profile.read_text())["num_layers"] == 2

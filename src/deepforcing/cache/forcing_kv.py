@@ -81,10 +81,13 @@ def head_profile_json(shares: torch.Tensor, threshold: float = THRESHOLD) -> dic
 
 
 def write_head_profile(path: str | Path, profile: dict) -> Path:
-    """``profile`` as ``head_profile.py`` saves it (``save_json``: indent 2, UTF-8, a final newline)."""
+    """``profile`` as ``head_profile.py`` saves it (``save_json``: indent 2, UTF-8, a final newline); written to a
+    temporary sibling and renamed, so ``path`` is never a half-written profile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(profile, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(path)
     return path
 
 

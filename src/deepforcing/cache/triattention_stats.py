@@ -107,11 +107,14 @@ class QueryStatsAccumulator:
         return QueryCentres(self.q_sum / denom, self.q_abs_sum / denom, self.token_count.clone(), dict(metadata or {}))
 
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
-        """Write the release's file format (loadable by the release's ``LongLiveKVCompressor`` and by us)."""
+        """Write the release's file format (loadable by the release's ``LongLiveKVCompressor`` and by us), to a
+        temporary sibling renamed into place, so ``path`` is never a half-written file."""
         centres = self.centres(metadata)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
         torch.save({"metadata": centres.metadata, "q_mean_real": centres.mean.real.to(torch.float32),
                     "q_mean_imag": centres.mean.imag.to(torch.float32), "q_abs_mean": centres.abs_mean,
-                    "token_count": centres.token_count}, path)
+                    "token_count": centres.token_count}, partial)
+        partial.replace(path)
         return path

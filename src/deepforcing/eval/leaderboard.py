@@ -21,9 +21,7 @@ its stored numbers. ``--report-only`` rebuilds the report from the stored arms (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import statistics
 import time
@@ -180,20 +178,13 @@ def calibrate_entries(entries: list[Entry], out: Path, model: str | None, model_
             continue
         option, name = spec
         path = out / "calibration" / f"{entry.policy}_{model_hash}_{name}"
-        if not path.is_file():
-            tmp = path.parent / "partial" / path.name  # renamed into place when complete
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():  # calibrate writes it whole or not at all (a temporary file renamed into place)
             args = add_calibrate_arguments(argparse.ArgumentParser()).parse_args(
-                ["--policy", entry.policy, "--out", str(tmp), "--model", model or "mini",
+                ["--policy", entry.policy, "--out", str(path), "--model", model or "mini",
                  "--threads", str(torch.get_num_threads())])
             log(f"calibrating {entry.policy} for the model (deepforcing calibrate) into {path}")
             try:
-                printed = io.StringIO()
-                with contextlib.redirect_stdout(printed):  # its lines name the temporary file: show the final one
-                    run_calibrate(args)
-                tmp.replace(path)
-                for line in printed.getvalue().splitlines():
-                    log(line.replace(str(tmp), str(path)))
+                run_calibrate(args)
             except Exception as error:  # the entry then runs without the file: its arms fail and are reported if
                 # the policy needs it, and the next run tries the calibration again
                 log(f"calibrating {entry.policy} FAILED ({type(error).__name__}: {error}); its arms run without "
