@@ -60,6 +60,39 @@ def test_live_session_is_the_generate_rollout_and_switches_at_the_next_chunk(gen
         LiveSession(generator, LiveOptions(policy="deep-forcing", budget=2))
 
 
+def _uint8(frames):
+    return frames[0].permute(0, 2, 3, 1).add(1).mul(127.5).round().clamp(0, 255).byte().numpy()
+
+
+def test_live_scene_cut_is_the_timeline_cut_of_generate(generator):
+    """A cut asked for live (even to the same prompt) is the timeline's ``cut:`` entry: ∞-RoPE's RoPE Cut moves
+    positions, so the frames after it differ from a switch without it and equal ``generate`` with the same timeline."""
+    from deepforcing.pipeline.timeline import TimelineEntry
+    options = LiveOptions(prompt="a red circle", policy="infinity-rope", seed=5)
+    live = LiveSession(generator, options)
+    chunks = [live.next_chunk() for _ in range(3)]
+    live.request_prompt("a red circle", cut=True)
+    chunks += [live.next_chunk() for _ in range(2)]
+    assert [c.cut for c in chunks] == [False, False, False, True, False] and chunks[3].switched
+    timeline = [TimelineEntry("a red circle", frames=9), TimelineEntry("a red circle", cut=True)]
+    reference = list(generator.stream(timeline, latent_frames=15, policy="infinity-rope", seed=5))
+    for mine, ref in zip(chunks, reference, strict=True):
+        assert np.array_equal(mine.frames, _uint8(ref.frames))
+    switch_only = list(generator.stream([timeline[0], TimelineEntry("a red circle")], latent_frames=15,
+                                        policy="infinity-rope", seed=5))
+    assert not np.array_equal(_uint8(switch_only[3].frames), chunks[3].frames)  # the cut did something
+
+
+def test_live_scene_cut_the_policy_cannot_take_is_refused_when_asked(generator, monkeypatch):
+    from deepforcing.cache.infinity_rope import InfinityRope
+    live = LiveSession(generator, LiveOptions(prompt="a red circle", policy="infinity-rope"))
+    monkeypatch.setattr(InfinityRope, "cut_frames", 1)  # as on a model with another chunk size
+    with pytest.raises(ValueError, match="a scene cut needs 1-frame chunks"):
+        live.request_prompt("a blue square", cut=True)
+    live.request_prompt("a blue square")  # a plain switch is fine
+    assert live.next_chunk().switched
+
+
 def test_page_and_facts(generator):
     with _client(generator) as client:
         page = client.get("/")
@@ -102,6 +135,23 @@ def test_stream_switch_prompt_and_download(generator):
         assert client.app.state.sessions == {}
         assert not any(client.app.state.workdir.iterdir())
     assert not client.app.state.workdir.exists()  # server shutdown removes its folder
+
+
+def test_stream_scene_cut_message(generator):
+    with _client(generator) as client, client.websocket_connect("/ws") as ws:
+        _next(ws, "hello")
+        ws.send_text(json.dumps({"type": "start", "prompt": "a red circle", "policy": "infinity-rope"}))
+        _next(ws, "started")
+        assert not _next(ws, "chunk")["cut"]
+        ws.send_text(json.dumps({"type": "prompt", "prompt": "a red circle", "cut": "yes"}))
+        assert "cut must be true or false, got 'yes'" in _next(ws, "error")["message"]
+        ws.send_text(json.dumps({"type": "prompt", "prompt": "a red circle", "cut": True}))
+        queued = _next(ws, "prompt_queued")
+        assert queued["cut"] is True and queued["prompt"] == "a red circle"
+        for _ in range(40):
+            if (m := _next(ws, "chunk"))["cut"]:
+                break
+        assert m["cut"] and m["switched"] and m["prompt"] == "a red circle"
 
 
 @pytest.mark.parametrize("message, expected", [

@@ -5,7 +5,8 @@ Protocol (JSON text messages on ``/ws``):
 * client → server: ``{"type": "start", "prompt", "policy", "seed", "window", "sink", "budget", "recent", "image"}``
   (all optional but the type; ``"image": true`` starts from the image the page uploaded with
   ``POST /api/sessions/{session}/image``, the raw PNG / JPEG bytes, at most ``max_image_bytes``),
-  ``{"type": "prompt", "prompt"}`` (switch at the next chunk boundary), ``{"type": "stop"}``;
+  ``{"type": "prompt", "prompt", "cut"}`` (switch at the next chunk boundary; ``"cut": true`` marks a scene cut
+  before it, as a timeline's ``cut:`` entry does), ``{"type": "stop"}``;
 * server → client: ``{"type": "hello", ...model facts}``, ``{"type": "started", "session", "policy", ...}``, one
   ``{"type": "chunk", "frames": [base64 JPEG, ...], telemetry...}`` per chunk, ``{"type": "stopped", "reason"}`` and
   ``{"type": "error", "message"}`` (the session stays usable after an error in a client message) and, before
@@ -346,7 +347,7 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                     "frames": encoded, "chunk_ms": round(chunk.seconds * 1000, 1),
                     "generation_fps": round(len(chunk.frames) / chunk.seconds, 1) if chunk.seconds else None,
                     "cache_frames": chunk.cache_frames, "head_groups": chunk.head_groups,
-                    "attention": chunk.attention, "switched": chunk.switched,
+                    "attention": chunk.attention, "switched": chunk.switched, "cut": chunk.cut,
                     "switch_ms": round(chunk.switch_seconds * 1000, 1) if chunk.switch_seconds is not None else None,
                     "video_seconds": round(video_seconds, 3), "given": chunk.given})
                 ahead = video_seconds - (time.perf_counter() - clock)
@@ -392,8 +393,11 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
             if session.live is None:
                 raise _ClientError("start a stream before switching its prompt")
             prompt = check_prompt_text(message.get("prompt"))
-            await asyncio.to_thread(session.live.request_prompt, prompt)
-            await send(ws, {"type": "prompt_queued", "prompt": prompt.strip()})
+            cut = message.get("cut", False)
+            if not isinstance(cut, bool):
+                raise _ClientError(f"cut must be true or false, got {cut!r}")
+            await asyncio.to_thread(session.live.request_prompt, prompt, cut=cut)
+            await send(ws, {"type": "prompt_queued", "prompt": prompt.strip(), "cut": cut})
         elif kind == "stop":
             stop_session(session)
             await send(ws, {"type": "stopped", "reason": "stopped by the user"})

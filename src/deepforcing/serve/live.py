@@ -74,6 +74,7 @@ class LiveChunk:
     head_groups: list[dict] = field(default_factory=list)  # a per-head policy: per group of layer 0, its name,
     # heads and frames per segment (``cache_frames`` is then the heads' mean); empty when the heads share one cache
     switched: bool = False  # the first chunk under a new prompt
+    cut: bool = False  # ... after a scene cut
     switch_seconds: float | None = None  # from the prompt request to the end of this chunk
     given: bool = False  # the start image, as given (resized to the model), not sampled
 
@@ -112,7 +113,7 @@ class LiveSession:
         layers = len(self.rollout.cache.layers)
         self.probe = AttentionMassProbe(layers={layers // 2}) if telemetry else None
         self.rollout.cache.attention_observer = self.probe
-        self._pending: tuple[str, object, float] | None = None
+        self._pending: tuple[str, object, float, bool] | None = None  # prompt, its context, when asked, cut
         self.frames_sent = 0
         self._given = None if start is None else self._prefill(start, start_latents)
 
@@ -129,13 +130,20 @@ class LiveSession:
                     f"a policy with a window runs up to {self.options.max_seconds:g} s)")
         return f"length limit of {self.options.max_seconds:g} s reached"
 
-    def request_prompt(self, prompt: str) -> None:
-        """Switch to ``prompt`` at the next chunk boundary; unknown words raise ``ValueError`` now."""
+    def request_prompt(self, prompt: str, *, cut: bool = False) -> None:
+        """Switch to ``prompt`` at the next chunk boundary, with a scene cut before it when ``cut`` (a timeline's
+        ``cut:`` entry, :mod:`deepforcing.pipeline.timeline`; ∞-RoPE's RoPE Cut, other policies ignore it). A cut
+        switches even to the same prompt. Unknown words and events the policy cannot take on this model
+        (:meth:`~deepforcing.cache.CachePolicy.validate_event`) raise ``ValueError`` now, not at the boundary."""
         prompt = prompt.strip()
         if not prompt:
             raise ValueError("the new prompt is empty")
         context = self.generator.context(prompt)  # validates (the mini tokenizer names unknown words)
-        self._pending = (prompt, context, time.perf_counter())
+        chunk_frames = self.generator.bundle.sampling.chunk_frames
+        if cut:
+            self.policy.validate_event("scene-cut", chunk_frames)
+        self.policy.validate_event("prompt-switch", chunk_frames)
+        self._pending = (prompt, context, time.perf_counter(), cut)
 
     # ------------------------------------------------------------------ chunks
     @torch.no_grad()
@@ -162,12 +170,12 @@ class LiveSession:
         if self.finished:
             raise RuntimeError(f"the session reached its length limit ({self.options.max_seconds:g} s)")
         t0 = time.perf_counter()
-        switched, requested = False, None
+        switched, cut, requested = False, False, None
         if self._pending is not None:
-            prompt, context, requested = self._pending
+            prompt, context, requested, cut = self._pending
             self._pending = None
-            if prompt != self.prompt:
-                self.rollout.switch_prompt(context, keep_sink=True)
+            if prompt != self.prompt or cut:
+                self.rollout.switch_prompt(context, keep_sink=True, cut=cut)
                 self.prompt, switched = prompt, True
         res = self.rollout.step()
         if not torch.isfinite(res.latents).all():
@@ -179,7 +187,7 @@ class LiveSession:
         chunk = LiveChunk(res.index, res.start_frame, self.prompt, frames, now - t0,
                           cache_frames=self._cache_makeup(res.start_frame), attention=self._attention(res.start_frame),
                           head_groups=self._head_groups(),
-                          switched=switched, switch_seconds=(now - requested) if switched else None)
+                          switched=switched, cut=cut, switch_seconds=(now - requested) if switched else None)
         self.frames_sent += len(frames)
         return chunk
 
