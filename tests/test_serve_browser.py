@@ -179,6 +179,10 @@ def test_page_streams_and_switches_prompt(server, browser):
     # the canvas shows a frame (not blank): some pixels differ from black
     assert _lit_pixels(browser) > 100
     _wait(lambda: int(text("frames-shown")) >= shown_before + 32, what="more frames after the switch")
+    assert "scene cut" not in text("switch-latency")
+    browser.find_element(By.ID, "cut").click()  # a scene cut to the same prompt is a switch the page measures too
+    _wait(lambda: "scene cut" in text("switch-latency"), timeout=20, what="the scene cut on screen")
+    assert text("current-prompt") == new
     if os.environ.get("DEEPFORCING_SCREENSHOT"):
         browser.execute_script("window.scrollTo(0, 0)")
         _wait(lambda: _lit_pixels(browser) > 2000, what="a frame with the square in view")
