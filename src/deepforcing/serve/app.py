@@ -318,10 +318,10 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
         release_live(session)
         shutil.rmtree(session.video_path.parent, ignore_errors=True)
 
-    def generate_one(session: _Session):
+    def generate_one(session: _Session, live: LiveSession):
+        """The next chunk of ``live`` (in a worker thread), or ``None`` once the session no longer runs it."""
         with session.lock:
-            live = session.live
-            if live is None:
+            if session.live is not live:  # stopped or replaced while this call waited for the lock
                 return None
             chunk = live.next_chunk()
             scale = live.generator.bundle.display_scale
@@ -331,13 +331,18 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
             return chunk, encoded
 
     async def produce(ws: WebSocket, session: _Session) -> None:
+        """Stream the session's rollout until it finishes, is stopped or is replaced by a new start. A stopped or
+        replaced producer ends silently even when its cancellation was lost: ``asyncio.wait_for`` (``send``) may
+        swallow a cancel that arrives as its send completes (Python < 3.12), so the loop also checks that it is
+        still the session's producer instead of trusting the cancel alone."""
+        me = asyncio.current_task()
         live = session.live
         fps = live.generator.bundle.fps
         clock = time.perf_counter()
         video_seconds = 0.0
         try:
-            while session.live is live and not live.finished:
-                out = await asyncio.to_thread(generate_one, session)
+            while session.producer is me and session.live is live and not live.finished:
+                out = await asyncio.to_thread(generate_one, session, live)
                 if out is None:
                     return
                 chunk, encoded = out
@@ -353,7 +358,8 @@ def create_app(generator_factory: Callable[[], VideoGenerator], config: ServeCon
                 ahead = video_seconds - (time.perf_counter() - clock)
                 if ahead > cfg.lead_seconds:  # pace: stay near real time so prompt switches show quickly
                     await asyncio.sleep(ahead - cfg.lead_seconds)
-            await send(ws, {"type": "stopped", "reason": live.limit_reason})
+            if session.producer is me:  # it reached its limit (not stopped or replaced)
+                await send(ws, {"type": "stopped", "reason": live.limit_reason})
         except asyncio.CancelledError:
             raise
         except asyncio.TimeoutError:  # the client stopped reading: drop it
