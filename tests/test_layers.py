@@ -12,7 +12,7 @@ import deepforcing
 
 ROOT = Path(deepforcing.__file__).parent
 # model_spec turns model options into a generator: it opens the mini model and Wan folders, so it sits beside mini
-LAYER = {"_version": 0, "stats": 0, "cache": 0, "generate_command": 4, "serve": 4, "cli_options": 1, "models": 1,
+LAYER = {"_version": 0, "stats": 0, "atomic_write": 0, "cache": 0, "generate_command": 4, "serve": 4, "cli_options": 1, "models": 1,
          "pipeline": 2, "mini": 3, "model_spec": 3, "eval": 3, "cli": 4, "__init__": 5, "__main__": 5}
 
 

@@ -38,6 +38,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..atomic_write import write_atomically
 from .base import ChunkContext, Decision, HeadGroup, fifo_keep
 from .options import option
 from .policies import FifoSelector
@@ -82,13 +83,10 @@ def head_profile_json(shares: torch.Tensor, threshold: float = THRESHOLD) -> dic
 
 def write_head_profile(path: str | Path, profile: dict) -> Path:
     """``profile`` as ``head_profile.py`` saves it (``save_json``: indent 2, UTF-8, a final newline); written to a
-    temporary sibling and renamed, so ``path`` is never a half-written profile."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(profile, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)
-    return path
+    temporary sibling and renamed (:func:`~deepforcing.atomic_write.write_atomically`), so ``path`` is never a
+    half-written profile."""
+    text = json.dumps(profile, indent=2, ensure_ascii=False) + "\n"
+    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_write import write_atomically
+
 __all__ = ["CalibrationError", "QueryCentres", "QueryStatsAccumulator", "load_query_centres", "FILE_KEYS"]
 
 FILE_KEYS = ("q_mean_real", "q_mean_imag", "q_abs_mean", "token_count")
@@ -108,13 +110,10 @@ class QueryStatsAccumulator:
 
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
         """Write the release's file format (loadable by the release's ``LongLiveKVCompressor`` and by us), to a
-        temporary sibling renamed into place, so ``path`` is never a half-written file."""
+        temporary sibling renamed into place (:func:`~deepforcing.atomic_write.write_atomically`), so ``path`` is never a
+        half-written file."""
         centres = self.centres(metadata)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save({"metadata": centres.metadata, "q_mean_real": centres.mean.real.to(torch.float32),
-                    "q_mean_imag": centres.mean.imag.to(torch.float32), "q_abs_mean": centres.abs_mean,
-                    "token_count": centres.token_count}, partial)
-        partial.replace(path)
-        return path
+        record = {"metadata": centres.metadata, "q_mean_real": centres.mean.real.to(torch.float32),
+                  "q_mean_imag": centres.mean.imag.to(torch.float32), "q_abs_mean": centres.abs_mean,
+                  "token_count": centres.token_count}
+        return write_atomically(path, lambda temporary: torch.save(record, temporary))

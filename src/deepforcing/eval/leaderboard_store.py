@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_write import write_atomically
+
 __all__ = ["WORLD", "arm_key", "stored_arm", "save_arm", "load_arms"]
 
 WORLD = "world (ground truth)"
@@ -38,16 +40,10 @@ def stored_arm(path: Path, settings: dict) -> dict | None:
     return record if record.get("settings") == settings else None
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_arm(arms_dir: Path, key: str, record: dict, strips: dict[str, np.ndarray]) -> None:
     """Strips first, then the JSON: an arm counts as done only once its JSON is in place."""
-    _write_atomic(arms_dir / f"{key}.npz", lambda p: _savez(p, strips))
-    _write_atomic(arms_dir / f"{key}.json", lambda p: p.write_text(json.dumps(record, default=_json_default)))
+    write_atomically(arms_dir / f"{key}.npz", lambda p: _savez(p, strips))
+    write_atomically(arms_dir / f"{key}.json", lambda p: p.write_text(json.dumps(record, default=_json_default)))
     failed = arms_dir / f"{key}.failed.json"
     if failed.exists():
         failed.unlink()

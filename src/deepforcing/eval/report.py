@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from deepforcing.atomic_write import write_atomically
 from deepforcing.eval.metrics import SERIES_INFO, VideoEvaluation, aggregate
 
 # Drift-curve panels, in display order.
@@ -173,15 +173,8 @@ def write_report(
 
 
 def _write_text(path: Path, text: str) -> Path:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def _save_figure(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(temporary, dpi=110)
-    os.replace(temporary, path)
-    return path
+    return write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=110))

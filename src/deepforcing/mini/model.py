@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from deepforcing.atomic_write import write_atomically
 from deepforcing.models.checkpoint_io import load_file
 from deepforcing.models.wan_causal import CausalWanTransformer
 
@@ -196,13 +197,10 @@ class MiniModel(torch.nn.Module):
 
     def save(self, path: str | Path, metadata: dict | None = None) -> None:
         """Write weights + config (and ``metadata``) to one safetensors file, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"config": json.dumps(asdict(self.config)), "format": "deepforcing-mini-v1"}
         meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu") -> "MiniModel":

@@ -42,9 +42,9 @@ from .layout import start_layout_latents
 from .model import DEFAULT_MINI_WEIGHTS, MiniConfig, MiniModel
 from .quality import free_rollout_bar, is_held_out
 from .rollout_target import resimulated_targets
+from .world import object_cells, render_batch_with_states
 
 ROLLOUT_TARGETS = ("truth", "resimulated", "resimulated-kept")  # TrainConfig.rollout_target's values
-from .world import object_cells, render_batch_with_states
 
 __all__ = ["TrainConfig", "train", "teacher_forcing_forward", "first_chunk_forward", "context_probe",
            "self_generated_context"]
@@ -494,8 +494,8 @@ def train(cfg: TrainConfig, log=print) -> MiniModel:
     window_loss = []
     resim = [0, 0]  # objects continued from the rollout / put back from the truth since the last log line
     if cfg.rollout_target not in ROLLOUT_TARGETS:
-        raise ValueError(f"rollout_target must be 'truth', 'resimulated' or 'resimulated-kept', got "
-                         f"{cfg.rollout_target!r}")
+        named = f"{', '.join(map(repr, ROLLOUT_TARGETS[:-1]))} or {ROLLOUT_TARGETS[-1]!r}"
+        raise ValueError(f"rollout_target must be {named}, got {cfg.rollout_target!r}")
     if cfg.rollout_target != "truth" and _codec(model) is None:
         raise ValueError("rollout_target='resimulated' needs the autoencoder codec (it decodes the rollout to track it)")
     if not 0.0 <= cfg.rollout_truth_share <= 1.0:

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TimelineEntry", "parse_timeline", "load_timeline", "schedule_chunks", "check_timeline_events"]
+__all__ = ["TimelineEntry", "parse_timeline", "load_timeline", "schedule_chunks", "check_timeline_events",
+           "check_switch_events"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|seconds|f|frames)\s*$", re.IGNORECASE)
 _UNITS = r"(s|sec|seconds|f|frames)?"
@@ -141,6 +142,12 @@ def check_timeline_events(entries: list[TimelineEntry], policy, chunk_frames: in
     the policy (:meth:`~deepforcing.cache.CachePolicy.validate_event`), for a model making ``chunk_frames``-frame
     chunks: ``ValueError`` saying what to change, before anything is generated."""
     for e in entries[1:]:
-        if e.cut:
-            policy.validate_event("scene-cut", chunk_frames)
-        policy.validate_event("prompt-switch", chunk_frames)
+        check_switch_events(policy, chunk_frames, cut=e.cut)
+
+
+def check_switch_events(policy, chunk_frames: int, *, cut: bool) -> None:
+    """The events of one prompt switch (a ``"scene-cut"`` first when ``cut``, then the ``"prompt-switch"``) against
+    the policy: what :func:`check_timeline_events` checks per entry and a live session per request."""
+    if cut:
+        policy.validate_event("scene-cut", chunk_frames)
+    policy.validate_event("prompt-switch", chunk_frames)

@@ -37,12 +37,13 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic_write import write_atomically
 
 _FRAGMENT_FLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer+frag_discont"
 
@@ -318,26 +319,14 @@ class FrameDumper:
         return written
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode a plain open() would
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomically(path, write)
 
 
 def save_latents(path: str | Path, latents: Any, metadata: dict[str, str] | None = None) -> Path:

@@ -28,6 +28,7 @@ from deepforcing.cache import REGIONS
 from deepforcing.eval.diagnostics import AttentionMassProbe
 from deepforcing.pipeline.generate import NonFiniteOutputError, VideoGenerator
 from deepforcing.pipeline.start import StartFrames
+from deepforcing.pipeline.timeline import check_switch_events
 from deepforcing.pipeline.writer import to_uint8_frames
 
 __all__ = ["LiveOptions", "LiveChunk", "LiveSession", "SEGMENTS", "encode_frame"]
@@ -139,10 +140,7 @@ class LiveSession:
         if not prompt:
             raise ValueError("the new prompt is empty")
         context = self.generator.context(prompt)  # validates (the mini tokenizer names unknown words)
-        chunk_frames = self.generator.bundle.sampling.chunk_frames
-        if cut:
-            self.policy.validate_event("scene-cut", chunk_frames)
-        self.policy.validate_event("prompt-switch", chunk_frames)
+        check_switch_events(self.policy, self.generator.bundle.sampling.chunk_frames, cut=cut)
         self._pending = (prompt, context, time.perf_counter(), cut)
 
     # ------------------------------------------------------------------ chunks
